@@ -1,0 +1,262 @@
+/**
+ * The few socket system calls that Node does not expose, called through koffi
+ * (a maintained FFI with prebuilt binaries, so nothing is compiled at install).
+ *
+ * Node can only bind a socket by also accepting on it, cannot ask an inherited
+ * fd what it is, cannot mark a fd close-on-exec and has no AF_UNIX datagram
+ * socket. The listener protocol needs all four: a successor must not accept
+ * before it can answer, inherited fds are checked before they are adopted, and
+ * sd_notify speaks unix datagrams. Linux only, as systemd is.
+ *
+ * Every function here is synchronous and returns a `SysError` value instead of
+ * throwing, so callers wrap it in the error type of their own module.
+ */
+import { closeSync, fstatSync } from "node:fs"
+import { createRequire } from "node:module"
+import { constants } from "node:os"
+import * as NetAddress from "effect/net/NetAddress"
+import * as Result from "effect/Result"
+
+const AF_UNIX = 1
+const AF_INET = 2
+const AF_INET6 = 10
+const SOCK_STREAM = 1
+const SOCK_DGRAM = 2
+const SOCK_CLOEXEC = 0o2000000
+const SOL_SOCKET = 1
+const SO_REUSEADDR = 2
+const SO_TYPE = 3
+const SO_ACCEPTCONN = 30
+const SO_DOMAIN = 39
+const IPPROTO_IPV6 = 41
+const IPV6_V6ONLY = 26
+const F_GETFD = 1
+const F_SETFD = 2
+const FD_CLOEXEC = 1
+const MSG_NOSIGNAL = 0x4000
+const SUN_PATH_MAX = 108
+
+/** A failed system call: its name, the errno name (`EADDRINUSE`) and number. */
+export interface SysError {
+  readonly syscall: string
+  readonly code: string
+  readonly errno: number
+}
+
+interface Libc {
+  readonly socket: (domain: number, type: number, protocol: number) => number
+  readonly bind: (fd: number, addr: Buffer, len: number) => number
+  readonly listen: (fd: number, backlog: number) => number
+  readonly setsockopt: (fd: number, level: number, name: number, value: Array<number>, len: number) => number
+  readonly getsockopt: (fd: number, level: number, name: number, value: Array<number>, len: Array<number>) => number
+  readonly getsockname: (fd: number, addr: Buffer, len: Array<number>) => number
+  readonly sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrLen: number) => number
+  readonly fcntl: (fd: number, cmd: number, ...args: Array<unknown>) => number
+  readonly errno: () => number
+}
+
+let libc: Libc | undefined
+
+// Loaded on first use: importing the library must not load native code.
+const load = (): Libc => {
+  if (libc !== undefined) return libc
+  if (process.platform !== "linux") {
+    throw new Error(`effect-grace: socket inheritance needs Linux, not ${process.platform}`)
+  }
+  const koffi = createRequire(import.meta.url)("koffi") as typeof import("koffi")
+  const lib = koffi.load("libc.so.6")
+  libc = {
+    socket: lib.func("int socket(int, int, int)"),
+    bind: lib.func("int bind(int, const uint8_t *addr, uint32_t len)"),
+    listen: lib.func("int listen(int, int)"),
+    setsockopt: lib.func("int setsockopt(int, int, int, const int *value, uint32_t len)"),
+    getsockopt: lib.func("int getsockopt(int, int, int, _Out_ int *value, _Inout_ uint32_t *len)"),
+    getsockname: lib.func("int getsockname(int, _Out_ uint8_t *addr, _Inout_ uint32_t *len)"),
+    sendto: lib.func("intptr_t sendto(int, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t)"),
+    fcntl: lib.func("int fcntl(int, int, ...)"),
+    errno: () => koffi.errno()
+  }
+  return libc
+}
+
+const errnoNames = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]))
+
+const fail = (lib: Libc, syscall: string): Result.Result<never, SysError> => {
+  const errno = lib.errno()
+  return Result.fail({ syscall, errno, code: errnoNames.get(errno) ?? `errno ${errno}` })
+}
+
+const check = (lib: Libc, syscall: string, rc: number): Result.Result<number, SysError> =>
+  rc < 0 ? fail(lib, syscall) : Result.succeed(rc)
+
+const intOption = (lib: Libc, fd: number, name: number): Result.Result<number, SysError> => {
+  const value = [0]
+  return Result.map(check(lib, "getsockopt", lib.getsockopt(fd, SOL_SOCKET, name, value, [4])), () => value[0]!)
+}
+
+/** What a fd is, as far as the listener protocol cares. */
+export type FdKind =
+  | { readonly _tag: "NotOpen" }
+  | { readonly _tag: "NotSocket" }
+  | { readonly _tag: "NotStream"; readonly type: number }
+  | { readonly _tag: "NotListening" }
+  | { readonly _tag: "UnsupportedFamily"; readonly family: number }
+  | { readonly _tag: "Listening"; readonly address: NetAddress.SocketAddress }
+
+/**
+ * Inspects a fd as sd_is_socket(3) does: open, a socket, a stream socket, in
+ * the listening state, and of family AF_INET, AF_INET6 or AF_UNIX.
+ */
+export const inspect = (fd: number): Result.Result<FdKind, SysError> => {
+  try {
+    if (!fstatSync(fd).isSocket()) return Result.succeed({ _tag: "NotSocket" })
+  } catch {
+    return Result.succeed({ _tag: "NotOpen" })
+  }
+  const lib = load()
+  return Result.gen(function* () {
+    const type = yield* intOption(lib, fd, SO_TYPE)
+    if (type !== SOCK_STREAM) return { _tag: "NotStream", type } as const
+    const family = yield* intOption(lib, fd, SO_DOMAIN)
+    if (family !== AF_INET && family !== AF_INET6 && family !== AF_UNIX) {
+      return { _tag: "UnsupportedFamily", family } as const
+    }
+    if ((yield* intOption(lib, fd, SO_ACCEPTCONN)) === 0) return { _tag: "NotListening" } as const
+    return { _tag: "Listening", address: yield* localAddress(fd) } as const
+  })
+}
+
+/** getsockname(2), decoded. An abstract unix address is reported with a leading `@`. */
+export const localAddress = (fd: number): Result.Result<NetAddress.SocketAddress, SysError> => {
+  const lib = load()
+  const buf = Buffer.alloc(128)
+  const len = [buf.length]
+  return Result.map(check(lib, "getsockname", lib.getsockname(fd, buf, len)), () => decodeSockaddr(buf, len[0]!))
+}
+
+const decodeSockaddr = (buf: Buffer, len: number): NetAddress.SocketAddress => {
+  const family = buf.readUInt16LE(0)
+  if (family === AF_INET) {
+    return NetAddress.inetAddressUnsafe(NetAddress.ipv4FromBytesUnsafe(buf.subarray(4, 8)), buf.readUInt16BE(2))
+  }
+  if (family === AF_INET6) {
+    return NetAddress.inetAddressUnsafe(NetAddress.ipv6FromBytesUnsafe(buf.subarray(8, 24)), buf.readUInt16BE(2))
+  }
+  const raw = buf.subarray(2, len)
+  const path = raw[0] === 0 ? `@${raw.subarray(1).toString()}` : raw.toString().replace(/\0.*$/s, "")
+  return NetAddress.unixPathAddress(path)
+}
+
+const encodeSockaddr = (address: NetAddress.SocketAddress): Result.Result<Buffer, SysError> => {
+  if (address._tag === "UnixPathAddress") {
+    const abstract = address.path.startsWith("@")
+    const name = Buffer.from(abstract ? address.path.slice(1) : address.path)
+    if (name.length + 1 > SUN_PATH_MAX) {
+      return Result.fail({ syscall: "bind", code: "ENAMETOOLONG", errno: constants.errno.ENAMETOOLONG })
+    }
+    // An abstract name is exactly its bytes after a NUL; a path is NUL-terminated.
+    const buf = Buffer.alloc(2 + 1 + name.length)
+    buf.writeUInt16LE(AF_UNIX, 0)
+    name.copy(buf, abstract ? 3 : 2)
+    return Result.succeed(abstract ? buf : buf.subarray(0, 2 + name.length + 1))
+  }
+  if (address._tag === "InetAddressV4") {
+    const buf = Buffer.alloc(16)
+    buf.writeUInt16LE(AF_INET, 0)
+    buf.writeUInt16BE(address.port, 2)
+    Buffer.from(NetAddress.ipv4ToOctets(address.address)).copy(buf, 4)
+    return Result.succeed(buf)
+  }
+  const buf = Buffer.alloc(28)
+  buf.writeUInt16LE(AF_INET6, 0)
+  buf.writeUInt16BE(address.port, 2)
+  Buffer.from(NetAddress.ipv6ToOctets(address.address)).copy(buf, 8)
+  buf.writeUInt32LE(address.scopeId, 24)
+  return Result.succeed(buf)
+}
+
+const familyOf = (address: NetAddress.SocketAddress): number =>
+  address._tag === "UnixPathAddress" ? AF_UNIX : address._tag === "InetAddressV4" ? AF_INET : AF_INET6
+
+/**
+ * socket(2), bind(2) and listen(2), without accepting: the caller adopts the fd
+ * (`server.listen({ fd })`) when it is ready to answer. The fd is blocking and
+ * close-on-exec, as systemd passes them. An IPv6 wildcard also accepts IPv4, as
+ * Node's own `listen(port)` does.
+ */
+export const bindListen = (address: NetAddress.SocketAddress, backlog: number): Result.Result<number, SysError> => {
+  const lib = load()
+  return Result.flatMap(encodeSockaddr(address), (sockaddr) => {
+    const fd = lib.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0)
+    if (fd < 0) return fail(lib, "socket")
+    const steps = (): Result.Result<number, SysError> => {
+      if (address._tag !== "UnixPathAddress") {
+        if (lib.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, [1], 4) < 0) return fail(lib, "setsockopt")
+        if (address._tag === "InetAddressV6" && NetAddress.isUnspecified(address.address)) {
+          if (lib.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, [0], 4) < 0) return fail(lib, "setsockopt")
+        }
+      }
+      if (lib.bind(fd, sockaddr, sockaddr.length) < 0) return fail(lib, "bind")
+      if (lib.listen(fd, backlog) < 0) return fail(lib, "listen")
+      return Result.succeed(fd)
+    }
+    const result = steps()
+    if (Result.isFailure(result)) closeSync(fd)
+    return result
+  })
+}
+
+/** Sets or clears FD_CLOEXEC. */
+export const setCloseOnExec = (fd: number, on: boolean): Result.Result<void, SysError> => {
+  const lib = load()
+  const flags = lib.fcntl(fd, F_GETFD)
+  if (flags < 0) return fail(lib, "fcntl")
+  const next = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC
+  return Result.map(check(lib, "fcntl", lib.fcntl(fd, F_SETFD, "int", next)), () => undefined)
+}
+
+/** Whether FD_CLOEXEC is set. */
+export const isCloseOnExec = (fd: number): Result.Result<boolean, SysError> => {
+  const lib = load()
+  return Result.map(check(lib, "fcntl", lib.fcntl(fd, F_GETFD)), (flags) => (flags & FD_CLOEXEC) !== 0)
+}
+
+/**
+ * Sends one datagram to a unix datagram socket (`/path`, or `@name` in the
+ * abstract namespace) from a fresh, unbound socket, as sd_notify(3) does.
+ */
+export const sendDatagram = (path: string, payload: Uint8Array): Result.Result<void, SysError> => {
+  const lib = load()
+  return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
+    const fd = lib.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
+    if (fd < 0) return fail(lib, "socket")
+    try {
+      const buf = Buffer.from(payload)
+      const sent = lib.sendto(fd, buf, buf.length, MSG_NOSIGNAL, sockaddr, sockaddr.length)
+      return sent < 0 ? fail(lib, "sendto") : Result.succeed(undefined)
+    } finally {
+      closeSync(fd)
+    }
+  })
+}
+
+/**
+ * Binds a unix datagram socket and returns its fd: the receiving end of
+ * sd_notify, for tests and for tools that stand in for the service manager.
+ */
+export const bindDatagram = (path: string): Result.Result<number, SysError> => {
+  const lib = load()
+  return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
+    const fd = lib.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
+    if (fd < 0) return fail(lib, "socket")
+    if (lib.bind(fd, sockaddr, sockaddr.length) < 0) {
+      const error = fail(lib, "bind")
+      closeSync(fd)
+      return error
+    }
+    return Result.succeed(fd)
+  })
+}
+
+/** A readable description of a system call failure. */
+export const formatSysError = (error: SysError): string => `${error.syscall}: ${error.code}`

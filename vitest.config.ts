@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config"
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    // Integration tests spawn real processes and bind real sockets: give them room, but every wait in them is bounded.
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    reporters: ["default", "json"],
+    outputFile: { json: ".vitest-results.json" }
+  }
+})
