@@ -16,6 +16,7 @@ import { createRequire } from "node:module"
 import { constants } from "node:os"
 import * as NetAddress from "effect/net/NetAddress"
 import * as Result from "effect/Result"
+import type Koffi from "koffi"
 
 const AF_UNIX = 1
 const AF_INET = 2
@@ -63,7 +64,7 @@ const load = (): Libc => {
   if (process.platform !== "linux") {
     throw new Error(`effect-grace: socket inheritance needs Linux, not ${process.platform}`)
   }
-  const koffi = createRequire(import.meta.url)("koffi") as typeof import("koffi")
+  const koffi = createRequire(import.meta.url)("koffi") as typeof Koffi
   const lib = koffi.load("libc.so.6")
   libc = {
     socket: lib.func("int socket(int, int, int)"),

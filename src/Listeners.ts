@@ -1,0 +1,424 @@
+/**
+ * Listening sockets that survive a restart: inherited when they were passed
+ * in (systemd socket activation, or a restarting predecessor), bound when not.
+ *
+ * A program asks for a listener by address (`:8080`, `127.0.0.1:0`,
+ * `[::1]:9000`, `/run/app.sock`, `@abstract`) or by name. An inherited fd
+ * with that name, or else with that address, is adopted; otherwise a new
+ * socket is bound. The program cannot tell the two apart, which is the point:
+ * the same code runs fresh, under systemd and as a restarted successor.
+ *
+ * Invariants:
+ * - A listener does not accept until a server adopts it (`serve`), so a
+ *   process that is still starting leaves connections in the kernel's backlog,
+ *   where the process already serving, or this one once ready, accepts them.
+ * - The active listeners are kept in order, with their fds and names: that set
+ *   is what a restart hands to the successor.
+ * - Closing a listener's scope closes its fd. A unix socket path is unlinked
+ *   only by the process that bound it, and only if it was never handed off.
+ * - Inherited fds the program never asks for are closed by `closeUnclaimed`,
+ *   once start-up is over.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as NetAddress from "effect/net/NetAddress"
+import * as Result from "effect/Result"
+import type * as Scope from "effect/Scope"
+import type * as Config from "effect/Config"
+import { closeSync, rmSync } from "node:fs"
+import type * as Net from "node:net"
+import { resolve } from "node:path"
+import * as Sys from "./internal/sys.ts"
+import * as ListenFds from "./ListenFds.ts"
+
+/**
+ * What to listen on: an address string, or a name with an optional address.
+ *
+ * **Details**
+ *
+ * - `":8080"` every interface (IPv6 and IPv4), `"127.0.0.1:0"` a free port,
+ *   `"[::1]:9000"` IPv6; `":8080"`, `"0.0.0.0:8080"` and `"[::]:8080"` match
+ *   the same inherited socket.
+ * - `"/run/app.sock"` or `"./app.sock"` a unix socket path, `"@name"` the
+ *   abstract namespace.
+ * - With a `name`, an inherited fd of that name (`LISTEN_FDNAMES`, or the
+ *   `FileDescriptorName=` of a systemd socket unit) is taken first; then one
+ *   with the address; the address is bound only when neither was passed. The
+ *   name travels with the listener to a successor.
+ * - Port 0 matches an inherited fd of the same host on any port, in order, so
+ *   a successor keeps the ports its predecessor was given.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ListenSpec =
+  | string
+  | {
+      readonly address?: string | undefined
+      readonly name?: string | undefined
+      readonly backlog?: number | undefined
+    }
+
+/**
+ * A listening socket, not yet accepting. Hand it to a server with `serve`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Listener {
+  readonly fd: number
+  readonly name: string
+  /** The address it is bound to, with port 0 resolved. */
+  readonly address: NetAddress.SocketAddress
+  readonly inherited: boolean
+}
+
+/**
+ * The address string cannot be parsed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidAddress extends Data.TaggedError("InvalidAddress")<{
+  readonly address: string
+  readonly detail: string
+}> {
+  override get message(): string {
+    return `invalid listen address ${JSON.stringify(this.address)}: ${this.detail}`
+  }
+}
+
+/**
+ * Binding or listening failed (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`, ...).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class BindFailed extends Data.TaggedError("BindFailed")<{
+  readonly address: string
+  readonly code: string
+  readonly syscall: string
+}> {
+  override get message(): string {
+    const hint =
+      this.code === "EADDRINUSE"
+        ? "another process is listening there"
+        : this.code === "EACCES"
+          ? "permission denied (ports below 1024 need privileges)"
+          : this.code === "EADDRNOTAVAIL"
+            ? "no interface has that address"
+            : this.syscall
+    return `cannot listen on ${this.address}: ${this.code} (${hint})`
+  }
+}
+
+/**
+ * A listener was asked for by name only, and no fd of that name was passed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class NameNotFound extends Data.TaggedError("NameNotFound")<{
+  readonly name: string
+  readonly available: ReadonlyArray<string>
+}> {
+  override get message(): string {
+    const available = this.available.length === 0 ? "none were passed" : `passed: ${this.available.join(", ")}`
+    return `no inherited listener is named ${JSON.stringify(this.name)} (${available}); give an address to bind instead`
+  }
+}
+
+/**
+ * A server could not start accepting on a listener.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ServeFailed extends Data.TaggedError("ServeFailed")<{
+  readonly address: string
+  readonly cause: unknown
+}> {
+  override get message(): string {
+    return `cannot serve on ${this.address}: ${String(this.cause)}`
+  }
+}
+
+/**
+ * Why a listener could not be had.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type ListenersErrorReason = InvalidAddress | BindFailed | NameNotFound | ServeFailed
+
+/**
+ * A listener could not be had; `reason` says why.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ListenersError extends Data.TaggedError("ListenersError")<{
+  readonly reason: ListenersErrorReason
+}> {
+  override get message(): string {
+    return this.reason.message
+  }
+}
+
+/**
+ * Gives out listeners and keeps the set a restart hands on.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export class Listeners extends Context.Service<
+  Listeners,
+  {
+    /** Adopts an inherited fd that matches `spec`, or binds a new socket. Closing the scope closes it. */
+    readonly listen: (spec: ListenSpec) => Effect.Effect<Listener, ListenersError, Scope.Scope>
+    /** The open listeners, in the order they were asked for. */
+    readonly active: Effect.Effect<ReadonlyArray<Listener>>
+    /** The inherited fds no one has asked for yet. */
+    readonly unclaimed: Effect.Effect<ReadonlyArray<ListenFds.InheritedFd>>
+    /** Closes the inherited fds no one asked for. Call once start-up is over. */
+    readonly closeUnclaimed: Effect.Effect<void>
+    /** Records that a successor now holds the listeners too: unix paths bound here are left in place. */
+    readonly handOff: Effect.Effect<void>
+  }
+>()("effect-grace/Listeners") {}
+
+// -----------------------------------------------------------------------------
+// Addresses
+// -----------------------------------------------------------------------------
+
+/**
+ * A parsed listen address. A wildcard TCP address (`:8080`) has no host.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ParsedAddress =
+  | { readonly _tag: "Tcp"; readonly host: NetAddress.IpAddress | undefined; readonly port: number }
+  | { readonly _tag: "Unix"; readonly path: string }
+
+/**
+ * Parses a listen address: `:port`, `host:port`, `[ipv6]:port`, a unix path
+ * (containing a `/`) or an abstract unix name (`@name`).
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parseAddress = (address: string): Result.Result<ParsedAddress, InvalidAddress> => {
+  const invalid = (detail: string) => Result.fail(new InvalidAddress({ address, detail }))
+  if (address.startsWith("@")) {
+    return address.length > 1 ? Result.succeed({ _tag: "Unix", path: address }) : invalid("empty abstract name")
+  }
+  if (address.includes("/")) {
+    return Result.succeed({ _tag: "Unix", path: resolve(address) })
+  }
+  if (address.startsWith(":")) {
+    const port = address.slice(1)
+    if (!/^(0|[1-9][0-9]*)$/.test(port) || Number(port) > 65535) return invalid("port must be 0 to 65535")
+    return Result.succeed({ _tag: "Tcp", host: undefined, port: Number(port) })
+  }
+  const parsed = NetAddress.inetAddressFromString(address === "" ? ":" : address)
+  if (Result.isFailure(parsed)) {
+    return invalid(`${parsed.failure.message}; use :port, a numeric host:port, [ipv6]:port or a unix path`)
+  }
+  const inet = parsed.success
+  return Result.succeed({
+    _tag: "Tcp",
+    host: NetAddress.isUnspecified(inet.address) ? undefined : inet.address,
+    port: inet.port
+  })
+}
+
+/**
+ * Formats an address as the servers report it: `[::]:8080`,
+ * `127.0.0.1:8080`, or a unix path.
+ *
+ * @since 0.1.0
+ * @category formatting
+ */
+export const formatAddress = (address: NetAddress.SocketAddress): string =>
+  address._tag === "UnixPathAddress" ? address.path : NetAddress.formatInet(address)
+
+const matches = (wanted: ParsedAddress, actual: NetAddress.SocketAddress): boolean => {
+  if (wanted._tag === "Unix") return actual._tag === "UnixPathAddress" && actual.path === wanted.path
+  if (actual._tag === "UnixPathAddress") return false
+  if (wanted.port !== 0 && wanted.port !== actual.port) return false
+  // `:8080`, `0.0.0.0:8080` and `[::]:8080` are one listener.
+  if (wanted.host === undefined) return NetAddress.isUnspecified(actual.address)
+  return NetAddress.formatIp(wanted.host) === NetAddress.formatIp(actual.address)
+}
+
+const toSocketAddress = (wanted: ParsedAddress, ipv6: boolean): NetAddress.SocketAddress =>
+  wanted._tag === "Unix"
+    ? NetAddress.unixPathAddress(wanted.path)
+    : NetAddress.inetAddressUnsafe(
+        wanted.host ?? (ipv6 ? NetAddress.ipv6Unspecified : NetAddress.ipv4Unspecified),
+        wanted.port
+      )
+
+const bind = (spec: string, wanted: ParsedAddress, backlog: number): Result.Result<number, BindFailed> => {
+  let bound = Sys.bindListen(toSocketAddress(wanted, true), backlog)
+  // A wildcard on a host without IPv6 falls back to IPv4, as Node's listen(port) does.
+  if (Result.isFailure(bound) && wanted._tag === "Tcp" && wanted.host === undefined) {
+    if (bound.failure.code === "EAFNOSUPPORT" || bound.failure.code === "EADDRNOTAVAIL") {
+      bound = Sys.bindListen(toSocketAddress(wanted, false), backlog)
+    }
+  }
+  return Result.mapError(bound, (e) => new BindFailed({ address: spec, code: e.code, syscall: e.syscall }))
+}
+
+// -----------------------------------------------------------------------------
+// Constructors
+// -----------------------------------------------------------------------------
+
+/**
+ * Builds the Listeners service over a set of inherited fds.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Effect<Listeners["Service"]> =>
+  Effect.sync(() => {
+    const unclaimed = new Map(inherited.map((fd) => [fd.fd, fd]))
+    const active: Array<Listener> = []
+    let handedOff = false
+
+    // By name first, when one is given; then by address.
+    const claim = (name: string | undefined, wanted: ParsedAddress | undefined) => {
+      const candidates = [...unclaimed.values()]
+      const found =
+        (name !== undefined ? candidates.find((fd) => fd.name === name) : undefined) ??
+        (wanted !== undefined ? candidates.find((fd) => matches(wanted, fd.address)) : undefined)
+      if (found !== undefined) unclaimed.delete(found.fd)
+      return found
+    }
+
+    const acquire = (input: ListenSpec): Effect.Effect<Listener, ListenersError> =>
+      Effect.suspend(() => {
+        const spec = typeof input === "string" ? { address: input } : input
+        const failWith = (reason: ListenersErrorReason) => Effect.fail(new ListenersError({ reason }))
+        let wanted: ParsedAddress | undefined
+        if (spec.address !== undefined) {
+          const parsed = parseAddress(spec.address)
+          if (Result.isFailure(parsed)) return failWith(parsed.failure)
+          wanted = parsed.success
+        }
+        const found = claim(spec.name, wanted)
+        if (found !== undefined) return Effect.succeed<Listener>({ ...found, inherited: true })
+        if (spec.address === undefined || wanted === undefined) {
+          return failWith(
+            new NameNotFound({
+              name: spec.name ?? "",
+              available: inherited.map((fd) => `${fd.name} (${formatAddress(fd.address)})`)
+            })
+          )
+        }
+        const bound = bind(spec.address, wanted, spec.backlog ?? 511)
+        if (Result.isFailure(bound)) return failWith(bound.failure)
+        const fd = bound.success
+        const address = Sys.localAddress(fd)
+        if (Result.isFailure(address)) {
+          closeSync(fd)
+          const e = address.failure
+          return failWith(new BindFailed({ address: spec.address, code: e.code, syscall: e.syscall }))
+        }
+        return Effect.succeed<Listener>({
+          fd,
+          name: spec.name ?? "unknown",
+          address: address.success,
+          inherited: false
+        })
+      })
+
+    const release = (listener: Listener) =>
+      Effect.sync(() => {
+        const index = active.indexOf(listener)
+        if (index >= 0) active.splice(index, 1)
+        const server = adopted.get(listener)
+        if (server !== undefined) {
+          // The server owns the fd now; closing it closes the fd (and never unlinks: it has no path).
+          if (server.listening) server.close()
+        } else {
+          closeSync(listener.fd)
+        }
+        const address = listener.address
+        if (!listener.inherited && !handedOff && address._tag === "UnixPathAddress" && !address.path.startsWith("@")) {
+          rmSync(address.path, { force: true })
+        }
+      })
+
+    return Listeners.of({
+      listen: (spec) =>
+        Effect.acquireRelease(
+          Effect.tap(acquire(spec), (listener) => Effect.sync(() => active.push(listener))),
+          release
+        ),
+      active: Effect.sync(() => [...active]),
+      unclaimed: Effect.sync(() => [...unclaimed.values()]),
+      closeUnclaimed: Effect.sync(() => {
+        for (const fd of unclaimed.values()) closeSync(fd.fd)
+        unclaimed.clear()
+      }),
+      handOff: Effect.sync(() => {
+        handedOff = true
+      })
+    })
+  })
+
+const adopted = new WeakMap<Listener, Net.Server>()
+
+/**
+ * Starts a Node server accepting on a listener (`server.listen({ fd })`) and
+ * waits until it listens. Attach the server's handlers first: it accepts at
+ * once. The listener's scope closes the server if it is still open then.
+ *
+ * @since 0.1.0
+ * @category serving
+ */
+export const serve = (listener: Listener, server: Net.Server): Effect.Effect<void, ListenersError> =>
+  Effect.callback<void, ListenersError>((resume) => {
+    const onError = (cause: Error) => {
+      server.off("listening", onListening)
+      resume(
+        Effect.fail(
+          new ListenersError({ reason: new ServeFailed({ address: formatAddress(listener.address), cause }) })
+        )
+      )
+    }
+    const onListening = () => {
+      server.off("error", onError)
+      adopted.set(listener, server)
+      resume(Effect.void)
+    }
+    server.once("error", onError)
+    server.once("listening", onListening)
+    server.listen({ fd: listener.fd } as Net.ListenOptions)
+  })
+
+/**
+ * Listeners over the fds passed in the environment (`LISTEN_FDS`, read
+ * through `Config`), or none outside socket activation.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Listeners, ListenFds.ListenFdsError | Config.ConfigError> = Layer.effect(Listeners)(
+  Effect.flatMap(ListenFds.make(), make)
+)
+
+/**
+ * Listeners over a given set of inherited fds.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerFrom = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Layer.Layer<Listeners> =>
+  Layer.effect(Listeners)(make(inherited))
