@@ -16,6 +16,7 @@
  *   is what a restart hands to the successor.
  * - Closing a listener's scope closes its fd. A unix socket path is unlinked
  *   only by the process that bound it, and only if it was never handed off.
+ *   A socket file that nothing accepts on any more is replaced when bound.
  * - Inherited fds the program never asks for are closed by `closeUnclaimed`,
  *   once start-up is over.
  *
@@ -29,7 +30,7 @@ import * as NetAddress from "effect/net/NetAddress"
 import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
 import type * as Config from "effect/Config"
-import { closeSync, rmSync } from "node:fs"
+import { closeSync, lstatSync, rmSync } from "node:fs"
 import type * as Net from "node:net"
 import { resolve } from "node:path"
 import * as Sys from "./internal/sys.ts"
@@ -272,7 +273,23 @@ const bind = (spec: string, wanted: ParsedAddress, backlog: number): Result.Resu
       bound = Sys.bindListen(toSocketAddress(wanted, false), backlog)
     }
   }
+  // A unix socket file that no one accepts on was left by a process that is gone: replace it.
+  if (Result.isFailure(bound) && bound.failure.code === "EADDRINUSE" && isStaleUnixSocket(wanted)) {
+    rmSync((wanted as { readonly path: string }).path, { force: true })
+    bound = Sys.bindListen(toSocketAddress(wanted, true), backlog)
+  }
   return Result.mapError(bound, (e) => new BindFailed({ address: spec, code: e.code, syscall: e.syscall }))
+}
+
+const isStaleUnixSocket = (wanted: ParsedAddress): boolean => {
+  if (wanted._tag !== "Unix" || wanted.path.startsWith("@")) return false
+  try {
+    if (!lstatSync(wanted.path).isSocket()) return false
+  } catch {
+    return false
+  }
+  const accepts = Sys.unixPathAccepts(wanted.path)
+  return Result.isSuccess(accepts) && !accepts.success
 }
 
 // -----------------------------------------------------------------------------

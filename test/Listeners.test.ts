@@ -248,6 +248,25 @@ describe("Listeners", () => {
       })
     )
 
+    it.live("a socket file left by a process that is gone is replaced; a live one is not", () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const path = Path.join(dir, "stale.sock")
+        const listeners = yield* listenersOver([])
+        // A path handed off and then closed stays behind, with no one accepting on it.
+        const scope = yield* Scope.make()
+        yield* listeners.listen(path).pipe(Scope.provide(scope))
+        yield* listeners.handOff
+        yield* Scope.close(scope, Effect.void as never)
+        assert.isTrue(Fs.existsSync(path))
+        const listener = yield* listeners.listen(path)
+        yield* answer(listener, "fresh")
+        assert.strictEqual(yield* exchange({ path }), "fresh")
+        const reason = yield* reasonOf(listeners.listen(path))
+        assert.strictEqual((reason as Listeners.BindFailed).code, "EADDRINUSE")
+      })
+    )
+
     it.live("an inherited unix socket is matched by path and its path is never unlinked", () =>
       Effect.gen(function* () {
         const dir = yield* tempDir

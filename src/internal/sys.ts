@@ -35,6 +35,7 @@ const F_GETFD = 1
 const F_SETFD = 2
 const FD_CLOEXEC = 1
 const MSG_NOSIGNAL = 0x4000
+const MSG_DONTWAIT = 0x40
 const SUN_PATH_MAX = 108
 
 /** A failed system call: its name, the errno name (`EADDRINUSE`) and number. */
@@ -52,6 +53,8 @@ interface Libc {
   readonly getsockopt: (fd: number, level: number, name: number, value: Array<number>, len: Array<number>) => number
   readonly getsockname: (fd: number, addr: Buffer, len: Array<number>) => number
   readonly sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrLen: number) => number
+  readonly recv: (fd: number, buf: Buffer, len: number, flags: number) => number
+  readonly connect: (fd: number, addr: Buffer, len: number) => number
   readonly fcntl: (fd: number, cmd: number, ...args: Array<unknown>) => number
   readonly errno: () => number
 }
@@ -74,6 +77,8 @@ const load = (): Libc => {
     getsockopt: lib.func("int getsockopt(int, int, int, _Out_ int *value, _Inout_ uint32_t *len)"),
     getsockname: lib.func("int getsockname(int, _Out_ uint8_t *addr, _Inout_ uint32_t *len)"),
     sendto: lib.func("intptr_t sendto(int, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t)"),
+    recv: lib.func("intptr_t recv(int, _Out_ uint8_t *buf, size_t len, int flags)"),
+    connect: lib.func("int connect(int, const uint8_t *addr, uint32_t len)"),
     fcntl: lib.func("int fcntl(int, int, ...)"),
     errno: () => koffi.errno()
   }
@@ -82,10 +87,12 @@ const load = (): Libc => {
 
 const errnoNames = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]))
 
-const fail = (lib: Libc, syscall: string): Result.Result<never, SysError> => {
+const lastError = (lib: Libc, syscall: string): SysError => {
   const errno = lib.errno()
-  return Result.fail({ syscall, errno, code: errnoNames.get(errno) ?? `errno ${errno}` })
+  return { syscall, errno, code: errnoNames.get(errno) ?? `errno ${errno}` }
 }
+
+const fail = (lib: Libc, syscall: string): Result.Result<never, SysError> => Result.fail(lastError(lib, syscall))
 
 const check = (lib: Libc, syscall: string, rc: number): Result.Result<number, SysError> =>
   rc < 0 ? fail(lib, syscall) : Result.succeed(rc)
@@ -256,6 +263,39 @@ export const bindDatagram = (path: string): Result.Result<number, SysError> => {
       return error
     }
     return Result.succeed(fd)
+  })
+}
+
+/**
+ * Receives one datagram if one is waiting (`MSG_DONTWAIT`), or `undefined`:
+ * a read that never blocks, so a caller can poll with a bound.
+ */
+export const receiveDatagram = (fd: number): Result.Result<Buffer | undefined, SysError> => {
+  const lib = load()
+  const buf = Buffer.alloc(4096)
+  const n = lib.recv(fd, buf, buf.length, MSG_DONTWAIT)
+  if (n >= 0) return Result.succeed(buf.subarray(0, n))
+  const error = lastError(lib, "recv")
+  return error.code === "EAGAIN" ? Result.succeed(undefined) : Result.fail(error)
+}
+
+/**
+ * Whether something accepts connections on a unix stream socket path. A path
+ * whose socket refuses (`ECONNREFUSED`) was left behind by a process that is
+ * gone, and can be removed before binding it again.
+ */
+export const unixPathAccepts = (path: string): Result.Result<boolean, SysError> => {
+  const lib = load()
+  return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
+    const fd = lib.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)
+    if (fd < 0) return fail(lib, "socket")
+    try {
+      if (lib.connect(fd, sockaddr, sockaddr.length) === 0) return Result.succeed(true)
+      const error = lastError(lib, "connect")
+      return error.code === "ECONNREFUSED" ? Result.succeed(false) : Result.fail(error)
+    } finally {
+      closeSync(fd)
+    }
   })
 }
 
