@@ -85,7 +85,9 @@ const load = (): Libc => {
   return libc
 }
 
-const errnoNames = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]))
+// The first name wins where two share a number (EAGAIN before EWOULDBLOCK).
+const errnoNames = new Map<number, string>()
+for (const [name, n] of Object.entries(constants.errno)) if (!errnoNames.has(n)) errnoNames.set(n, name)
 
 const lastError = (lib: Libc, syscall: string): SysError => {
   const errno = lib.errno()
@@ -240,7 +242,8 @@ export const sendDatagram = (path: string, payload: Uint8Array): Result.Result<v
     if (fd < 0) return fail(lib, "socket")
     try {
       const buf = Buffer.from(payload)
-      const sent = lib.sendto(fd, buf, buf.length, MSG_NOSIGNAL, sockaddr, sockaddr.length)
+      // Never blocks the event loop: a receiver that stopped reading is an EAGAIN error, not a hang.
+      const sent = lib.sendto(fd, buf, buf.length, MSG_NOSIGNAL | MSG_DONTWAIT, sockaddr, sockaddr.length)
       return sent < 0 ? fail(lib, "sendto") : Result.succeed(undefined)
     } finally {
       closeSync(fd)
@@ -276,7 +279,7 @@ export const receiveDatagram = (fd: number): Result.Result<Buffer | undefined, S
   const n = lib.recv(fd, buf, buf.length, MSG_DONTWAIT)
   if (n >= 0) return Result.succeed(buf.subarray(0, n))
   const error = lastError(lib, "recv")
-  return error.code === "EAGAIN" ? Result.succeed(undefined) : Result.fail(error)
+  return error.errno === constants.errno.EAGAIN ? Result.succeed(undefined) : Result.fail(error)
 }
 
 /**
