@@ -1,0 +1,193 @@
+/**
+ * The two ends of a restart: the parent spawns its successor with the
+ * listeners and waits for it to say it is ready; the successor says so once
+ * it serves, and learns when its parent has gone.
+ *
+ * The successor is the same program (`process.execPath`, `execArgv`, `argv`,
+ * the start-up working directory, the environment, stdout and stderr) started
+ * through `sh -c 'LISTEN_PID=$$ exec ...'`: spawn cannot know the child's pid
+ * before it runs, and sd_listen_fds(3) wants `LISTEN_PID` to be the pid of the
+ * program itself; exec keeps the shell's pid. The listeners sit at fds
+ * 3..3+n-1, and the readiness channel, one end of a socket pair, right after
+ * them: its number is passed in `EFFECT_GRACE_READY_FD`. The successor writes
+ * one line on it when ready, and sees it close when the parent exits. The
+ * successor never signals its parent by pid.
+ */
+import { spawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
+import * as Net from "node:net"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Result from "effect/Result"
+import * as Sys from "./sys.ts"
+
+/** The variable naming the successor's readiness fd. */
+export const READY_FD_VARIABLE = "EFFECT_GRACE_READY_FD"
+
+const READY_LINE = "ready\n"
+
+/** How the successor is started: the program itself, as it was started. */
+export interface Command {
+  readonly execPath: string
+  readonly args: ReadonlyArray<string>
+  readonly cwd: string
+}
+
+/** The command that started this process, and the directory it started in. */
+export const selfCommand = (): Command => ({
+  execPath: process.execPath,
+  args: [...process.execArgv, ...process.argv.slice(1)],
+  cwd: process.cwd()
+})
+
+/** A listening fd to hand on, with its name for `LISTEN_FDNAMES`. */
+export interface Passed {
+  readonly fd: number
+  readonly name: string
+}
+
+/** Why a successor did not become ready. */
+export type Failure =
+  | { readonly _tag: "SpawnFailed"; readonly cause: unknown }
+  | { readonly _tag: "ExitedBeforeReady"; readonly code: number | null; readonly signal: string | null }
+  | { readonly _tag: "NotReadyInTime"; readonly timeout: Duration.Duration }
+
+/** A successor that said it is ready. */
+export interface Ready {
+  readonly pid: number
+  readonly child: ChildProcess
+}
+
+/**
+ * Spawns the successor and waits for its ready line. On any failure the
+ * successor is killed (if it still runs) and reaped before this fails; an
+ * interruption does the same.
+ */
+export const spawnSuccessor = (options: {
+  readonly command: Command
+  readonly passed: ReadonlyArray<Passed>
+  readonly env: NodeJS.ProcessEnv
+  readonly readyTimeout: Duration.Duration
+}): Effect.Effect<Ready, Failure> =>
+  Effect.callback<Ready, Failure>((resume) => {
+    const { command, passed } = options
+    const readyFd = 3 + passed.length
+    let child: ChildProcess
+    try {
+      child = spawn("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', command.execPath, ...command.args], {
+        cwd: command.cwd,
+        env: {
+          ...options.env,
+          LISTEN_FDS: String(passed.length),
+          LISTEN_FDNAMES: passed.map((p) => p.name).join(":"),
+          [READY_FD_VARIABLE]: String(readyFd)
+        },
+        stdio: ["inherit", "inherit", "inherit", ...passed.map((p) => p.fd), "pipe"]
+      })
+    } catch (cause) {
+      return resume(Effect.fail({ _tag: "SpawnFailed", cause }))
+    }
+    const channel = child.stdio[readyFd] as Net.Socket
+    let settled = false
+    let received = ""
+
+    const cleanup = () => {
+      clearTimeout(timer)
+      channel.off("data", onData)
+      child.off("exit", onExit)
+      child.off("error", onError)
+    }
+    // A successor that failed is killed and reaped before the failure is reported: no orphan, no zombie.
+    const failAfterExit = (failure: Failure) => {
+      settled = true
+      cleanup()
+      channel.destroy()
+      if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.fail(failure))
+      child.once("exit", () => resume(Effect.fail(failure)))
+      child.kill("SIGKILL")
+    }
+    const onData = (chunk: Buffer) => {
+      received += chunk.toString()
+      if (settled || !received.includes(READY_LINE)) return
+      settled = true
+      cleanup()
+      // Held open until this process exits: its close tells the successor the parent is gone.
+      channel.on("error", () => {})
+      channel.unref()
+      child.unref()
+      resume(Effect.succeed({ pid: child.pid!, child }))
+    }
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      if (!settled) failAfterExit({ _tag: "ExitedBeforeReady", code, signal })
+    }
+    const onError = (cause: Error) => {
+      if (!settled) failAfterExit({ _tag: "SpawnFailed", cause })
+    }
+    const timer = setTimeout(
+      () => failAfterExit({ _tag: "NotReadyInTime", timeout: options.readyTimeout }),
+      Duration.toMillis(options.readyTimeout)
+    )
+    channel.on("data", onData)
+    channel.on("error", () => {})
+    child.on("exit", onExit)
+    child.on("error", onError)
+    return Effect.callback<void>((resumeInterrupt) => {
+      if (settled) return resumeInterrupt(Effect.void)
+      settled = true
+      cleanup()
+      channel.destroy()
+      if (child.exitCode !== null || child.signalCode !== null) return resumeInterrupt(Effect.void)
+      child.once("exit", () => resumeInterrupt(Effect.void))
+      child.kill("SIGKILL")
+    })
+  })
+
+/** The successor's end of the channel: tell the parent we are ready, learn when it has gone. */
+export interface ParentChannel {
+  readonly pid: number
+  readonly signalReady: Effect.Effect<void>
+  /** Resolves once the parent has exited (the channel closed). */
+  readonly exited: Effect.Effect<void>
+  readonly isAlive: () => boolean
+}
+
+/**
+ * Opens the channel named by `EFFECT_GRACE_READY_FD`, if this process is a
+ * successor. The fd is made close-on-exec first, so the application's own
+ * subprocesses do not hold it.
+ */
+export const openParentChannel = (readyFd: number | undefined): Effect.Effect<ParentChannel | undefined> =>
+  Effect.sync(() => {
+    if (readyFd === undefined) return undefined
+    const kind = Sys.inspect(readyFd)
+    if (Result.isFailure(kind) || kind.success._tag === "NotOpen" || kind.success._tag === "NotSocket") {
+      return undefined
+    }
+    Sys.setCloseOnExec(readyFd, true)
+    const socket = new Net.Socket({ fd: readyFd, readable: true, writable: true })
+    socket.unref()
+    let alive = true
+    const waiters: Array<() => void> = []
+    const gone = () => {
+      if (!alive) return
+      alive = false
+      socket.destroy()
+      for (const waiter of waiters.splice(0)) waiter()
+    }
+    socket.on("end", gone)
+    socket.on("close", gone)
+    socket.on("error", gone)
+    socket.resume()
+    return {
+      pid: process.ppid,
+      isAlive: () => alive,
+      signalReady: Effect.callback<void>((resume) => {
+        if (!alive) return resume(Effect.void)
+        socket.write(READY_LINE, () => resume(Effect.void))
+      }),
+      exited: Effect.callback<void>((resume) => {
+        if (!alive) return resume(Effect.void)
+        waiters.push(() => resume(Effect.void))
+      })
+    }
+  })

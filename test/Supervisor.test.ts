@@ -1,0 +1,360 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Result from "effect/Result"
+import { execFileSync } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Http from "node:http"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as Sys from "../src/internal/sys.ts"
+import { freePort } from "./support/net.ts"
+import { eventually, isAlive, openFds, spawnFixture } from "./support/process.ts"
+import type { Spawned } from "./support/process.ts"
+
+// -----------------------------------------------------------------------------
+// Helpers
+// -----------------------------------------------------------------------------
+
+interface Reply {
+  readonly status: number
+  readonly body: string
+  readonly headers: Http.IncomingHttpHeaders
+}
+
+type Target = { readonly port: number } | { readonly socketPath: string }
+
+/** One HTTP request on a new connection; fails on a refused or reset connection. */
+const get = (target: Target, path: string, method = "GET"): Effect.Effect<Reply, Error> =>
+  Effect.callback<Reply, Error>((resume) => {
+    const request = Http.request(
+      { ...("port" in target ? { host: "127.0.0.1", port: target.port } : target), path, method, agent: false },
+      (response) => {
+        const chunks: Array<Buffer> = []
+        response.on("data", (chunk: Buffer) => chunks.push(chunk))
+        response.on("error", (error) => resume(Effect.fail(error)))
+        response.on("end", () =>
+          resume(
+            Effect.succeed({
+              status: response.statusCode ?? 0,
+              body: Buffer.concat(chunks).toString(),
+              headers: response.headers
+            })
+          )
+        )
+      }
+    )
+    request.on("error", (error) => resume(Effect.fail(error)))
+    request.end()
+    return Effect.sync(() => request.destroy())
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: Duration.seconds(20),
+      orElse: () => Effect.fail(new Error(`no answer to ${method} ${path}`))
+    })
+  )
+
+const pidOf = (reply: Reply): number => {
+  const match = reply.body.match(/pid (\d+)/)
+  assert.isNotNull(match, `a pid in ${JSON.stringify(reply.body)}`)
+  return Number(match![1])
+}
+
+const tempDir = Effect.acquireRelease(
+  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-"))),
+  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+)
+
+/** Every process of this test (all generations) carries the tag in its arguments. */
+const processesTagged = (tag: string): Array<number> =>
+  Fs.readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        return Fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(tag) && isAlive(pid)
+      } catch {
+        return false
+      }
+    })
+
+const childrenOf = (ppid: number): Array<{ pid: number; state: string }> =>
+  Fs.readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .flatMap((entry) => {
+      try {
+        const stat = Fs.readFileSync(`/proc/${entry}/stat`, "utf8")
+        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+        return Number(fields[1]) === ppid ? [{ pid: Number(entry), state: fields[0]! }] : []
+      } catch {
+        return []
+      }
+    })
+
+interface Generation {
+  readonly pid: number
+}
+
+/**
+ * Starts the supervised fixture: its first generation is a child of this test;
+ * later generations are started by it. Every process of the run is killed when
+ * the scope closes.
+ */
+const start = (options: {
+  readonly specs: (tag: string) => ReadonlyArray<string>
+  readonly env?: Record<string, string>
+}) =>
+  Effect.gen(function* () {
+    const tag = `t${process.pid}x${Math.random().toString(36).slice(2, 10)}`
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const pid of processesTagged(tag)) process.kill(pid, "SIGKILL")
+      })
+    )
+    const fixture = yield* spawnFixture("supervised", options.specs(tag), { env: options.env ?? {} })
+    const first = yield* readyOf(fixture, fixture.pid)
+    return { fixture, tag, first }
+  })
+
+const readyOf = (fixture: Spawned, pid: number): Effect.Effect<Generation> =>
+  Effect.as(fixture.waitForLine(new RegExp(`"effect-grace: ready".*"pid":${pid}\\b`)), { pid })
+
+/** Sends the restart signal to a generation and waits for its successor to be ready. */
+const restart = (fixture: Spawned, generation: Generation) =>
+  Effect.gen(function* () {
+    const before = fixture.lines.length
+    process.kill(generation.pid, "SIGUSR2")
+    const match = yield* fixture.waitForLine(
+      new RegExp(`"effect-grace: successor ready".*"pid":${generation.pid},"successor":(\\d+)`)
+    )
+    assert.isAtLeast(fixture.lines.length, before)
+    const successor = Number(match[1])
+    return yield* readyOf(fixture, successor)
+  })
+
+/** Waits until a generation has received a /sleep request (the fixture prints a line). */
+const sleeping = (fixture: Spawned, generation: Generation) =>
+  fixture.waitForLine(new RegExp(`^sleeping ${generation.pid}$`))
+
+const gone = (pid: number) => eventually(() => !isAlive(pid), `pid ${pid} to exit`)
+
+// -----------------------------------------------------------------------------
+// Tests
+// -----------------------------------------------------------------------------
+
+describe("Supervisor", () => {
+  it.live(
+    "a slow request in flight completes from the old pid while new requests go to the successor",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        assert.strictEqual(pidOf(yield* get({ port }, "/")), first.pid)
+
+        const slow = yield* Effect.forkChild(get({ port }, "/sleep?ms=1500"))
+        yield* sleeping(fixture, first)
+        const second = yield* restart(fixture, first)
+        assert.notStrictEqual(second.pid, first.pid)
+
+        const quick = yield* get({ port }, "/")
+        assert.strictEqual(pidOf(quick), second.pid)
+        const slowReply = yield* Fiber.join(slow)
+        assert.strictEqual(slowReply.status, 200)
+        assert.strictEqual(slowReply.body, `slept 1500 from pid ${first.pid}\n`)
+
+        const exit = yield* fixture.exited()
+        assert.deepStrictEqual(exit, { code: 0, signal: null })
+        assert.deepStrictEqual(processesTagged(tag), [second.pid])
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "a successor that fails (throws, exits 0, never ready) leaves the old process serving, typed, reaped",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const modeFile = Path.join(dir, "mode")
+        const port = yield* freePort()
+        const { fixture, tag, first } = yield* start({
+          specs: (id) => [`${id}=127.0.0.1:${port}`],
+          env: { FIXTURE_MODE_FILE: modeFile, GRACE_READY_TIMEOUT: "2 seconds" }
+        })
+        const expected = { crash: "ExitedBeforeReady", exit0: "ExitedBeforeReady", hang: "NotReadyInTime" }
+        for (const [mode, reason] of Object.entries(expected)) {
+          Fs.writeFileSync(modeFile, mode)
+          // The old process answers throughout the failed restart.
+          const during = yield* Effect.forkChild(
+            Effect.forEach(Array.from({ length: 10 }), () => get({ port }, "/"), { concurrency: 2 })
+          )
+          const restartReply = yield* get({ port }, "/restart", "POST")
+          assert.strictEqual(restartReply.status, 409, mode)
+          assert.strictEqual(restartReply.body, `failed ${reason}\n`, mode)
+          for (const reply of yield* Fiber.join(during)) assert.strictEqual(pidOf(reply), first.pid)
+          assert.strictEqual(pidOf(yield* get({ port }, "/")), first.pid)
+          assert.deepStrictEqual(childrenOf(first.pid), [], `no successor and no zombie after ${mode}`)
+          yield* fixture.waitForLine(new RegExp(`"level":"WARN".*"reason":"${reason}"`))
+        }
+        assert.match(fixture.lines.join("\n"), /start-up failed on purpose/)
+
+        // The next restart succeeds.
+        Fs.writeFileSync(modeFile, "ok")
+        const second = yield* restart(fixture, first)
+        assert.strictEqual(pidOf(yield* get({ port }, "/")), second.pid)
+        yield* fixture.exited()
+        assert.deepStrictEqual(processesTagged(tag), [second.pid])
+      }),
+    { timeout: 40_000 }
+  )
+
+  it.live(
+    "five restart signals within 100 ms start one successor and leave no orphan",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const sentAt = Date.now()
+        for (let i = 0; i < 5; i++) process.kill(first.pid, "SIGUSR2")
+        assert.isBelow(Date.now() - sentAt, 100)
+        const match = yield* fixture.waitForLine(/"effect-grace: successor ready".*"successor":(\d+)/)
+        const second = yield* readyOf(fixture, Number(match[1]))
+        yield* fixture.exited()
+        const started = fixture.lines.filter((line) => line.includes('"effect-grace: restart started"'))
+        assert.strictEqual(started.length, 1)
+        assert.deepStrictEqual(processesTagged(tag), [second.pid])
+        assert.strictEqual(pidOf(yield* get({ port }, "/")), second.pid)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "twenty sequential restarts: every generation answers, and the last holds as many fds as the first",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const firstFds = openFds(first.pid).length
+        let current = first
+        for (let i = 0; i < 20; i++) {
+          const next = yield* restart(fixture, current)
+          assert.strictEqual(pidOf(yield* get({ port }, "/")), next.pid, `generation ${i + 2}`)
+          yield* gone(current.pid)
+          current = next
+        }
+        assert.deepStrictEqual(processesTagged(tag), [current.pid])
+        // Once its parent is gone, a successor has closed the readiness channel too.
+        yield* eventually(() => openFds(current.pid).length === firstFds, "the fd count to settle", "5 seconds").pipe(
+          Effect.catchDefect(() => Effect.void)
+        )
+        assert.strictEqual(openFds(current.pid).length, firstFds)
+      }),
+    { timeout: 120_000 }
+  )
+
+  it.live(
+    "a unix socket listener keeps accepting across a restart, and its path is kept",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const socketPath = Path.join(dir, "api.sock")
+        const { fixture, first } = yield* start({ specs: (id) => [`${id}=${socketPath}`] })
+        assert.strictEqual(pidOf(yield* get({ socketPath }, "/")), first.pid)
+        const second = yield* restart(fixture, first)
+        yield* fixture.exited()
+        assert.isTrue(Fs.existsSync(socketPath))
+        assert.strictEqual(pidOf(yield* get({ socketPath }, "/")), second.pid)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "LISTEN_* variables and listener fds do not leak into subprocesses the application spawns",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const dir = yield* tempDir
+        const { fixture, first } = yield* start({
+          specs: (id) => [`${id}=127.0.0.1:${port}`, `admin=${Path.join(dir, "admin.sock")}`]
+        })
+        // What a subprocess of this test sees: fds this test itself leaks (from whatever started it) are not ours.
+        const baseline = execFileSync("/bin/sh", ["-c", "ls /proc/self/fd"], { encoding: "utf8" })
+          .split("\n")
+          .filter(Boolean)
+          .map(Number)
+        const views = [JSON.parse((yield* get({ port }, "/spawn")).body)]
+        const second = yield* restart(fixture, first)
+        views.push(JSON.parse((yield* get({ port }, "/spawn")).body))
+        for (const view of views) {
+          assert.deepStrictEqual(view.env, [])
+          assert.deepStrictEqual(view.fds, baseline)
+        }
+        assert.strictEqual(pidOf(yield* get({ port }, "/")), second.pid)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "systemd notify: READY, RELOADING with MONOTONIC_USEC, MAINPID with READY, STOPPING, in order",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const notifySocket = Path.join(dir, "notify.sock")
+        const bound = Sys.bindDatagram(notifySocket)
+        assert.isTrue(Result.isSuccess(bound))
+        const fd = (bound as Result.Success<number, never>).success
+        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+        const received: Array<string> = []
+        const nextDatagram = eventually(() => {
+          const datagram = Sys.receiveDatagram(fd)
+          if (Result.isFailure(datagram)) throw new Error(Sys.formatSysError(datagram.failure))
+          if (datagram.success === undefined) return undefined
+          received.push(datagram.success.toString())
+          return datagram.success.toString()
+        }, "a notify datagram")
+
+        const port = yield* freePort()
+        const { fixture, first } = yield* start({
+          specs: (id) => [`${id}=127.0.0.1:${port}`],
+          env: { NOTIFY_SOCKET: notifySocket }
+        })
+        assert.strictEqual(yield* nextDatagram, "READY=1")
+        const second = yield* restart(fixture, first)
+        const reloading = yield* nextDatagram
+        assert.match(reloading, /^RELOADING=1\nMONOTONIC_USEC=\d+$/)
+        assert.strictEqual(yield* nextDatagram, `MAINPID=${second.pid}\nREADY=1`)
+        yield* fixture.exited()
+        process.kill(second.pid, "SIGTERM")
+        assert.strictEqual(yield* nextDatagram, "STOPPING=1")
+        yield* gone(second.pid)
+        assert.isUndefined((Sys.receiveDatagram(fd) as Result.Success<Buffer | undefined, never>).success)
+        assert.strictEqual(received.length, 4)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "SIGTERM drains and exits 0; a second SIGTERM during the drain ends the process at once",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const { fixture, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const slow = yield* Effect.forkChild(get({ port }, "/sleep?ms=800"))
+        yield* sleeping(fixture, first)
+        process.kill(first.pid, "SIGTERM")
+        const reply = yield* Fiber.join(slow)
+        assert.strictEqual(reply.body, `slept 800 from pid ${first.pid}\n`)
+        assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
+
+        const again = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const stuck = yield* Effect.forkChild(Effect.result(get({ port }, "/sleep?ms=60000")))
+        yield* sleeping(again.fixture, again.first)
+        process.kill(again.first.pid, "SIGTERM")
+        yield* again.fixture.waitForLine(/"effect-grace: draining"/)
+        process.kill(again.first.pid, "SIGTERM")
+        assert.deepStrictEqual(yield* again.fixture.exited("5 seconds"), { code: null, signal: "SIGTERM" })
+        assert.isTrue(Result.isFailure(yield* Fiber.join(stuck)))
+      }),
+    { timeout: 30_000 }
+  )
+})
