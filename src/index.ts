@@ -1,0 +1,36 @@
+/**
+ * effect-grace: graceful restart and termination of socket servers for Effect.
+ *
+ * - `ListenFds`: the systemd socket-passing protocol (sd_listen_fds).
+ * - `Listeners`: listening sockets inherited when passed in, bound when not.
+ * - `Server`: HTTP and HTTPS servers for `effect/http` apps that drain when their scope closes.
+ * - `Supervisor`: zero-downtime restarts on a signal, graceful termination, systemd notify.
+ * - `Notify`: the sd_notify client.
+ *
+ * @since 0.1.0
+ */
+
+/**
+ * @since 0.1.0
+ */
+export * as ListenFds from "./ListenFds.ts"
+
+/**
+ * @since 0.1.0
+ */
+export * as Listeners from "./Listeners.ts"
+
+/**
+ * @since 0.1.0
+ */
+export * as Notify from "./Notify.ts"
+
+/**
+ * @since 0.1.0
+ */
+export * as Server from "./Server.ts"
+
+/**
+ * @since 0.1.0
+ */
+export * as Supervisor from "./Supervisor.ts"
