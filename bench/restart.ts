@@ -1,0 +1,590 @@
+/**
+ * Restarts under load: the demo (`examples/demo.ts`, three HTTP ports) is
+ * restarted again and again with `SIGUSR2` while keep-alive clients hammer
+ * all three ports; every request must be answered.
+ *
+ *   npm run bench:restart [-- --restarts 20 --connections 48 --steady 1500]
+ *
+ * Load: autocannon, `--connections` keep-alive connections spread over the
+ * three ports, each sending `GET /sleep/?duration=0s` as soon as the previous
+ * answer arrives. Alongside, a prober sends one request at a time, each on a
+ * new connection, and reads which pid answered.
+ *
+ * Restarts, one at a time: signal the current pid, wait (bounded) for the
+ * successor's `Serving ... with pid N.` line and for the old process to drain
+ * and exit, then let the load run in steady state for `--steady` ms.
+ *
+ * How to read it:
+ * - failed requests: connection errors (resets, refusals), timeouts, non-2xx
+ *   answers, requests the server never answered on a connection it closed,
+ *   requests still unanswered when the load stopped, and prober failures. The
+ *   target is 0; the script exits 1 otherwise. Every failure is listed with
+ *   its time relative to the restart it fell into.
+ * - latency: per request, from write to last byte; "during restarts" are the
+ *   requests that overlap a window from a signal to the old process's exit,
+ *   "steady" all the others after the warm-up.
+ * - handoff: from the signal to the first prober answer from the new pid.
+ *   ready: signal to the successor's banner. drained: signal to the old
+ *   process's exit.
+ * - fds and RSS of the first and the final process, both read under load in
+ *   steady state: they should be close; growth over restarts is a leak.
+ *
+ * autocannon ignores `Connection: close`: it writes its next request on a
+ * connection the server said it is closing (that request is then lost, and
+ * autocannon does not notice). A draining server says exactly that, so each
+ * client here behaves like an HTTP/1.1 client (RFC 9112, section 9.6):
+ * after a response with `Connection: close` it opens a new connection for
+ * its next request. It also counts what autocannon does not: a request left
+ * unanswered when the server closes the connection.
+ */
+import type { EventEmitter } from "node:events"
+import * as Http from "node:http"
+import type * as Net from "node:net"
+import { parseArgs } from "node:util"
+import type autocannon from "autocannon"
+import {
+  fixed,
+  freePorts,
+  isAlive,
+  machine,
+  markdownTable,
+  percentile,
+  processGroup,
+  processStats,
+  sleep,
+  sortedOf,
+  spawnNode,
+  startLoad,
+  until,
+  within,
+  writeResults
+} from "./support.ts"
+import type { Load } from "./support.ts"
+
+const { values: flags } = parseArgs({
+  options: {
+    restarts: { type: "string", default: "20" },
+    connections: { type: "string", default: "48" },
+    steady: { type: "string", default: "1500" },
+    warmup: { type: "string", default: "2000" }
+  }
+})
+const settings = {
+  restarts: Number(flags.restarts),
+  connections: Number(flags.connections),
+  steadyMs: Number(flags.steady),
+  warmupMs: Number(flags.warmup),
+  path: "/sleep/?duration=0s",
+  requestTimeoutSeconds: 10
+}
+const BANNER = /^Serving .* with pid (\d+)\.$/
+const ANSWER = /from pid (\d+)\.\s*$/
+/** The whole run, whatever happens. */
+const DEADLINE_MS = 180_000
+
+const now = () => performance.now()
+
+// -----------------------------------------------------------------------------
+// What the clients saw
+// -----------------------------------------------------------------------------
+
+interface Failure {
+  /** `performance.now()` when it was seen. */
+  readonly at: number
+  readonly source: "load" | "prober"
+  readonly kind: string
+  readonly detail: string
+}
+
+/** Every answer's end time and latency (parallel arrays), and every failure. */
+const record = {
+  ends: [] as Array<number>,
+  latencies: [] as Array<number>,
+  failures: [] as Array<Failure>,
+  answersByPid: new Map<number, number>(),
+  /** Answers with `Connection: close`: each one moved a client to a new connection. */
+  connectionClose: 0
+}
+const fail = (failure: Omit<Failure, "at">) => record.failures.push({ at: now(), ...failure })
+
+// -----------------------------------------------------------------------------
+// An autocannon client that honours `Connection: close`
+// -----------------------------------------------------------------------------
+
+/** The parts of autocannon's client (lib/httpClient.js, autocannon 9) that `politeClient` wraps. */
+interface ClientInternals {
+  conn: Net.Socket
+  pipelinedRequests: { clear(): void }
+  _connect(): void
+  _doRequest(): void
+  _resetConnection(): void
+}
+
+/** Clients with a request in flight, and when it was written: what is left at the end was never answered. */
+const inFlight = new Map<ClientInternals, number>()
+
+/**
+ * autocannon's `setupClient`: after a response with `Connection: close` the
+ * next request goes on a new connection, and a request left unanswered when
+ * the server closes the connection is a failure.
+ */
+const politeClient = (client: autocannon.Client) => {
+  const internals = client as unknown as ClientInternals
+  const events = client as EventEmitter
+  for (const name of ["pipelinedRequests", "_connect", "_doRequest", "_resetConnection"] as const) {
+    if (!(name in internals)) throw new Error(`autocannon's client has no ${name}: update bench/restart.ts`)
+  }
+  let closing = false
+  events.on("headers", (info: { readonly shouldKeepAlive: boolean }) => {
+    closing = !info.shouldKeepAlive
+    if (closing) record.connectionClose++
+  })
+  events.on("request", () => inFlight.set(internals, now()))
+  events.on("response", () => inFlight.delete(internals))
+
+  const doRequest = internals._doRequest
+  internals._doRequest = function (this: ClientInternals) {
+    if (closing) {
+      // A new connection, whose `_connect` sends the request.
+      closing = false
+      return this._resetConnection()
+    }
+    doRequest.call(this)
+  }
+
+  const connect = internals._connect
+  internals._connect = function (this: ClientInternals) {
+    inFlight.delete(this)
+    closing = false
+    connect.call(this)
+    const conn = this.conn
+    // Runs before autocannon's own `end` handler, which reconnects without a word.
+    conn.prependListener("end", () => {
+      if (conn !== this.conn) return
+      if (inFlight.has(this)) {
+        fail({
+          source: "load",
+          kind: "unanswered",
+          detail: "the server closed the connection with a request in flight"
+        })
+        inFlight.delete(this)
+      }
+      this.pipelinedRequests.clear()
+      // autocannon would reconnect a second time on a later error of this socket.
+      conn.removeAllListeners("error")
+      conn.on("error", (error: NodeJS.ErrnoException) =>
+        fail({ source: "load", kind: "error after close", detail: error.code ?? error.message })
+      )
+    })
+    // An error is counted by autocannon (`reqError`); its request must not be matched with the next answer.
+    conn.prependListener("error", () => {
+      inFlight.delete(this)
+      this.pipelinedRequests.clear()
+    })
+  }
+}
+
+const startClients = (ports: ReadonlyArray<number>): Array<Load> =>
+  ports.map((port, i) => {
+    const load = startLoad({
+      url: `http://127.0.0.1:${port}${settings.path}`,
+      // Spread over the ports, at least one connection each.
+      connections: Math.max(
+        1,
+        Math.floor(settings.connections / ports.length) + (i < settings.connections % ports.length ? 1 : 0)
+      ),
+      duration: DEADLINE_MS / 1000,
+      timeout: settings.requestTimeoutSeconds,
+      pipelining: 1,
+      setupClient: politeClient,
+      requests: [
+        {
+          method: "GET",
+          path: settings.path,
+          onResponse: (_status, body) => {
+            const pid = Number(body.match(ANSWER)?.[1] ?? 0)
+            record.answersByPid.set(pid, (record.answersByPid.get(pid) ?? 0) + 1)
+          }
+        }
+      ]
+    })
+    load.instance.on("response", (_client, status, _bytes, latency) => {
+      if (status < 200 || status > 299) fail({ source: "load", kind: "non-2xx", detail: String(status) })
+      record.ends.push(now())
+      record.latencies.push(latency)
+    })
+    load.instance.on("reqError", (error: NodeJS.ErrnoException) =>
+      fail({
+        source: "load",
+        kind: error.code === "ECONNRESET" ? "reset" : "error",
+        detail: error.code ?? error.message
+      })
+    )
+    return load
+  })
+
+// -----------------------------------------------------------------------------
+// The prober: one request at a time, each on a new connection
+// -----------------------------------------------------------------------------
+
+interface Probe {
+  readonly end: number
+  readonly pid: number
+}
+
+const probe = (port: number): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const request = Http.get(
+      { host: "127.0.0.1", port, path: settings.path, agent: false, timeout: 5000 },
+      (response) => {
+        let body = ""
+        response.setEncoding("utf8")
+        response.on("data", (chunk: string) => (body += chunk))
+        response.on("error", reject)
+        response.on("end", () => {
+          const pid = body.match(ANSWER)?.[1]
+          if (response.statusCode === 200 && pid !== undefined) resolve(Number(pid))
+          else reject(new Error(`status ${response.statusCode}: ${JSON.stringify(body)}`))
+        })
+      }
+    )
+    request.on("timeout", () => request.destroy(new Error("no answer within 5 s")))
+    request.on("error", reject)
+  })
+
+const startProber = (ports: ReadonlyArray<number>) => {
+  const probes: Array<Probe> = []
+  const stopping = new AbortController()
+  const done = (async () => {
+    for (let i = 0; !stopping.signal.aborted; i++) {
+      try {
+        const pid = await probe(ports[i % ports.length]!)
+        probes.push({ end: now(), pid })
+      } catch (error) {
+        const cause = error as NodeJS.ErrnoException
+        fail({
+          source: "prober",
+          kind: cause.code === "ECONNRESET" ? "reset" : "error",
+          detail: cause.code ?? cause.message
+        })
+      }
+      await sleep(2)
+    }
+  })()
+  return {
+    probes,
+    stop: () => {
+      stopping.abort()
+      return done
+    }
+  }
+}
+
+// -----------------------------------------------------------------------------
+// The run
+// -----------------------------------------------------------------------------
+
+interface Restart {
+  readonly from: number
+  readonly to: number
+  /** Times (`performance.now()`): the signal, the successor's banner, the old process gone. */
+  readonly signalled: number
+  readonly ready: number
+  readonly drained: number
+}
+
+const demoPath = new URL("../examples/demo.ts", import.meta.url).pathname
+
+const main = async () => {
+  const ports = await freePorts(3)
+  console.log(
+    `Restarts under load: ${settings.restarts} restarts, ${settings.connections} keep-alive connections on ` +
+      `127.0.0.1:${ports.join(", ")}, ${settings.steadyMs} ms steady state after each\n`
+  )
+  const demo = spawnNode([demoPath, ...ports.flatMap((port, i) => [`--a${i}`, `127.0.0.1:${port}`])], { group: true })
+  const restarts: Array<Restart> = []
+  let loads: Array<Load> = []
+  let prober: ReturnType<typeof startProber> | undefined
+  try {
+    let current = Number((await demo.waitForLine(BANNER, 20_000))[1])
+    const first = current
+    const loadStart = now()
+    loads = startClients(ports)
+    prober = startProber(ports)
+    await sleep(settings.warmupMs)
+    const measuredFrom = now()
+    const firstStats = processStats(current)
+
+    // A restart that does not complete ends the restarts, not the report.
+    let aborted: string | undefined
+    try {
+      for (let i = 1; i <= settings.restarts; i++) {
+        const from = current
+        const seen = demo.lines.length
+        const signalled = now()
+        process.kill(from, "SIGUSR2")
+        const to = Number((await demo.waitForLine(BANNER, 20_000, seen))[1])
+        const ready = now()
+        current = to
+        await until(() => !isAlive(from), 30_000, `pid ${from} to drain and exit`)
+        const drained = now()
+        restarts.push({ from, to, signalled, ready, drained })
+        console.log(
+          `restart ${String(i).padStart(2)}: ${from} -> ${to}  ready ${fixed(ready - signalled, 0)} ms, ` +
+            `old gone ${fixed(drained - signalled, 0)} ms, failures so far ${record.failures.length}`
+        )
+        await sleep(settings.steadyMs)
+      }
+    } catch (error) {
+      aborted = error instanceof Error ? error.message : String(error)
+      console.error(
+        `\nRestarts stopped: ${aborted}\ndemo stderr (last 20 lines):\n${demo.errors.slice(-20).join("\n")}`
+      )
+    }
+
+    const finalStats = processStats(current)
+    const stopped = now()
+    for (const load of loads) load.instance.stop()
+    const results = await within(Promise.all(loads.map((load) => load.result)), 10_000, "autocannon to stop")
+    await within(prober.stop(), 10_000, "the prober to stop")
+    for (const written of inFlight.values()) {
+      if (stopped - written > 2000) {
+        fail({ source: "load", kind: "stalled", detail: `unanswered for ${fixed(stopped - written, 0)} ms at the end` })
+      }
+    }
+
+    const report = summarize({ loadStart, measuredFrom, stopped, restarts, results, probes: prober.probes })
+    const terminated = await terminate(demo.pid, current)
+    const output = {
+      machine: machine(),
+      settings,
+      ports,
+      aborted,
+      ...report,
+      first: { pid: first, ...firstStats },
+      final: { pid: current, ...finalStats },
+      terminated
+    }
+    printAndWrite(output)
+    if (aborted !== undefined || report.failed > 0 || !terminated.exited || terminated.leftover.length > 0)
+      process.exitCode = 1
+  } catch (error) {
+    process.exitCode = 1
+    console.error(`\nFAILED: ${error instanceof Error ? error.message : String(error)}`)
+    console.error(`demo stderr (last 40 lines):\n${demo.errors.slice(-40).join("\n")}`)
+  } finally {
+    for (const load of loads) load.instance.stop()
+    await prober?.stop()
+    // Every generation, whichever is left.
+    await demo.stop(1000)
+  }
+}
+
+/** SIGTERM to the final process; waits for it, then for its whole process group, to be gone. */
+const terminate = async (group: number, pid: number) => {
+  const started = now()
+  process.kill(pid, "SIGTERM")
+  const exited = await until(() => !isAlive(pid), 15_000, `pid ${pid} to exit after SIGTERM`).then(
+    () => true,
+    () => false
+  )
+  const exitMs = now() - started
+  const leftover = processGroup(group)
+  return { pid, exited, exitMs, leftover }
+}
+
+// -----------------------------------------------------------------------------
+// Report
+// -----------------------------------------------------------------------------
+
+const summarize = (input: {
+  readonly loadStart: number
+  readonly measuredFrom: number
+  readonly stopped: number
+  readonly restarts: ReadonlyArray<Restart>
+  readonly results: ReadonlyArray<autocannon.Result>
+  readonly probes: ReadonlyArray<Probe>
+}) => {
+  const { restarts, results, probes } = input
+  const windowOf = (start: number, end: number) =>
+    restarts.findIndex((restart) => start <= restart.drained && end >= restart.signalled)
+
+  const steady: Array<number> = []
+  const during: Array<number> = []
+  for (let i = 0; i < record.ends.length; i++) {
+    const end = record.ends[i]!
+    const latency = record.latencies[i]!
+    if (end - latency < input.measuredFrom) continue
+    ;(windowOf(end - latency, end) >= 0 ? during : steady).push(latency)
+  }
+  const latency = (values: Array<number>) => {
+    const sorted = sortedOf(values)
+    return {
+      requests: sorted.length,
+      p50Ms: percentile(sorted, 50),
+      p99Ms: percentile(sorted, 99),
+      maxMs: sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN
+    }
+  }
+
+  const perRestart = restarts.map((restart, i) => {
+    const answered = probes.find((p) => p.pid === restart.to && p.end >= restart.signalled)
+    const next = restarts[i + 1]?.signalled ?? input.stopped
+    return {
+      from: restart.from,
+      to: restart.to,
+      readyMs: restart.ready - restart.signalled,
+      handoffMs: answered === undefined ? Number.NaN : answered.end - restart.signalled,
+      drainedMs: restart.drained - restart.signalled,
+      failures: record.failures.filter((f) => f.at >= restart.signalled && f.at < next).length
+    }
+  })
+
+  const failures = record.failures.map((failure) => {
+    const index = restarts.findLastIndex((restart) => restart.signalled <= failure.at)
+    return {
+      ...failure,
+      at: Math.round(failure.at - input.loadStart),
+      restart: index + 1,
+      sinceSignalMs: index >= 0 ? Math.round(failure.at - restarts[index]!.signalled) : undefined
+    }
+  })
+  const byKind: Record<string, number> = {}
+  for (const failure of failures)
+    byKind[`${failure.source} ${failure.kind}`] = (byKind[`${failure.source} ${failure.kind}`] ?? 0) + 1
+
+  const sum = (f: (result: autocannon.Result) => number) => results.reduce((n, result) => n + f(result), 0)
+  const handoffs = sortedOf(perRestart.map((r) => r.handoffMs).filter(Number.isFinite))
+  return {
+    requests: {
+      sent: sum((r) => r.requests.sent),
+      answered: sum((r) => r.requests.total),
+      probes: probes.length,
+      connectionClose: record.connectionClose,
+      durationSeconds: (input.stopped - input.loadStart) / 1000,
+      answersByPid: Object.fromEntries(record.answersByPid)
+    },
+    autocannon: {
+      errors: sum((r) => r.errors),
+      timeouts: sum((r) => r.timeouts),
+      non2xx: sum((r) => r.non2xx)
+    },
+    failed: failures.length,
+    failuresByKind: byKind,
+    failures,
+    latency: { steady: latency(steady), duringRestarts: latency(during) },
+    handoff: {
+      medianMs: percentile(handoffs, 50),
+      maxMs: handoffs.length > 0 ? handoffs[handoffs.length - 1]! : Number.NaN,
+      missing: perRestart.length - handoffs.length
+    },
+    restarts: perRestart
+  }
+}
+
+type Output = ReturnType<typeof summarize> & {
+  readonly aborted: string | undefined
+  readonly machine: ReturnType<typeof machine>
+  readonly settings: typeof settings
+  readonly ports: ReadonlyArray<number>
+  readonly first: { readonly pid: number; readonly fds: number; readonly rssKiB: number }
+  readonly final: { readonly pid: number; readonly fds: number; readonly rssKiB: number }
+  readonly terminated: Awaited<ReturnType<typeof terminate>>
+}
+
+const printAndWrite = (output: Output) => {
+  const mib = (kib: number) => fixed(kib / 1024, 1)
+  const summary = markdownTable(
+    ["measure", "value"],
+    [
+      ["restarts", String(output.restarts.length)],
+      ["requests answered (load)", String(output.requests.answered)],
+      ["prober requests", String(output.requests.probes)],
+      ["answers with Connection: close (load)", String(output.requests.connectionClose)],
+      ["failed requests", String(output.failed)],
+      ...Object.entries(output.failuresByKind).map(([kind, n]) => [`  ${kind}`, String(n)]),
+      [
+        "latency steady (p50 / p99 / max)",
+        `${fixed(output.latency.steady.p50Ms)} / ${fixed(output.latency.steady.p99Ms)} / ${fixed(output.latency.steady.maxMs)} ms (${output.latency.steady.requests} requests)`
+      ],
+      [
+        "latency during restarts (p50 / p99 / max)",
+        `${fixed(output.latency.duringRestarts.p50Ms)} / ${fixed(output.latency.duringRestarts.p99Ms)} / ${fixed(output.latency.duringRestarts.maxMs)} ms (${output.latency.duringRestarts.requests} requests)`
+      ],
+      [
+        "handoff, signal to first answer from the new pid (median / max)",
+        `${fixed(output.handoff.medianMs, 0)} / ${fixed(output.handoff.maxMs, 0)} ms`
+      ],
+      ["first process: fds, RSS", `${output.first.fds}, ${mib(output.first.rssKiB)} MiB (pid ${output.first.pid})`],
+      ["final process: fds, RSS", `${output.final.fds}, ${mib(output.final.rssKiB)} MiB (pid ${output.final.pid})`],
+      [
+        "SIGTERM to the final process",
+        output.terminated.exited
+          ? `exited in ${fixed(output.terminated.exitMs, 0)} ms, ${output.terminated.leftover.length} process(es) left`
+          : `did not exit within 15 s; left: ${output.terminated.leftover.join(", ")}`
+      ]
+    ]
+  )
+  const perRestart = markdownTable(
+    ["#", "old pid", "new pid", "ready ms", "handoff ms", "old gone ms", "failures"],
+    output.restarts.map((r, i) => [
+      String(i + 1),
+      String(r.from),
+      String(r.to),
+      fixed(r.readyMs, 0),
+      fixed(r.handoffMs, 0),
+      fixed(r.drainedMs, 0),
+      String(r.failures)
+    ])
+  )
+  const failureList =
+    output.failures.length === 0
+      ? "No failed requests."
+      : markdownTable(
+          ["t ms", "restart", "ms after signal", "client", "kind", "detail"],
+          output.failures.map((f) => [
+            String(f.at),
+            String(f.restart),
+            String(f.sinceSignalMs ?? ""),
+            f.source,
+            f.kind,
+            f.detail
+          ])
+        )
+  const verdict =
+    output.aborted !== undefined
+      ? `Target (0 failed requests, every restart done): NOT met: ${output.aborted}.`
+      : output.failed === 0
+        ? "Target (0 failed requests): met."
+        : `Target (0 failed requests): NOT met (${output.failed} failed).`
+  console.log(`\n${summary}\n\n${perRestart}\n\n${failureList}\n\n${verdict}`)
+  writeResults(
+    "restart",
+    output,
+    [
+      "# Restarts under load",
+      "",
+      `\`npm run bench:restart\` at ${output.machine.revision} on Node ${output.machine.node}, ${output.machine.cpus} CPUs, ${output.machine.date}: ` +
+        `the demo on three ports, ${output.settings.connections} keep-alive connections sending ` +
+        `\`GET ${output.settings.path}\`, ${output.restarts.length} restarts by \`SIGUSR2\`, one at a time, ` +
+        `${output.settings.steadyMs} ms of steady state after each.`,
+      "",
+      summary,
+      "",
+      verdict,
+      "",
+      perRestart,
+      "",
+      failureList
+    ].join("\n")
+  )
+}
+
+// A run that hangs anyway is ended, with every process it started (support.ts's exit clean-up).
+setTimeout(() => {
+  console.error(`\nFAILED: the run took more than ${DEADLINE_MS / 1000} s`)
+  // oxlint-disable-next-line unicorn/no-process-exit
+  process.exit(2)
+}, DEADLINE_MS).unref()
+
+await main()

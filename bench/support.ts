@@ -1,0 +1,304 @@
+/**
+ * Helpers shared by the benchmarks: child processes that are killed whatever
+ * happens, bounded waits, autocannon runs, readings from /proc, statistics and
+ * result files.
+ *
+ * Every process a benchmark starts is registered here and killed (SIGKILL) when
+ * the benchmark exits, throws, or is interrupted by a signal, so a failed run
+ * leaves nothing listening. Every wait has a deadline.
+ */
+import { execFileSync, spawn } from "node:child_process"
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
+import * as Net from "node:net"
+import { availableParallelism } from "node:os"
+import { createInterface } from "node:readline"
+import autocannon from "autocannon"
+
+// -----------------------------------------------------------------------------
+// Clean-up
+// -----------------------------------------------------------------------------
+
+const cleanups = new Set<() => void>()
+
+/** Registers a synchronous clean-up, run at exit (normal, thrown or signalled); returns its removal. */
+export const onCleanup = (cleanup: () => void): (() => void) => {
+  cleanups.add(cleanup)
+  return () => void cleanups.delete(cleanup)
+}
+
+const runCleanups = () => {
+  for (const cleanup of cleanups) {
+    try {
+      cleanup()
+    } catch {
+      // Already gone.
+    }
+  }
+  cleanups.clear()
+}
+
+process.on("exit", runCleanups)
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.once(signal, () => {
+    runCleanups()
+    // The handler is gone: the signal's default action ends the benchmark.
+    process.kill(process.pid, signal)
+  })
+}
+
+// -----------------------------------------------------------------------------
+// Waiting
+// -----------------------------------------------------------------------------
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Rejects when `promise` has not settled within `ms`. */
+export const within = <A>(promise: Promise<A>, ms: number, what: string): Promise<A> => {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** Polls `check` until it holds, for at most `ms`. */
+export const until = async (check: () => boolean, ms: number, what: string, every = 10): Promise<void> => {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await sleep(every)
+  }
+}
+
+// -----------------------------------------------------------------------------
+// Processes
+// -----------------------------------------------------------------------------
+
+/** A Node program started by a benchmark, with its output read line by line. */
+export interface Child {
+  readonly pid: number
+  /** Every stdout line so far, of this process and of any descendant writing to the same pipe. */
+  readonly lines: Array<string>
+  /** Every stderr line so far. */
+  readonly errors: Array<string>
+  /** Waits, bounded, for a stdout line at index `from` or later that matches `pattern`. */
+  readonly waitForLine: (pattern: RegExp, ms: number, from?: number) => Promise<RegExpMatchArray>
+  /** Settles when the process itself has exited. */
+  readonly exited: Promise<void>
+  /** SIGTERM, then SIGKILL (to the whole group, with `group`) when it has not exited within `ms`. */
+  readonly stop: (ms?: number) => Promise<void>
+}
+
+/**
+ * Runs `node ...args` on this benchmark's Node. With `group`, the child leads
+ * a process group of its own, and clean-up kills the whole group: the
+ * descendants (restarted generations, which are not our children) with it.
+ */
+export const spawnNode = (args: ReadonlyArray<string>, options: { readonly group?: boolean } = {}): Child => {
+  const group = options.group ?? false
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], detached: group })
+  const pid = child.pid
+  if (pid === undefined) throw new Error(`cannot start node ${args.join(" ")}`)
+  const killAll = () => {
+    try {
+      process.kill(group ? -pid : pid, "SIGKILL")
+    } catch {
+      // Nothing left to kill.
+    }
+  }
+  const removeCleanup = onCleanup(killAll)
+
+  const lines: Array<string> = []
+  const errors: Array<string> = []
+  // Stdout ends once every process holding it (with `group`, every generation) has gone.
+  let outputEnded = false
+  const waiters = new Set<() => void>()
+  const wake = () => {
+    for (const waiter of waiters) waiter()
+  }
+  createInterface({ input: child.stdout })
+    .on("line", (line) => {
+      lines.push(line)
+      wake()
+    })
+    .on("close", () => {
+      outputEnded = true
+      wake()
+    })
+  createInterface({ input: child.stderr }).on("line", (line) => {
+    errors.push(line)
+    if (process.env.BENCH_VERBOSE) process.stderr.write(`  [${pid}] ${line}\n`)
+  })
+  let hasExited = false
+  const exited = new Promise<void>((resolve) =>
+    child.once("exit", () => {
+      hasExited = true
+      if (!group) removeCleanup()
+      resolve()
+    })
+  )
+
+  const waitForLine = (pattern: RegExp, ms: number, from = 0) =>
+    within(
+      new Promise<RegExpMatchArray>((resolve, reject) => {
+        let next = from
+        const check = () => {
+          for (; next < lines.length; next++) {
+            const match = lines[next]!.match(pattern)
+            if (match !== null) {
+              waiters.delete(check)
+              return resolve(match)
+            }
+          }
+          if (outputEnded) {
+            waiters.delete(check)
+            reject(new Error(`pid ${pid} ended without a line matching ${pattern}; stderr:\n${errors.join("\n")}`))
+          }
+        }
+        waiters.add(check)
+        check()
+      }),
+      ms,
+      `a line matching ${pattern} from pid ${pid}`
+    )
+
+  const stop = async (ms = 5000) => {
+    if (!hasExited) {
+      child.kill("SIGTERM")
+      await within(exited, ms, `pid ${pid} to exit`).catch(killAll)
+      await exited
+    }
+    if (group) {
+      // The other generations, if any is left.
+      killAll()
+      removeCleanup()
+    }
+  }
+
+  return { pid, lines, errors, waitForLine, exited, stop }
+}
+
+const stat = (pid: number): Array<string> | undefined => {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, "utf8")
+    // The command name, in parentheses, may itself contain spaces: fields start after the last ")".
+    return text.slice(text.lastIndexOf(")") + 2).split(" ")
+  } catch {
+    return undefined
+  }
+}
+
+/** Whether a process exists and is not a zombie (a generation's parent may never reap it). */
+export const isAlive = (pid: number): boolean => {
+  const state = stat(pid)?.[0]
+  return state !== undefined && state !== "Z" && state !== "X"
+}
+
+/** The live (non-zombie) processes of a process group. */
+export const processGroup = (pgid: number): Array<number> =>
+  readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number)
+    .filter((pid) => {
+      const fields = stat(pid)
+      return fields !== undefined && Number(fields[2]) === pgid && isAlive(pid)
+    })
+
+/** Open fds (`/proc/<pid>/fd`) and resident memory (`VmRSS`, in KiB) of a process. */
+export const processStats = (pid: number): { readonly fds: number; readonly rssKiB: number } => {
+  const fds = readdirSync(`/proc/${pid}/fd`).length
+  const rss = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+) kB$/m)
+  return { fds, rssKiB: rss === null ? Number.NaN : Number(rss[1]) }
+}
+
+/** CPU time (user + system, `/proc/<pid>/stat`) a process has used so far, in milliseconds (10 ms ticks). */
+export const cpuMillis = (pid: number): number => {
+  const fields = stat(pid)
+  if (fields === undefined) throw new Error(`no process ${pid}`)
+  // utime and stime, fields 14 and 15 of stat(5), in clock ticks of 1/100 s (USER_HZ on Linux).
+  return (Number(fields[11]) + Number(fields[12])) * 10
+}
+
+/** `n` distinct ports free on 127.0.0.1 right now (bound together, then released). */
+export const freePorts = async (n: number): Promise<Array<number>> => {
+  const servers = Array.from({ length: n }, () => Net.createServer())
+  await Promise.all(servers.map((server) => new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))))
+  const ports = servers.map((server) => (server.address() as Net.AddressInfo).port)
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))))
+  return ports
+}
+
+// -----------------------------------------------------------------------------
+// Load
+// -----------------------------------------------------------------------------
+
+/** A running autocannon instance and its result. */
+export interface Load {
+  readonly instance: autocannon.Instance
+  readonly result: Promise<autocannon.Result>
+}
+
+/** Starts autocannon (programmatic API; keep-alive connections, no pipelining). */
+export const startLoad = (options: autocannon.Options): Load => {
+  let instance: autocannon.Instance | undefined
+  const result = new Promise<autocannon.Result>((resolve, reject) => {
+    instance = autocannon(options, (error, done) => (error ? reject(error) : resolve(done)))
+  })
+  return { instance: instance!, result }
+}
+
+// -----------------------------------------------------------------------------
+// Statistics and reports
+// -----------------------------------------------------------------------------
+
+/** The nearest-rank percentile (`p` in 0..100) of values sorted in ascending order. */
+export const percentile = (sorted: ArrayLike<number>, p: number): number =>
+  sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!
+
+/** Sorts latencies for `percentile`. */
+export const sortedOf = (values: ArrayLike<number>): Float64Array => Float64Array.from(values).toSorted()
+
+export const median = (values: ReadonlyArray<number>): number => percentile(sortedOf(values), 50)
+
+/** A number with fixed decimals, for tables. */
+export const fixed = (value: number, digits = 2): string => (Number.isFinite(value) ? value.toFixed(digits) : "n/a")
+
+/** A markdown table with padded columns (readable on a terminal as well). */
+export const markdownTable = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
+  const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => (row[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) => `| ${cells.map((cell, i) => cell.padEnd(widths[i]!)).join(" | ")} |`
+  return [line(header), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...rows.map(line)].join("\n")
+}
+
+/** Writes `bench/results/<name>.json` and `bench/results/<name>.md`. */
+export const writeResults = (name: string, json: unknown, markdown: string): void => {
+  const directory = new URL("results/", import.meta.url)
+  mkdirSync(directory, { recursive: true })
+  writeFileSync(new URL(`${name}.json`, directory), `${JSON.stringify(json, null, 2)}\n`)
+  writeFileSync(new URL(`${name}.md`, directory), `${markdown.trimEnd()}\n`)
+  console.log(`\nWrote bench/results/${name}.json and bench/results/${name}.md`)
+}
+
+/** The commit measured, `-dirty` when src/ has uncommitted changes (`BENCH_REVISION` overrides). */
+const revision = (): string => {
+  if (process.env.BENCH_REVISION) return process.env.BENCH_REVISION
+  try {
+    const git = (...args: Array<string>) =>
+      execFileSync("git", args, {
+        cwd: new URL("..", import.meta.url),
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "ignore"]
+      }).trim()
+    return `${git("rev-parse", "--short", "HEAD")}${git("status", "--porcelain", "--", "src") === "" ? "" : "-dirty"}`
+  } catch {
+    return "unknown"
+  }
+}
+
+/** What the benchmark ran on, recorded with its results. */
+export const machine = () => ({
+  revision: revision(),
+  node: process.version,
+  cpus: availableParallelism(),
+  date: new Date().toISOString()
+})
