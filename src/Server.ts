@@ -1,79 +1,212 @@
 /**
  * HTTP and HTTPS servers for `effect/http` apps, on listeners from
- * `Listeners`, whose shutdown is a drain: when the server's scope closes,
+ * `Listeners`, whose shutdown is a drain: when the serve scope closes,
  * nothing in flight is lost.
  *
- * It provides the same services as `NodeHttpServer.layer` and serves requests
- * with the same handlers (`NodeHttpServer.makeHandler` and
- * `makeUpgradeHandler`); only the lifecycle differs:
+ * A server provides the same services as `NodeHttpServer.layer` and serves
+ * requests with the same handlers (`NodeHttpServer.makeHandler` and
+ * `makeUpgradeHandler`); only the lifecycle differs.
  *
- * - It accepts only once the app's handlers are attached (`HttpServer.serve`),
- *   so a successor never accepts a connection it cannot answer yet.
- * - When the serve scope closes it stops accepting at once, marks every
- *   further response `Connection: close`, lets requests in flight finish,
- *   closes keep-alive connections only once they have been quiet for
- *   `idleGrace` (closing a connection that merely looks idle races the
- *   client's next request into a reset), sends WebSockets a 1001 close, and
- *   destroys what is left at `drainTimeout`. The drain is logged.
+ * Invariants:
+ * - It accepts only once the app's handlers are attached, so a successor
+ *   never accepts a connection it cannot answer yet.
+ * - The drain stops accepting at once (the listening handle only: idle
+ *   connections are not closed under a client that is sending).
+ * - Requests in flight run to completion; every response from then on says
+ *   `Connection: close`, and its connection closes after it.
+ * - A keep-alive connection with no request in flight is closed only once it
+ *   has been quiet for `idleGrace`: a client that is sending its next request
+ *   is answered, never reset, and one that went quiet cannot hold the drain.
+ * - WebSockets get a 1001 close and HTTP/2 sessions a GOAWAY; they are held
+ *   until they close.
+ * - At `drainTimeout`, what is left is destroyed. The drain is logged with
+ *   its counts, as a warning when something was forced.
  *
  * @since 0.1.0
  */
-import * as Config from "effect/Config"
-import * as Context from "effect/Context"
-import * as Duration from "effect/Duration"
+import type * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import type * as Config from "effect/Config"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type { LazyArg } from "effect/Function"
 import type * as Etag from "effect/http/Etag"
 import type * as HttpPlatform from "effect/http/HttpPlatform"
 import * as HttpServer from "effect/http/HttpServer"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import type * as NodeServices from "@effect/platform-node/NodeServices"
 import * as NodeWS from "@effect/platform-node/NodeWS"
 import * as Http from "node:http"
+import type * as Http2 from "node:http2"
 import * as Https from "node:https"
-import type * as Net from "node:net"
+import * as Net from "node:net"
+import type { Duplex } from "node:stream"
 import type * as Tls from "node:tls"
-import { Tracker } from "./internal/drain.ts"
+import * as Drain from "./internal/drain.ts"
 import * as Listeners from "./Listeners.ts"
+
+// -----------------------------------------------------------------------------
+// Knobs
+// -----------------------------------------------------------------------------
 
 /**
  * How long a drain may take before what is left is destroyed. Default 30
- * seconds; `GRACE_DRAIN_TIMEOUT` (through `Config`) or a server's
- * `drainTimeout` option overrides it.
+ * seconds. A server's `drainTimeout` option overrides it; `layerConfig` sets
+ * it from `GRACE_DRAIN_TIMEOUT`. Shared with `SocketServer`.
  *
  * @since 0.1.0
  * @category references
  */
-export const DrainTimeout: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
-  "effect-grace/Server/DrainTimeout",
-  { defaultValue: () => Duration.seconds(30) }
-)
+export const DrainTimeout: Context.Reference<Duration.Duration> = Drain.DrainTimeout
 
 /**
  * How long a connection with nothing in flight must be quiet before a drain
- * closes it. Default 250 milliseconds; `GRACE_IDLE_GRACE` (through `Config`)
- * or a server's `idleGrace` option overrides it.
+ * closes it. Default 250 milliseconds. A server's `idleGrace` option
+ * overrides it; `layerConfig` sets it from `GRACE_IDLE_GRACE`. Shared with
+ * `SocketServer`.
  *
  * @since 0.1.0
  * @category references
  */
-export const IdleGrace: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
-  "effect-grace/Server/IdleGrace",
-  { defaultValue: () => Duration.millis(250) }
-)
+export const IdleGrace: Context.Reference<Duration.Duration> = Drain.IdleGrace
 
 /**
- * Drain settings shared by every server kind.
+ * Sets `DrainTimeout` and `IdleGrace` from `GRACE_DRAIN_TIMEOUT` and
+ * `GRACE_IDLE_GRACE`, read through `Config` in Effect's Duration syntax
+ * (`45 seconds`, `500 millis`). A variable that is not set keeps the default.
+ *
+ * **When to use**
+ *
+ * Provide it once, above the server layers, so that operators can tune the
+ * drain without a rebuild:
+ *
+ * ```ts
+ * Layer.mergeAll(Public, Admin).pipe(Layer.provide(Server.layerConfig))
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig: Layer.Layer<never, Config.ConfigError> = Drain.layerConfig
+
+/**
+ * What a handler can learn of its server's drain: `await` completes once the
+ * drain has begun (never outside a server), `isDraining` tells whether it
+ * has.
  *
  * @since 0.1.0
  * @category models
  */
-export interface DrainOptions {
-  readonly drainTimeout?: Duration.Input | undefined
-  readonly idleGrace?: Duration.Input | undefined
+export type DrainSignal = Drain.DrainSignal
+
+/**
+ * The drain signal of the server running the current handler. Every request
+ * (and upgraded connection) of a `Server` sees its server's signal; outside
+ * one, the signal never fires.
+ *
+ * **When to use**
+ *
+ * A long response (server-sent events, long polling) or a WebSocket protocol
+ * that wants to say goodbye before the drain's deadline:
+ *
+ * ```ts
+ * const events = Stream.interruptWhen(ticks, Server.draining)
+ * ```
+ *
+ * @since 0.1.0
+ * @category references
+ */
+export const Draining: Context.Reference<DrainSignal> = Drain.Draining
+
+/**
+ * Completes once the drain of the current handler's server has begun.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Draining), (signal) => signal.await)
+
+/**
+ * Whether the drain of the current handler's server has begun.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
+  Effect.service(Draining),
+  (signal) => signal.isDraining
+)
+
+// -----------------------------------------------------------------------------
+// Errors
+// -----------------------------------------------------------------------------
+
+/**
+ * The options contradict each other.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidOptions extends Data.TaggedError("InvalidOptions")<{
+  readonly detail: string
+}> {
+  override get message(): string {
+    return `invalid server options: ${this.detail}`
+  }
 }
+
+/**
+ * Node could not create the server: most often a TLS key or certificate it
+ * cannot load.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CreateFailed extends Data.TaggedError("CreateFailed")<{
+  readonly address: string
+  readonly cause: unknown
+}> {
+  override get message(): string {
+    return `cannot create the server for ${this.address}: ${String(this.cause)}; check the key and certificate`
+  }
+}
+
+/**
+ * Why a server could not be made.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type ServerErrorReason = InvalidOptions | CreateFailed
+
+/**
+ * A server could not be made; `reason` says why. Listener failures come as
+ * `Listeners.ListenersError`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ServerError extends Data.TaggedError("ServerError")<{
+  readonly reason: ServerErrorReason
+}> {
+  override get message(): string {
+    return this.reason.message
+  }
+}
+
+// -----------------------------------------------------------------------------
+// Options
+// -----------------------------------------------------------------------------
+
+/**
+ * A Node server the app can be served on: HTTP/1, HTTPS, or HTTP/2.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type NodeServer = Http.Server | Https.Server | Http2.Http2Server | Http2.Http2SecureServer
 
 /**
  * Options of an HTTP server.
@@ -81,45 +214,64 @@ export interface DrainOptions {
  * @since 0.1.0
  * @category models
  */
-export interface Options extends DrainOptions {
-  /** TLS: key and certificate (and any other `tls` option) for HTTPS. */
+export interface Options {
+  /** The listener's name: an inherited fd of that name is adopted first, and the name travels to a successor. */
+  readonly name?: string | undefined
+  /** HTTPS: the key and certificate (and any other `tls` option). TLS runs over the listener, inherited or not. */
   readonly https?: Tls.SecureContextOptions & Tls.TlsOptions
-  /** Node's HTTP server options: `requestTimeout`, `headersTimeout`, `keepAliveTimeout`, ... */
+  /** Node's HTTP server options: `requestTimeout`, `headersTimeout`, `keepAliveTimeout`, `maxHeaderSize`, ... */
   readonly http?: Http.ServerOptions
-  /** Options for the WebSocket server that upgrades requests (`permessage-deflate`, payload limits). */
-  readonly websocket?: Omit<NodeWS.ServerOptions, "noServer" | "server" | "host" | "port" | "path">
+  /**
+   * Creates the Node server, for what the other options do not cover (an
+   * HTTP/2 server, for example). It must not listen: the listener is
+   * adopted once the app is attached. Not to be combined with `https` or
+   * `http`.
+   */
+  readonly createServer?: LazyArg<NodeServer> | undefined
+  /** Overrides `DrainTimeout` for this server. */
+  readonly drainTimeout?: Duration.Input | undefined
+  /** Overrides `IdleGrace` for this server. */
+  readonly idleGrace?: Duration.Input | undefined
+  /** Options of the WebSocket server that upgrades requests (`perMessageDeflate`, `maxPayload`, ...). */
+  readonly websocket?: Omit<NodeWS.ServerOptions, "noServer" | "server" | "host" | "port" | "path"> | undefined
 }
 
-/**
- * Resolves the drain settings: the given options, else `GRACE_DRAIN_TIMEOUT`
- * and `GRACE_IDLE_GRACE` from `Config`, else `DrainTimeout` and `IdleGrace`.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const drainSettings = (
-  options: DrainOptions
-): Effect.Effect<{ readonly timeout: Duration.Duration; readonly idleGrace: Duration.Duration }, Config.ConfigError> =>
-  Effect.gen(function* () {
-    const configured = yield* Config.all({
-      timeout: Config.option(Config.Duration("GRACE_DRAIN_TIMEOUT")),
-      idleGrace: Config.option(Config.Duration("GRACE_IDLE_GRACE"))
+// -----------------------------------------------------------------------------
+// Constructors
+// -----------------------------------------------------------------------------
+
+const withName = (spec: Listeners.ListenSpec, name: string | undefined): Listeners.ListenSpec =>
+  name === undefined ? spec : typeof spec === "string" ? { address: spec, name } : { ...spec, name }
+
+const describe = (spec: Listeners.ListenSpec): string =>
+  typeof spec === "string" ? spec : (spec.address ?? spec.name ?? "a listener")
+
+// Tells every WebSocket it upgrades to the drain, including those upgraded during one.
+class TrackedWebSocketServer extends NodeWS.WebSocketServer {
+  onClient: (client: NodeWS.WebSocket) => void = () => {}
+  override handleUpgrade(
+    request: Http.IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    callback: (client: NodeWS.WebSocket, request: Http.IncomingMessage) => void
+  ): void {
+    super.handleUpgrade(request, socket, head, (client, upgraded) => {
+      this.onClient(client)
+      callback(client, upgraded)
     })
-    const pick = (
-      given: Duration.Input | undefined,
-      fromConfig: Option.Option<Duration.Duration>,
-      fallback: Duration.Duration
-    ) => (given !== undefined ? Duration.fromInputUnsafe(given) : Option.getOrElse(fromConfig, () => fallback))
-    return {
-      timeout: pick(options.drainTimeout, configured.timeout, yield* DrainTimeout),
-      idleGrace: pick(options.idleGrace, configured.idleGrace, yield* IdleGrace)
-    }
-  })
+  }
+}
+
+// `http.Server#close` also closes the connections that look idle at that instant, racing a client that is sending
+// right then (nodejs/node#60617); `net.Server#close` closes the listening handle only.
+const stopAccepting = (server: NodeServer): void => {
+  if (server.listening) Net.Server.prototype.close.call(server)
+}
 
 /**
  * Creates an `HttpServer` on a listener from `Listeners`: inherited when one
  * matches `spec`, bound otherwise. It accepts once an app is served on it,
- * and drains when the serve scope closes.
+ * and drains when that serve scope closes.
  *
  * **When to use**
  *
@@ -128,13 +280,25 @@ export const drainSettings = (
  *
  * **Details**
  *
- * With `https`, TLS runs over the listener, inherited or not. Upgrade
- * requests become WebSockets as with `NodeHttpServer`; a drain sends them a
- * 1001 close and destroys them at the deadline.
+ * - Serving forks the request scope first, attaches the request, continue
+ *   and upgrade handlers, then adopts the listener (`Listeners.serve`); the
+ *   drain is a finalizer of the serve scope added after the request scope,
+ *   so it runs first and the fibers it leaves are interrupted after it.
+ * - Upgrade requests become WebSockets as with `NodeHttpServer`.
+ * - `Expect: 100-continue` is answered at once, as Node does by default.
+ * - With `createServer` returning an HTTP/2 server, requests are served as
+ *   `NodeHttpServer` serves them, and a drain sends each session a GOAWAY.
  *
  * **Gotchas**
  *
- * HTTP/2 is not served: HTTP/1.1 keep-alive is what this drain handles.
+ * - One app per server: serving a second app on the same server while the
+ *   first is served is a defect. Give each app its own `Server.layer`.
+ * - A listener that Node cannot adopt when the app is served is a defect
+ *   (`HttpServer.serve` has no error channel); binding errors come earlier,
+ *   as `ListenersError`.
+ * - A response whose headers were sent before the drain began goes out
+ *   without `Connection: close`; its connection is closed once quiet, like an
+ *   idle one.
  *
  * @since 0.1.0
  * @category constructors
@@ -144,65 +308,119 @@ export const make = (
   options: Options = {}
 ): Effect.Effect<
   HttpServer.HttpServer["Service"],
-  Listeners.ListenersError | Config.ConfigError,
+  Listeners.ListenersError | ServerError,
   Scope.Scope | Listeners.Listeners
 > =>
   Effect.gen(function* () {
-    const settings = yield* drainSettings(options)
-    const listeners = yield* Listeners.Listeners
-    const listener = yield* listeners.listen(spec)
-    const address = Listeners.formatAddress(listener.address)
-    const server: Http.Server =
-      options.https !== undefined
-        ? Https.createServer({ ...options.http, ...options.https })
-        : Http.createServer(options.http ?? {})
-    const tracker = new Tracker()
-
-    // The connection the HTTP parser reads: the TLS socket for HTTPS. Sockets still in the TLS handshake are
-    // tracked too (pinned: they become HTTP connections, or fail).
-    if (options.https !== undefined) {
-      server.on("connection", (socket: Net.Socket) => tracker.add(socket, { pinned: true, counted: false }))
-      server.on("secureConnection", (socket: Tls.TLSSocket) => {
-        tracker.add(socket)
-        socket.on("data", () => tracker.touch(socket))
-      })
-      server.on("tlsClientError", (_error, socket) => socket.destroy())
-    } else {
-      server.on("connection", (socket: Net.Socket) => {
-        tracker.add(socket)
-        socket.on("data", () => tracker.touch(socket))
+    if (options.createServer !== undefined && (options.https !== undefined || options.http !== undefined)) {
+      return yield* new ServerError({
+        reason: new InvalidOptions({ detail: "give the https and http options to createServer, not beside it" })
       })
     }
+    const settings = yield* Drain.resolveSettings(options)
+    const server = yield* Effect.try({
+      try: (): NodeServer =>
+        options.createServer !== undefined
+          ? options.createServer()
+          : options.https !== undefined
+            ? Https.createServer({ ...options.http, ...options.https })
+            : Http.createServer(options.http ?? {}),
+      catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
+    })
+    const listeners = yield* Listeners.Listeners
+    const listener = yield* listeners.listen(withName(spec, options.name))
+    const address = Listeners.formatAddress(listener.address)
+    const tracker = new Drain.Tracker()
+
+    // Node emits `session` from its own connection listener, just before ours runs for the same socket.
+    let session: Http2.ServerHttp2Session | undefined
+    const onSession = (created: Http2.ServerHttp2Session) => {
+      session = created
+    }
+    const established = (connection: Drain.Connection) => {
+      if (session !== undefined) tracker.attachSession(connection, session)
+      session = undefined
+    }
+    // The connection requests arrive on: the TLS socket for HTTPS. A TCP socket is tracked while in its handshake.
+    const secure = "setSecureContext" in server
+    const onConnection = (socket: Net.Socket) => {
+      if (secure) tracker.track(socket, "handshake")
+      else established(tracker.track(socket, "http"))
+    }
+    const onSecureConnection = (socket: Tls.TLSSocket) => {
+      const raw = (socket as unknown as { readonly _parent?: Net.Socket })._parent
+      established(raw !== undefined ? tracker.promote(raw, socket, "http") : tracker.track(socket, "http"))
+    }
+    server.on("session", onSession)
+    server.on("connection", onConnection)
+    server.on("secureConnection", onSecureConnection)
 
     const wss = yield* Effect.acquireRelease(
-      Effect.sync(() => new NodeWS.WebSocketServer({ ...options.websocket, noServer: true })),
-      (ws) => Effect.callback<void>((resume) => void ws.close(() => resume(Effect.void)))
+      Effect.sync(() => new TrackedWebSocketServer({ ...options.websocket, noServer: true })),
+      (upgrader) => Effect.callback<void>((resume) => void upgrader.close(() => resume(Effect.void)))
     )
+    const webSockets = new Set<NodeWS.WebSocket>()
+    const goingAway = (client: NodeWS.WebSocket) => tracker.goAway(() => client.close(1001, "server going away"))
+    wss.onClient = (client) => {
+      if (tracker.draining) return goingAway(client)
+      webSockets.add(client)
+      client.once("close", () => webSockets.delete(client))
+    }
+    tracker.onDrain(() => {
+      for (const client of webSockets) goingAway(client)
+      webSockets.clear()
+    })
 
+    // Responses whose headers are not sent yet, to be marked `Connection: close` when the drain begins.
+    const pending = new Set<Http.ServerResponse>()
+    const closeAfter = (response: Http.ServerResponse) => {
+      if (response.headersSent) return
+      response.shouldKeepAlive = false
+      response.setHeader("connection", "close")
+    }
+    tracker.onDrain(() => {
+      for (const response of pending) closeAfter(response)
+      pending.clear()
+    })
+    const track = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+      const http1 = request.httpVersionMajor === 1
+      const connection = http1 ? tracker.get(request.socket) : undefined
+      tracker.begin(connection)
+      response.once("close", () => {
+        pending.delete(response)
+        tracker.end(connection)
+      })
+      if (!http1) return
+      if (tracker.draining) closeAfter(response)
+      else pending.add(response)
+    }
+
+    let serving = false
     return HttpServer.make({
       address: listener.address,
       serve: Effect.fnUntraced(function* (httpApp, middleware) {
+        if (serving) {
+          return yield* Effect.die(
+            new Error(`effect-grace: ${address} already serves an app; give each app its own Server.layer`)
+          )
+        }
+        serving = true
         const serveScope = yield* Effect.scope
-        // Forked first, so that it closes (interrupting what the drain left) after the drain below.
+        // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
         const requestScope = Scope.forkUnsafe(serveScope, "parallel")
         const handler = yield* NodeHttpServer.makeHandler(httpApp, {
           middleware: middleware as never,
           scope: requestScope
-        }) as Effect.Effect<(request: Http.IncomingMessage, response: Http.ServerResponse) => void>
+        }).pipe(Effect.provideService(Draining, tracker.signal)) as Effect.Effect<
+          (request: Http.IncomingMessage, response: Http.ServerResponse) => void
+        >
         const upgradeHandler = yield* NodeHttpServer.makeUpgradeHandler(Effect.succeed(wss), httpApp, {
           middleware: middleware as never,
           scope: requestScope
-        }) as Effect.Effect<(request: Http.IncomingMessage, socket: Net.Socket, head: Buffer) => void>
+        }).pipe(Effect.provideService(Draining, tracker.signal)) as Effect.Effect<
+          (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => void
+        >
 
-        let requests = 0
-        const track = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-          const socket = request.socket
-          requests++
-          tracker.start(socket)
-          response.once("close", () => tracker.end(socket))
-          if (tracker.isDraining) response.setHeader("connection", "close")
-          else tracker.whenDraining(() => response.headersSent || response.setHeader("connection", "close"))
-        }
         const onRequest = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
           track(request, response)
           handler(request, response)
@@ -212,8 +430,8 @@ export const make = (
           response.writeContinue()
           handler(request, response)
         }
-        const onUpgrade = (request: Http.IncomingMessage, socket: Net.Socket, head: Buffer) => {
-          tracker.pin(socket)
+        const onUpgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+          tracker.upgraded(tracker.get(socket as Net.Socket))
           upgradeHandler(request, socket, head)
         }
         server.on("request", onRequest)
@@ -223,28 +441,26 @@ export const make = (
         yield* Scope.addFinalizer(
           serveScope,
           Effect.gen(function* () {
-            // Stop accepting only: http.Server#close also closes connections that look idle, racing their clients.
-            yield* Effect.sync(() => {
-              if (server.listening) (Object.getPrototypeOf(Http.Server.prototype) as Net.Server).close.call(server)
-            })
-            tracker.whenDraining(() => {
-              for (const client of wss.clients) client.close(1001, "going away")
-            })
+            stopAccepting(server)
             const report = yield* tracker.drain(settings)
             const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
-            yield* log("effect-grace: drain finished").pipe(
-              Effect.annotateLogs({ server: address, requests, ...report })
-            )
+            yield* log("effect-grace: drain finished").pipe(Effect.annotateLogs({ server: address, ...report }))
             server.off("request", onRequest)
             server.off("checkContinue", onCheckContinue)
             server.off("upgrade", onUpgrade)
+            // Nothing is left to close; this clears the connection checks Node runs for request timeouts.
+            server.close()
           })
         )
         // Every handler is attached: accept.
-        yield* Effect.orDie(Listeners.serve(listener, server))
+        yield* Effect.orDie(Listeners.serve(listener, server as Net.Server))
       })
     })
   })
+
+// -----------------------------------------------------------------------------
+// Layers
+// -----------------------------------------------------------------------------
 
 /**
  * An `HttpServer` on a listener, with the Node HTTP platform services, as
@@ -254,14 +470,27 @@ export const make = (
  *
  * Replace `NodeHttpServer.layer(() => http.createServer(), { port: 8080 })`
  * with `Server.layer(":8080")`; the app (`HttpRouter.serve(app)`) stays as it
- * is. Several servers in one process are several layers, each provided to its
- * own app.
+ * is, and `Listeners.layer` is provided once at the top. Several servers in
+ * one process are several layers, each provided to its own app.
+ *
+ * **Details**
+ *
+ * `spec` is a `Listeners.ListenSpec`: `":8080"`, `"127.0.0.1:0"`,
+ * `"[::1]:9000"`, `"/run/app.sock"`, or `{ name, address }`.
  *
  * @example
  * ```ts
- * const Public = HttpRouter.serve(app).pipe(Layer.provide(Server.layer(":8080")))
- * const Admin = HttpRouter.serve(admin).pipe(Layer.provide(Server.layer({ name: "admin", address: "127.0.0.1:9090" })))
- * Supervisor.run(Layer.mergeAll(Public, Admin)).pipe(Supervisor.runMain)
+ * import { Layer } from "effect"
+ * import { HttpRouter, HttpServerResponse } from "effect/http"
+ * import { Listeners, Server } from "effect-grace"
+ *
+ * const Public = HttpRouter.serve(HttpRouter.add("GET", "/", HttpServerResponse.text("hello"))).pipe(
+ *   Layer.provide(Server.layer(":8080"))
+ * )
+ * const Admin = HttpRouter.serve(HttpRouter.add("GET", "/health", HttpServerResponse.text("ok"))).pipe(
+ *   Layer.provide(Server.layer({ name: "admin", address: "127.0.0.1:9090" }, { drainTimeout: "5 seconds" }))
+ * )
+ * const Main = Layer.mergeAll(Public, Admin).pipe(Layer.provide(Listeners.layer))
  * ```
  *
  * @since 0.1.0
@@ -272,6 +501,6 @@ export const layer = (
   options?: Options
 ): Layer.Layer<
   HttpServer.HttpServer | HttpPlatform.HttpPlatform | Etag.Generator | NodeServices.NodeServices,
-  Listeners.ListenersError | Config.ConfigError,
+  Listeners.ListenersError | ServerError,
   Listeners.Listeners
 > => Layer.mergeAll(Layer.effect(HttpServer.HttpServer)(make(spec, options)), NodeHttpServer.layerHttpServices)

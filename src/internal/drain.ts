@@ -2,32 +2,148 @@
  * Connection tracking and the drain, shared by the HTTP and the raw socket
  * servers.
  *
- * A drain never races a client. A connection with work in flight (a request,
- * a raw handler) finishes it; one with none is closed only once it has been
- * quiet for the idle grace, so a keep-alive client that is sending its next
- * request right now is answered (with `Connection: close`) instead of reset.
- * At the deadline, what is left is destroyed.
+ * Invariants of a drain (the caller has already closed the listening handle):
+ * - Work in flight (a request, a raw connection's handler) runs to completion
+ *   or to the deadline, whichever comes first.
+ * - A connection that may be closed between requests (HTTP/1 keep-alive, a
+ *   TLS handshake that stalls) is closed only once it has been quiet for the
+ *   idle grace: no request in flight, and no byte read since its last
+ *   activity. Closing one that merely looks idle races a client that is
+ *   sending its next request right now into a reset.
+ * - Long-lived connections (WebSockets, HTTP/2 sessions) are told to go away
+ *   when the drain begins, and stay until they close.
+ * - At the deadline, whatever is left is destroyed and counted as forced.
+ * - A drain with nothing open completes at once.
  */
+import type * as Http2 from "node:http2"
 import type * as Net from "node:net"
 import { performance } from "node:perf_hooks"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 
-/** What a drain did. */
-export interface DrainReport {
-  readonly connections: number
-  readonly finished: number
-  readonly forced: number
-  readonly millis: number
+// -----------------------------------------------------------------------------
+// Knobs
+// -----------------------------------------------------------------------------
+
+/** How long a drain may take before what is left is destroyed. */
+export const DrainTimeout: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
+  "effect-grace/DrainTimeout",
+  { defaultValue: () => Duration.seconds(30) }
+)
+
+/** How long a connection with nothing in flight must be quiet before a drain closes it. */
+export const IdleGrace: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
+  "effect-grace/IdleGrace",
+  { defaultValue: () => Duration.millis(250) }
+)
+
+/** `GRACE_DRAIN_TIMEOUT` and `GRACE_IDLE_GRACE`, each optional, as the two references. */
+export const layerConfig: Layer.Layer<never, Config.ConfigError> = Layer.effectContext(
+  Effect.gen(function* () {
+    const configured = yield* Config.all({
+      drainTimeout: Config.option(Config.Duration("GRACE_DRAIN_TIMEOUT")),
+      idleGrace: Config.option(Config.Duration("GRACE_IDLE_GRACE"))
+    })
+    const drainTimeout = Option.getOrElse(configured.drainTimeout, () => DrainTimeout.defaultValue())
+    const idleGrace = Option.getOrElse(configured.idleGrace, () => IdleGrace.defaultValue())
+    return Context.make(DrainTimeout, drainTimeout).pipe(Context.add(IdleGrace, idleGrace))
+  })
+)
+
+/** The per-server settings: options first, then the references. */
+export interface Settings {
+  readonly timeout: Duration.Duration
+  readonly idleGrace: Duration.Duration
 }
 
-interface Connection {
-  inflight: number
+export const resolveSettings = (options: {
+  readonly drainTimeout?: Duration.Input | undefined
+  readonly idleGrace?: Duration.Input | undefined
+}): Effect.Effect<Settings> =>
+  Effect.gen(function* () {
+    return {
+      timeout:
+        options.drainTimeout !== undefined ? Duration.fromInputUnsafe(options.drainTimeout) : yield* DrainTimeout,
+      idleGrace: options.idleGrace !== undefined ? Duration.fromInputUnsafe(options.idleGrace) : yield* IdleGrace
+    }
+  })
+
+// -----------------------------------------------------------------------------
+// The drain signal
+// -----------------------------------------------------------------------------
+
+/** What a handler sees of its server's drain. */
+export interface DrainSignal {
+  /** Completes once the drain has begun; never, outside a server. */
+  readonly await: Effect.Effect<void>
+  /** Whether the drain has begun. */
+  readonly isDraining: Effect.Effect<boolean>
+}
+
+const never: DrainSignal = { await: Effect.never, isDraining: Effect.succeed(false) }
+
+/** The drain signal of the server running the current handler. */
+export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainSignal>("effect-grace/Draining", {
+  defaultValue: () => never
+})
+
+// -----------------------------------------------------------------------------
+// Tracking
+// -----------------------------------------------------------------------------
+
+/**
+ * - `http`: an HTTP/1 connection, closed once quiet between requests.
+ * - `handshake`: a TCP connection still in its TLS handshake, closed once quiet.
+ * - `upgraded`: an upgraded HTTP connection (WebSocket), held until it closes.
+ * - `session`: an HTTP/2 session, sent GOAWAY and held until it closes.
+ * - `raw`: a raw socket server connection, held while its handler runs.
+ */
+export type Kind = "http" | "handshake" | "upgraded" | "session" | "raw"
+
+const closesWhenQuiet = (kind: Kind): boolean => kind === "http" || kind === "handshake"
+
+export class Connection {
+  /** Requests (or the handler) in flight. */
+  busy = 0
   lastActive: number
-  /** Upgraded (WebSocket) or raw: closed by its owner, or destroyed at the deadline; never closed as idle. */
-  pinned: boolean
-  readonly counted: boolean
-  timer: ReturnType<typeof setTimeout> | undefined
+  lastBytes: number
+  closing = false
+  socketClosed = false
+  session: Http2.ServerHttp2Session | undefined = undefined
+  timer: ReturnType<typeof setTimeout> | undefined = undefined
+  readonly socket: Net.Socket
+  kind: Kind
+
+  constructor(socket: Net.Socket, kind: Kind) {
+    this.socket = socket
+    this.kind = kind
+    this.lastActive = performance.now()
+    this.lastBytes = socket.bytesRead
+  }
+}
+
+/** What a drain did, as logged. */
+export interface DrainReport {
+  /** Connections that were open when the drain began, or opened during it. */
+  readonly connections: number
+  /** Of those, the ones that closed before the deadline. */
+  readonly finished: number
+  /** Of those, the ones destroyed at the deadline. */
+  readonly forced: number
+  /** Requests (raw: handlers) in flight when the drain began, or started during it. */
+  readonly requests: number
+  /** Of those, the ones that completed before the deadline. */
+  readonly completed: number
+  /** Of those, the ones still running at the deadline, cut. */
+  readonly cut: number
+  /** WebSockets and HTTP/2 sessions told to go away. */
+  readonly toldToGoAway: number
+  readonly millis: number
 }
 
 // After our FIN, how long a client gets to close its side before the socket is destroyed.
@@ -35,133 +151,193 @@ const END_GRACE_MS = 1000
 
 export class Tracker {
   private readonly connections = new Map<Net.Socket, Connection>()
-  private draining = false
-  private addedWhileDraining = 0
+  private state: "serving" | "draining" | "done" = "serving"
   private idleGraceMs = 0
-  private onEmpty: (() => void) | undefined
-  private readonly onDrainStart: Array<() => void> = []
+  private readonly hooks: Array<() => void> = []
+  private readonly started = Deferred.makeUnsafe<void>()
+  private onEmpty: (() => void) | undefined = undefined
+  private finished = 0
+  private inFlight = 0
+  private requests = 0
+  private completed = 0
+  private toldToGoAway = 0
 
-  get isDraining(): boolean {
-    return this.draining
+  /** The signal handlers of this server see as `Draining`. */
+  readonly signal: DrainSignal = {
+    await: Deferred.await(this.started),
+    isDraining: Effect.sync(() => this.state !== "serving")
   }
 
-  get size(): number {
-    return this.connections.size
+  get draining(): boolean {
+    return this.state !== "serving"
   }
 
-  /**
-   * Tracks a connection until it closes. A `pinned` one is not closed for being idle; one not `counted` (a TCP
-   * socket under a TLS one) holds the drain open but is not reported.
-   */
-  add(socket: Net.Socket, options: { readonly pinned?: boolean; readonly counted?: boolean } = {}): void {
-    if (socket.destroyed) return
-    const connection: Connection = {
-      inflight: 0,
-      lastActive: performance.now(),
-      pinned: options.pinned ?? false,
-      counted: options.counted ?? true,
-      timer: undefined
-    }
+  /** Tracks a connection until its socket has closed and nothing is in flight on it. */
+  track(socket: Net.Socket, kind: Kind): Connection {
+    const connection = new Connection(socket, kind)
     this.connections.set(socket, connection)
-    if (this.draining && connection.counted) this.addedWhileDraining++
     socket.once("close", () => {
+      connection.socketClosed = true
       clearTimeout(connection.timer)
-      this.connections.delete(socket)
-      if (this.connections.size === 0) this.onEmpty?.()
+      this.release(connection)
     })
-    if (this.draining) this.scheduleIdleClose(socket, connection)
+    this.arm(connection)
+    return connection
   }
 
-  /** Marks bytes received: the connection is not quiet. */
-  touch(socket: Net.Socket): void {
-    const connection = this.connections.get(socket)
-    if (connection !== undefined) connection.lastActive = performance.now()
+  get(socket: Net.Socket | undefined): Connection | undefined {
+    return socket === undefined ? undefined : this.connections.get(socket)
   }
 
-  pin(socket: Net.Socket): void {
-    const connection = this.connections.get(socket)
-    if (connection !== undefined) {
-      connection.pinned = true
-      clearTimeout(connection.timer)
+  /** A TLS handshake completed: the TLS socket takes the place of the TCP one, which is no longer counted. */
+  promote(raw: Net.Socket, socket: Net.Socket, kind: Kind): Connection {
+    const previous = this.connections.get(raw)
+    if (previous !== undefined) {
+      clearTimeout(previous.timer)
+      this.connections.delete(raw)
     }
+    return this.track(socket, kind)
   }
 
-  start(socket: Net.Socket): void {
-    const connection = this.connections.get(socket)
+  /** An HTTP/2 session: sent GOAWAY when the drain begins (at once, during one). */
+  attachSession(connection: Connection, session: Http2.ServerHttp2Session): void {
+    connection.kind = "session"
+    connection.session = session
+    clearTimeout(connection.timer)
+    if (this.draining) this.goAway(() => session.close())
+  }
+
+  /** Marks a connection upgraded: it is no longer closed for being quiet. */
+  upgraded(connection: Connection | undefined): void {
     if (connection === undefined) return
-    connection.inflight++
-    connection.lastActive = performance.now()
+    connection.kind = "upgraded"
     clearTimeout(connection.timer)
   }
 
-  end(socket: Net.Socket): void {
-    const connection = this.connections.get(socket)
+  /** A request (or handler) starts; `connection` is undefined for an HTTP/2 stream. */
+  begin(connection: Connection | undefined): void {
+    this.inFlight++
+    if (this.state === "draining") this.requests++
     if (connection === undefined) return
-    connection.inflight = Math.max(0, connection.inflight - 1)
+    connection.busy++
     connection.lastActive = performance.now()
-    if (this.draining) this.scheduleIdleClose(socket, connection)
+    connection.lastBytes = connection.socket.bytesRead
+    clearTimeout(connection.timer)
   }
 
-  /** Runs `f` when the drain starts (at once if it has). */
-  whenDraining(f: () => void): void {
+  /** A request (or handler) ends. */
+  end(connection: Connection | undefined): void {
+    this.inFlight--
+    if (this.state === "draining") this.completed++
+    if (connection === undefined) return
+    connection.busy = Math.max(0, connection.busy - 1)
+    connection.lastActive = performance.now()
+    connection.lastBytes = connection.socket.bytesRead
+    if (connection.socketClosed) this.release(connection)
+    else this.arm(connection)
+  }
+
+  /** Says goodbye to a long-lived connection (a WebSocket close, a GOAWAY), counted in the report. */
+  goAway(f: () => void): void {
+    this.toldToGoAway++
+    f()
+  }
+
+  /** Runs `f` when the drain begins, or at once during one. */
+  onDrain(f: () => void): void {
     if (this.draining) f()
-    else this.onDrainStart.push(f)
+    else this.hooks.push(f)
   }
 
-  private scheduleIdleClose(socket: Net.Socket, connection: Connection): void {
+  private release(connection: Connection): void {
+    if (connection.busy > 0 || this.connections.get(connection.socket) !== connection) return
+    this.connections.delete(connection.socket)
+    if (this.state !== "draining") return
+    this.finished++
+    if (this.connections.size === 0) this.onEmpty?.()
+  }
+
+  private arm(connection: Connection): void {
     clearTimeout(connection.timer)
-    if (connection.pinned || connection.inflight > 0) return
-    const check = () => {
-      if (connection.pinned || connection.inflight > 0 || socket.destroyed) return
-      const quiet = performance.now() - connection.lastActive
-      if (quiet >= this.idleGraceMs) return endSocket(socket)
-      connection.timer = setTimeout(check, Math.ceil(this.idleGraceMs - quiet))
+    connection.timer = undefined
+    if (this.state !== "draining" || connection.closing || connection.busy > 0) return
+    if (!closesWhenQuiet(connection.kind)) return
+    const now = performance.now()
+    // Bytes read since the last activity are a request on its way: not quiet.
+    const bytes = connection.socket.bytesRead
+    if (bytes !== connection.lastBytes) {
+      connection.lastBytes = bytes
+      connection.lastActive = now
     }
-    check()
+    const wait = connection.lastActive + this.idleGraceMs - now
+    if (wait > 0) {
+      connection.timer = setTimeout(() => this.arm(connection), Math.ceil(wait))
+      return
+    }
+    connection.closing = true
+    const socket = connection.socket
+    if (connection.kind === "handshake") {
+      socket.destroy()
+      return
+    }
+    socket.end()
+    const timer = setTimeout(() => socket.destroy(), END_GRACE_MS)
+    timer.unref()
+    socket.once("close", () => clearTimeout(timer))
   }
 
   /**
-   * Drains: every idle connection is closed once quiet for `idleGrace`, busy
-   * ones when their work ends, and whatever is left at `timeout` is destroyed.
-   * The caller has already stopped accepting.
+   * Drains: says goodbye to long-lived connections, closes each closable one
+   * once quiet for `idleGrace`, waits for the rest to close, and destroys what
+   * is left at `timeout`. The caller has stopped accepting.
    */
-  drain(options: { readonly timeout: Duration.Duration; readonly idleGrace: Duration.Duration }) {
+  drain(settings: Settings): Effect.Effect<DrainReport> {
     return Effect.callback<DrainReport>((resume) => {
+      if (this.state !== "serving") return resume(Effect.die(new Error("effect-grace: a server drains only once")))
       const started = performance.now()
-      const counted = () => [...this.connections.values()].filter((c) => c.counted).length
-      const initial = counted()
       let forced = 0
-      const report = () => ({
-        connections: initial + this.addedWhileDraining,
-        finished: initial + this.addedWhileDraining - forced,
-        forced,
-        millis: Math.round(performance.now() - started)
-      })
-      const done = () => {
+      let cut = 0
+      this.state = "draining"
+      this.idleGraceMs = Duration.toMillis(settings.idleGrace)
+      this.requests = this.inFlight
+      const finish = () => {
         clearTimeout(deadline)
         this.onEmpty = undefined
-        resume(Effect.succeed(report()))
+        this.state = "done"
+        resume(
+          Effect.succeed({
+            connections: this.finished + forced,
+            finished: this.finished,
+            forced,
+            requests: this.requests,
+            completed: this.completed,
+            cut,
+            toldToGoAway: this.toldToGoAway,
+            millis: Math.round(performance.now() - started)
+          })
+        )
       }
       const deadline = setTimeout(() => {
-        this.onEmpty = undefined
-        forced = counted()
-        for (const socket of this.connections.keys()) socket.destroy()
-        resume(Effect.succeed(report()))
-      }, Duration.toMillis(options.timeout))
-      this.idleGraceMs = Duration.toMillis(options.idleGrace)
-      this.draining = true
-      for (const f of this.onDrainStart.splice(0)) f()
-      if (this.connections.size === 0) return done()
-      this.onEmpty = done
-      for (const [socket, connection] of this.connections) this.scheduleIdleClose(socket, connection)
+        for (const connection of this.connections.values()) {
+          clearTimeout(connection.timer)
+          forced++
+          connection.session?.destroy()
+          connection.socket.destroy()
+        }
+        this.connections.clear()
+        cut = this.inFlight
+        finish()
+      }, Duration.toMillis(settings.timeout))
+      this.onEmpty = finish
+      Deferred.doneUnsafe(this.started, Effect.void)
+      for (const hook of this.hooks.splice(0)) hook()
+      for (const connection of this.connections.values()) {
+        const session = connection.session
+        if (session !== undefined) this.goAway(() => session.close())
+        this.arm(connection)
+      }
+      if (this.connections.size === 0) return finish()
       return Effect.sync(() => clearTimeout(deadline))
     })
   }
-}
-
-const endSocket = (socket: Net.Socket): void => {
-  socket.end()
-  const timer = setTimeout(() => socket.destroy(), END_GRACE_MS)
-  timer.unref()
-  socket.once("close", () => clearTimeout(timer))
 }

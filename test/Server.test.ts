@@ -1,0 +1,409 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import type * as LogLevel from "effect/LogLevel"
+import * as NetAddress from "effect/net/NetAddress"
+import * as References from "effect/References"
+import * as Result from "effect/Result"
+import * as Scope from "effect/Scope"
+import { execFileSync } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Http2 from "node:http2"
+import * as Net from "node:net"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { WebSocket } from "ws"
+import * as ListenFds from "../src/ListenFds.ts"
+import * as Listeners from "../src/Listeners.ts"
+import * as Server from "../src/Server.ts"
+import * as Sys from "../src/internal/sys.ts"
+import { closed, get, keepAliveAgent } from "./support/http.ts"
+import { eventually } from "./support/process.ts"
+import type { Reply } from "./support/http.ts"
+
+// -----------------------------------------------------------------------------
+// Support
+// -----------------------------------------------------------------------------
+
+interface Logged {
+  readonly level: LogLevel.LogLevel
+  readonly message: string
+  readonly annotations: Record<string, unknown>
+}
+
+/** Collects the drain reports the servers log. */
+const captureLogs = () => {
+  const logs: Array<Logged> = []
+  const logger = Logger.make(({ fiber, logLevel, message }) => {
+    const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+    logs.push({ level: logLevel, message: text, annotations: { ...fiber.getRef(References.CurrentLogAnnotations) } })
+  })
+  const drains = () => logs.filter((log) => log.message.includes("drain finished"))
+  return { logs, drains, layer: Logger.layer([logger]) }
+}
+
+const portOf = (address: NetAddress.SocketAddress): number => (address as NetAddress.InetAddress).port
+
+/**
+ * Builds `app` (with fresh listeners, or `inherited` ones) in a scope of its own, closed by `close` or at the end of
+ * the test. Yields the listeners and `close`.
+ */
+const start = <E>(
+  app: Layer.Layer<never, E, Listeners.Listeners>,
+  inherited: ReadonlyArray<ListenFds.InheritedFd> = []
+) =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    const context = yield* Layer.buildWithScope(Layer.provideMerge(app, Listeners.layerFrom(inherited)), scope)
+    const active = yield* Context.get(context, Listeners.Listeners).active
+    const ports = Object.fromEntries(active.map((listener) => [listener.name, portOf(listener.address)]))
+    return { ports, close: Scope.close(scope, Exit.void) }
+  })
+
+const serve = <E, R>(routes: Layer.Layer<never, E, R>, spec: Listeners.ListenSpec, options?: Server.Options) =>
+  HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
+    Layer.provide(Server.layer(spec, options))
+  )
+
+/** Times an effect, in milliseconds. */
+const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function* () {
+    const started = Date.now()
+    const value = yield* effect
+    return { value, millis: Date.now() - started }
+  })
+
+/** Waits, bounded, until connecting to `port` is refused: the server stopped accepting. */
+const refused = (port: number) =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + 2000
+    while (true) {
+      const outcome = yield* Effect.callback<string>((resume) => {
+        const socket = Net.connect(port, "127.0.0.1")
+        socket.on("connect", () => {
+          socket.destroy()
+          resume(Effect.succeed("accepted"))
+        })
+        socket.on("error", (error: NodeJS.ErrnoException) => resume(Effect.succeed(error.code ?? error.message)))
+      })
+      if (outcome === "ECONNREFUSED") return
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`port ${port} still answers: ${outcome}`))
+      yield* Effect.sleep(Duration.millis(10))
+    }
+  })
+
+const body = 64 * 1024
+
+/** Routes: `/fast`; `/slow?ms=N`, a 64 KiB body after N ms; `/never`. `started` completes when a slow one begins. */
+const routes = (started = Deferred.makeUnsafe<void>()) =>
+  Layer.mergeAll(
+    HttpRouter.add("GET", "/fast", HttpServerResponse.text("fast")),
+    HttpRouter.add("GET", "/slow", (request) =>
+      Effect.gen(function* () {
+        const ms = Number(new URL(request.url, "http://test").searchParams.get("ms") ?? "0")
+        yield* Deferred.succeed(started, undefined)
+        yield* Effect.sleep(Duration.millis(ms))
+        return HttpServerResponse.text("x".repeat(body))
+      })
+    ),
+    HttpRouter.add("GET", "/never", Effect.andThen(Deferred.succeed(started, undefined), Effect.never))
+  )
+
+const tempDir = Effect.acquireRelease(
+  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-"))),
+  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
+)
+
+/** A self-signed certificate for localhost, made now. */
+const certificate = Effect.gen(function* () {
+  const dir = yield* tempDir
+  const key = Path.join(dir, "key.pem")
+  const cert = Path.join(dir, "cert.pem")
+  execFileSync(
+    "/usr/bin/openssl",
+    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+      .concat(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "1"])
+      .concat(["-keyout", key, "-out", cert]),
+    { stdio: "ignore" }
+  )
+  return { key: Fs.readFileSync(key), cert: Fs.readFileSync(cert) }
+})
+
+/** A listening socket bound here, standing in for one passed by a service manager (or a predecessor). */
+const passedFd = (name: string) =>
+  Effect.acquireRelease(
+    Effect.gen(function* () {
+      const fd = Sys.bindListen(NetAddress.inetAddressUnsafe(NetAddress.ipv4Loopback, 0), 16)
+      assert.isTrue(Result.isSuccess(fd), "bind")
+      return yield* ListenFds.checkFd((fd as Result.Success<number, never>).success, name)
+    }).pipe(Effect.orDie),
+    // Listeners owns the fd once claimed, and has closed it already.
+    (passed) => Effect.sync(() => Fs.existsSync(`/proc/self/fd/${passed.fd}`) && Fs.closeSync(passed.fd))
+  )
+
+// -----------------------------------------------------------------------------
+// Tests
+// -----------------------------------------------------------------------------
+
+describe("Server", () => {
+  it.live(
+    "a slow request in flight completes with its full body and Connection: close; new connections are refused",
+    () => {
+      const logs = captureLogs()
+      return Effect.gen(function* () {
+        const started = Deferred.makeUnsafe<void>()
+        const { ports, close } = yield* start(serve(routes(started), { address: "127.0.0.1:0", name: "web" }))
+        const slow = yield* Effect.forkChild(get(`http://127.0.0.1:${ports.web}/slow?ms=2000`))
+        yield* Deferred.await(started)
+        const closing = yield* Effect.forkChild(timed(close))
+        yield* refused(ports.web!)
+        assert.isUndefined(slow.pollUnsafe(), "refused while the slow request is still running")
+        const reply = yield* Fiber.join(slow)
+        assert.strictEqual(reply.status, 200)
+        assert.strictEqual(reply.body.length, body)
+        assert.strictEqual(reply.headers.connection, "close")
+        const { millis } = yield* Fiber.join(closing)
+        assert.isBelow(millis, 5000)
+        const [drain] = logs.drains()
+        assert.strictEqual(drain?.level, "Info")
+        assert.include(drain?.annotations, { requests: 1, completed: 1, cut: 0, forced: 0, finished: 1 })
+      }).pipe(Effect.provide(logs.layer))
+    }
+  )
+
+  it.live("a keep-alive client sending through the drain gets every response, the last with Connection: close", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const { ports, close } = yield* start(serve(routes(), { address: "127.0.0.1:0", name: "web" }))
+      const agent = yield* keepAliveAgent()
+      const replies: Array<Reply> = []
+      const errors: Array<Error> = []
+      // Request after request on one connection, until the server says it closes it.
+      const client = yield* Effect.forkChild(
+        Effect.gen(function* () {
+          while (true) {
+            const reply = yield* get(`http://127.0.0.1:${ports.web}/slow?ms=0`, { agent }).pipe(
+              Effect.tapError((error) => Effect.sync(() => errors.push(error)))
+            )
+            replies.push(reply)
+            if (reply.headers.connection === "close") return reply
+          }
+        })
+      )
+      yield* eventually(() => replies.length >= 3, "three responses before the drain")
+      const before = replies.length
+      yield* close
+      const last = yield* Fiber.join(client)
+      assert.deepStrictEqual(errors, [])
+      assert.isAbove(before, 0)
+      assert.isTrue(replies.every((reply) => reply.status === 200 && reply.body.length === body))
+      assert.strictEqual(new Set(replies.map((reply) => reply.localPort)).size, 1, "one connection throughout")
+      assert.strictEqual(last.headers.connection, "close")
+      assert.isFalse(yield* closed(last.socket), "closed without a reset")
+      const [drain] = logs.drains()
+      assert.include(drain?.annotations, { forced: 0, cut: 0 })
+      console.log(`keep-alive through the drain: ${replies.length} responses, ${errors.length} errors`)
+    }).pipe(Effect.provide(logs.layer))
+  })
+
+  it.live("a keep-alive connection left quiet is closed within the idle grace", () =>
+    Effect.gen(function* () {
+      const { ports, close } = yield* start(serve(routes(), "127.0.0.1:0", { idleGrace: "200 millis" }))
+      const agent = yield* keepAliveAgent()
+      const reply = yield* get(`http://127.0.0.1:${ports.unknown}/fast`, { agent })
+      assert.notStrictEqual(reply.headers.connection, "close")
+      const { millis } = yield* timed(close)
+      assert.isFalse(yield* closed(reply.socket), "a clean close")
+      assert.isBelow(millis, 1000)
+    })
+  )
+
+  it.live(
+    "a handler that never finishes is cut at the deadline (GRACE_DRAIN_TIMEOUT), and the scope still closes",
+    () => {
+      const logs = captureLogs()
+      return Effect.gen(function* () {
+        const started = Deferred.makeUnsafe<void>()
+        const config = ConfigProvider.layer(ConfigProvider.fromUnknown({ GRACE_DRAIN_TIMEOUT: "300 millis" }))
+        const app = serve(routes(started), "127.0.0.1:0").pipe(Layer.provide(Server.layerConfig), Layer.provide(config))
+        const { ports, close } = yield* start(app)
+        const never = yield* Effect.forkChild(Effect.flip(get(`http://127.0.0.1:${ports.unknown}/never`)))
+        yield* Deferred.await(started)
+        const { millis } = yield* timed(close)
+        assert.isAtLeast(millis, 250)
+        assert.isBelow(millis, 3000)
+        const error = yield* Fiber.join(never)
+        assert.match(error.message, /socket hang up|ECONNRESET/)
+        const [drain] = logs.drains()
+        assert.strictEqual(drain?.level, "Warn")
+        assert.include(drain?.annotations, { requests: 1, completed: 0, cut: 1, forced: 1 })
+      }).pipe(Effect.provide(logs.layer))
+    }
+  )
+
+  it.live("HTTPS on an inherited fd, with a certificate made now; a stalled handshake does not hold the drain", () =>
+    Effect.gen(function* () {
+      const tls = yield* certificate
+      const passed = yield* passedFd("secure")
+      const started = Deferred.makeUnsafe<void>()
+      const { ports, close } = yield* start(
+        serve(routes(started), { name: "secure" }, { https: tls, drainTimeout: "10 seconds" }),
+        [passed]
+      )
+      assert.strictEqual(ports.secure, portOf(passed.address))
+      const agent = yield* keepAliveAgent(true, { ca: tls.cert })
+      const hello = yield* get(`https://localhost:${ports.secure}/fast`, { agent })
+      assert.strictEqual(hello.body, "fast")
+      // A TCP connection that never says hello, and a kept-alive TLS connection gone quiet.
+      const stalled = Net.connect(ports.secure!, "127.0.0.1")
+      yield* Effect.addFinalizer(() => Effect.sync(() => stalled.destroy()))
+      yield* Effect.callback<void>((resume) => void stalled.once("connect", () => resume(Effect.void)))
+      const slow = yield* Effect.forkChild(get(`https://localhost:${ports.secure}/slow?ms=500`, { ca: tls.cert }))
+      yield* Deferred.await(started)
+      const { millis } = yield* timed(close)
+      const reply = yield* Fiber.join(slow)
+      assert.strictEqual(reply.body.length, body)
+      assert.strictEqual(reply.headers.connection, "close")
+      assert.isFalse(yield* closed(hello.socket))
+      yield* closed(stalled)
+      assert.isBelow(millis, 3000, "nothing waited for the deadline")
+    })
+  )
+
+  it.live("public, admin and HTTPS servers in one layer graph drain together", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const tls = yield* certificate
+      const started = [Deferred.makeUnsafe<void>(), Deferred.makeUnsafe<void>(), Deferred.makeUnsafe<void>()] as const
+      const app = Layer.mergeAll(
+        serve(routes(started[0]), { name: "public", address: "127.0.0.1:0" }),
+        serve(routes(started[1]), { name: "admin", address: "127.0.0.1:0" }),
+        serve(routes(started[2]), { name: "secure", address: "127.0.0.1:0" }, { https: tls })
+      )
+      const { ports, close } = yield* start(app)
+      const urls = [
+        `http://127.0.0.1:${ports.public}`,
+        `http://127.0.0.1:${ports.admin}`,
+        `https://localhost:${ports.secure}`
+      ]
+      const slow = yield* Effect.forEach(urls, (url) => Effect.forkChild(get(`${url}/slow?ms=700`, { ca: tls.cert })))
+      yield* Effect.forEach(started, Deferred.await)
+      const closing = yield* Effect.forkChild(close)
+      yield* Effect.forEach([ports.public!, ports.admin!, ports.secure!], refused)
+      for (const fiber of slow) {
+        const reply = yield* Fiber.join(fiber)
+        assert.strictEqual(reply.body.length, body)
+        assert.strictEqual(reply.headers.connection, "close")
+      }
+      yield* Fiber.join(closing)
+      const servers = logs.drains().map((log) => log.annotations.server)
+      assert.sameMembers(servers, [
+        `127.0.0.1:${ports.public}`,
+        `127.0.0.1:${ports.admin}`,
+        `127.0.0.1:${ports.secure}`
+      ])
+    }).pipe(Effect.provide(logs.layer))
+  })
+
+  it.live("a WebSocket gets a 1001 close when the drain begins", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const echo = HttpRouter.add(
+        "GET",
+        "/ws",
+        Effect.gen(function* () {
+          const request = yield* HttpServerRequest.HttpServerRequest
+          const socket = yield* request.upgrade
+          const reader = yield* socket.reader
+          const writer = yield* socket.writer
+          yield* Effect.forever(Effect.flatMap(reader.pull, (chunks) => writer.writeAll(chunks)))
+        }).pipe(Effect.scoped, Effect.ignore, Effect.as(HttpServerResponse.empty()))
+      )
+      const { ports, close } = yield* start(serve(echo, "127.0.0.1:0"))
+      const ws = new WebSocket(`ws://127.0.0.1:${ports.unknown}/ws`)
+      yield* Effect.addFinalizer(() => Effect.sync(() => ws.terminate()))
+      const closeEvent = Deferred.makeUnsafe<{ code: number; reason: string }>()
+      ws.on("close", (code, reason) => Deferred.doneUnsafe(closeEvent, Effect.succeed({ code, reason: `${reason}` })))
+      const echoed = yield* Effect.callback<string>((resume) => {
+        ws.on("open", () => ws.send("ping"))
+        ws.once("message", (data) => resume(Effect.succeed(`${data}`)))
+      })
+      assert.strictEqual(echoed, "ping")
+      const { millis } = yield* timed(close)
+      const event = yield* Deferred.await(closeEvent)
+      assert.strictEqual(event.code, 1001)
+      assert.isBelow(millis, 1000)
+      assert.include(logs.drains()[0]?.annotations, { toldToGoAway: 1, forced: 0 })
+    }).pipe(Effect.provide(logs.layer))
+  })
+
+  it.live("HTTP/2 sessions get a GOAWAY, and their streams in flight complete", () =>
+    Effect.gen(function* () {
+      const started = Deferred.makeUnsafe<void>()
+      const { ports, close } = yield* start(
+        serve(routes(started), "127.0.0.1:0", { createServer: () => Http2.createServer() })
+      )
+      const session = Http2.connect(`http://127.0.0.1:${ports.unknown}`)
+      yield* Effect.addFinalizer(() => Effect.sync(() => session.destroy()))
+      const goaway = Deferred.makeUnsafe<void>()
+      session.on("goaway", () => Deferred.doneUnsafe(goaway, Effect.void))
+      const slow = yield* Effect.forkChild(
+        Effect.callback<string, Error>((resume) => {
+          const stream = session.request({ ":path": "/slow?ms=300" })
+          let data = ""
+          stream.on("data", (chunk: Buffer) => (data += chunk.toString()))
+          stream.on("end", () => resume(Effect.succeed(data)))
+          stream.on("error", (error) => resume(Effect.fail(error)))
+        })
+      )
+      yield* Deferred.await(started)
+      yield* close
+      yield* Deferred.await(goaway)
+      assert.strictEqual((yield* Fiber.join(slow)).length, body)
+    })
+  )
+
+  it.live("a drain with nothing in flight completes fast", () =>
+    Effect.gen(function* () {
+      const { ports, close } = yield* start(serve(routes(), "127.0.0.1:0"))
+      assert.strictEqual((yield* get(`http://127.0.0.1:${ports.unknown}/fast`)).body, "fast")
+      const { millis } = yield* timed(close)
+      assert.isBelow(millis, 1000)
+    })
+  )
+
+  it.effect("layerConfig reads GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, in Effect's Duration syntax", () =>
+    Effect.gen(function* () {
+      const read = Effect.all([Effect.service(Server.DrainTimeout), Effect.service(Server.IdleGrace)])
+      const [timeout, grace] = yield* read.pipe(
+        Effect.provide(
+          Server.layerConfig.pipe(
+            Layer.provide(
+              ConfigProvider.layer(
+                ConfigProvider.fromUnknown({ GRACE_DRAIN_TIMEOUT: "45 seconds", GRACE_IDLE_GRACE: "100 millis" })
+              )
+            )
+          )
+        )
+      )
+      assert.strictEqual(Duration.toMillis(timeout), 45_000)
+      assert.strictEqual(Duration.toMillis(grace), 100)
+      const [defaultTimeout, defaultGrace] = yield* read.pipe(
+        Effect.provide(Server.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({})))))
+      )
+      assert.strictEqual(Duration.toMillis(defaultTimeout), 30_000)
+      assert.strictEqual(Duration.toMillis(defaultGrace), 250)
+    })
+  )
+})

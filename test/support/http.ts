@@ -1,0 +1,89 @@
+/**
+ * HTTP and HTTPS clients for tests, on node:http: every call is bounded in
+ * time, and keep-alive agents are destroyed when their scope closes.
+ */
+import * as Http from "node:http"
+import * as Https from "node:https"
+import type * as Net from "node:net"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+
+export interface Reply {
+  readonly status: number
+  readonly headers: Http.IncomingHttpHeaders
+  readonly body: string
+  /** The client's port: the same on two replies means the same connection. */
+  readonly localPort: number
+  /** The client's socket, to watch a kept-alive connection close. */
+  readonly socket: Net.Socket
+}
+
+export interface RequestOptions {
+  readonly agent?: Http.Agent | false
+  readonly ca?: string | Buffer
+  readonly timeout?: Duration.Input
+}
+
+/** A GET, read to the end; fails on a refused or reset connection, or after `timeout` (10 s). */
+export const get = (url: string, options: RequestOptions = {}): Effect.Effect<Reply, Error> =>
+  Effect.callback<Reply, Error>((resume) => {
+    const client = url.startsWith("https:") ? Https : Http
+    const request = client.get(
+      url,
+      { agent: options.agent ?? false, ...(options.ca !== undefined ? { ca: options.ca } : {}) },
+      (response) => {
+        // A keep-alive agent takes the socket back at the end.
+        const socket = response.socket
+        const chunks: Array<Buffer> = []
+        response.on("data", (chunk: Buffer) => chunks.push(chunk))
+        response.on("error", (error) => resume(Effect.fail(error)))
+        response.on("end", () =>
+          resume(
+            Effect.succeed({
+              status: response.statusCode ?? 0,
+              headers: response.headers,
+              body: Buffer.concat(chunks).toString(),
+              localPort: socket.localPort ?? 0,
+              socket
+            })
+          )
+        )
+      }
+    )
+    request.on("error", (error) => resume(Effect.fail(error)))
+    return Effect.sync(() => request.destroy())
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: options.timeout ?? Duration.seconds(10),
+      orElse: () => Effect.fail(new Error(`no answer from ${url}`))
+    })
+  )
+
+/** A keep-alive agent (HTTPS with `secure`) with one connection per origin, destroyed with its scope. */
+export const keepAliveAgent = (
+  secure = false,
+  options: Https.AgentOptions = {}
+): Effect.Effect<Http.Agent, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const settings = { keepAlive: true, maxSockets: 1, ...options }
+      return secure ? new Https.Agent(settings) : new Http.Agent(settings)
+    }),
+    (agent) => Effect.sync(() => agent.destroy())
+  )
+
+/** Waits, bounded, for a socket to close; yields whether it closed with an error (a reset). */
+export const closed = (
+  socket: Net.Socket,
+  timeout: Duration.Input = Duration.seconds(10)
+): Effect.Effect<boolean, Error> =>
+  Effect.callback<boolean>((resume) => {
+    if (socket.closed) return resume(Effect.succeed(socket.errored !== null))
+    socket.once("close", (hadError) => resume(Effect.succeed(hadError)))
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: timeout,
+      orElse: () => Effect.fail(new Error("the connection stayed open"))
+    })
+  )
