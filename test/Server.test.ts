@@ -27,7 +27,7 @@ import * as ListenFds from "../src/ListenFds.ts"
 import * as Listeners from "../src/Listeners.ts"
 import * as Server from "../src/Server.ts"
 import * as Sys from "../src/internal/sys.ts"
-import { closed, get, keepAliveAgent } from "./support/http.ts"
+import { closed, get, keepAliveAgent, untilRefused } from "./support/http.ts"
 import { eventually } from "./support/process.ts"
 import type { Reply } from "./support/http.ts"
 
@@ -84,24 +84,7 @@ const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     return { value, millis: Date.now() - started }
   })
 
-/** Waits, bounded, until connecting to `port` is refused: the server stopped accepting. */
-const refused = (port: number) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + 2000
-    while (true) {
-      const outcome = yield* Effect.callback<string>((resume) => {
-        const socket = Net.connect(port, "127.0.0.1")
-        socket.on("connect", () => {
-          socket.destroy()
-          resume(Effect.succeed("accepted"))
-        })
-        socket.on("error", (error: NodeJS.ErrnoException) => resume(Effect.succeed(error.code ?? error.message)))
-      })
-      if (outcome === "ECONNREFUSED") return
-      if (Date.now() > deadline) return yield* Effect.die(new Error(`port ${port} still answers: ${outcome}`))
-      yield* Effect.sleep(Duration.millis(10))
-    }
-  })
+const refused = (port: number) => untilRefused({ port })
 
 const body = 64 * 1024
 

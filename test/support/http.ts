@@ -4,10 +4,12 @@
  */
 import * as Http from "node:http"
 import * as Https from "node:https"
-import type * as Net from "node:net"
+import * as Net from "node:net"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import { connectOptions } from "./net.ts"
+import type { Target } from "./net.ts"
 
 export interface Reply {
   readonly status: number
@@ -87,3 +89,26 @@ export const closed = (
       orElse: () => Effect.fail(new Error("the connection stayed open"))
     })
   )
+
+/**
+ * Waits, bounded, until a connection to `target` is refused: the server stopped accepting. A connection accepted
+ * before that is closed at once.
+ */
+export const untilRefused = (target: Target, timeout: Duration.Input = Duration.seconds(2)): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + Duration.toMillis(Duration.fromInputUnsafe(timeout))
+    while (true) {
+      const outcome = yield* Effect.callback<string>((resume) => {
+        const socket = Net.connect(connectOptions(target))
+        socket.on("connect", () => {
+          socket.destroy()
+          resume(Effect.succeed("accepted"))
+        })
+        socket.on("error", (error: NodeJS.ErrnoException) => resume(Effect.succeed(error.code ?? error.message)))
+      })
+      if (outcome === "ECONNREFUSED") return
+      if (Date.now() > deadline)
+        return yield* Effect.die(new Error(`${JSON.stringify(target)} still answers: ${outcome}`))
+      yield* Effect.sleep(Duration.millis(10))
+    }
+  })

@@ -1,0 +1,342 @@
+/**
+ * Raw TCP and unix socket servers, for protocols other than HTTP, on
+ * listeners from `Listeners`, with the same drain as `Server`.
+ *
+ * A server provides effect's `SocketServer.SocketServer`: `run(handler)`
+ * serves each connection with an Effect handler that gets a `Socket.Socket`,
+ * as `NodeSocketServer` does.
+ *
+ * Invariants:
+ * - It accepts only once `run` has attached the handler.
+ * - When `run` is interrupted (its scope closes), the server stops accepting
+ *   at once: new connections go to a successor sharing the socket, or are
+ *   refused.
+ * - Handlers in flight run to completion. They can learn that the drain
+ *   began (`draining`) to finish their exchange and say goodbye: a raw
+ *   protocol has no idle state the server could use to close a connection
+ *   safely on its own.
+ * - A connection is closed when its handler ends.
+ * - At `drainTimeout`, the connections left are destroyed and their handlers
+ *   interrupted. The drain is logged with its counts, as a warning when
+ *   something was forced.
+ *
+ * @since 0.1.0
+ */
+import type * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
+import * as Socket from "effect/socket/Socket"
+import * as SocketServer from "effect/socket/SocketServer"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import * as Net from "node:net"
+import * as Drain from "./internal/drain.ts"
+import * as Listeners from "./Listeners.ts"
+
+// -----------------------------------------------------------------------------
+// Knobs and the drain signal
+// -----------------------------------------------------------------------------
+
+/**
+ * How long a drain may take before the connections left are destroyed.
+ * Default 30 seconds; the `drainTimeout` option overrides it. The same
+ * reference as `Server.DrainTimeout`.
+ *
+ * @since 0.1.0
+ * @category references
+ */
+export const DrainTimeout: Context.Reference<Duration.Duration> = Drain.DrainTimeout
+
+/**
+ * Sets `DrainTimeout` (and `Server.IdleGrace`) from `GRACE_DRAIN_TIMEOUT`
+ * (and `GRACE_IDLE_GRACE`) through `Config`; the same layer as
+ * `Server.layerConfig`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig: Layer.Layer<never, Config.ConfigError> = Drain.layerConfig
+
+/**
+ * What a handler can learn of its server's drain: `await` completes once the
+ * drain has begun (never outside a server), `isDraining` tells whether it
+ * has.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type DrainSignal = Drain.DrainSignal
+
+/**
+ * The drain signal of the server running the current handler; the same
+ * reference as `Server.Draining`. A reference, not a service: a handler that
+ * uses it runs anywhere, and outside a server the signal never fires.
+ *
+ * @since 0.1.0
+ * @category references
+ */
+export const Draining: Context.Reference<DrainSignal> = Drain.Draining
+
+/**
+ * Completes once the drain of the current handler's server has begun.
+ *
+ * **When to use**
+ *
+ * In a handler that serves a long-lived connection, to end the exchange at a
+ * point the protocol allows and say goodbye before the deadline:
+ *
+ * ```ts
+ * Effect.raceFirst(relay, Effect.andThen(SocketServer.draining, writer.write("bye\n")))
+ * ```
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Draining), (signal) => signal.await)
+
+/**
+ * Whether the drain of the current handler's server has begun.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
+  Effect.service(Draining),
+  (signal) => signal.isDraining
+)
+
+// -----------------------------------------------------------------------------
+// Constructors
+// -----------------------------------------------------------------------------
+
+/**
+ * Options of a socket server.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** The listener's name: an inherited fd of that name is adopted first, and the name travels to a successor. */
+  readonly name?: string | undefined
+  /** Overrides `DrainTimeout` for this server. */
+  readonly drainTimeout?: Duration.Input | undefined
+}
+
+type RunWith = <R, E, _>(
+  handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>,
+  listening: Deferred.Deferred<void>
+) => Effect.Effect<never, SocketServer.SocketServerError, R>
+
+// The servers made here, with a `run` that reports when it accepts (see `serve`).
+const runners = new WeakMap<SocketServer.SocketServer["Service"], RunWith>()
+
+const openError = (cause: unknown) =>
+  new SocketServer.SocketServerError({ reason: new SocketServer.SocketServerOpenError({ cause }) })
+
+/**
+ * Creates a `SocketServer` on a listener from `Listeners` (inherited when one
+ * matches `spec`, bound otherwise). It accepts once `run` is called, and
+ * drains when `run` is interrupted.
+ *
+ * **Details**
+ *
+ * - Each connection runs its handler in a fiber, with the Node socket as
+ *   `NodeSocket.NetSocket` and the drain signal as `Draining`. The socket is
+ *   paused until the handler takes its reader, so nothing is lost before.
+ * - The connection is closed (after its writes are flushed) when its handler
+ *   ends, whether or not the handler took the reader.
+ * - A drain waits for every handler, and destroys the connections left at
+ *   the drain timeout; their handlers are interrupted after it.
+ * - A failure to adopt the listener fails `run` with a
+ *   `SocketServerError` (`SocketServerOpenError`).
+ *
+ * **Gotchas**
+ *
+ * One `run` at a time: a second one while the first runs is a defect.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (
+  spec: Listeners.ListenSpec,
+  options: Options = {}
+): Effect.Effect<SocketServer.SocketServer["Service"], Listeners.ListenersError, Scope.Scope | Listeners.Listeners> =>
+  Effect.gen(function* () {
+    const settings = yield* Drain.resolveSettings(options)
+    const listeners = yield* Listeners.Listeners
+    const listener = yield* listeners.listen(
+      options.name === undefined
+        ? spec
+        : typeof spec === "string"
+          ? { address: spec, name: options.name }
+          : { ...spec, name: options.name }
+    )
+    const address = Listeners.formatAddress(listener.address)
+    let running = false
+
+    const runWith: RunWith = <R, E, _>(
+      handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>,
+      listening: Deferred.Deferred<void>
+    ) =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          if (running) {
+            return yield* Effect.die(new Error(`effect-grace: ${address} already runs a handler`))
+          }
+          running = true
+          const scope = yield* Effect.scope
+          // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
+          const handlers = Scope.forkUnsafe(scope, "parallel")
+          const tracker = new Drain.Tracker()
+          const services = Context.add(
+            Context.omit(Scope.Scope)(yield* Effect.context<R>()) as Context.Context<R>,
+            Draining,
+            tracker.signal
+          )
+          const server = Net.createServer()
+          server.on("connection", (conn: Net.Socket) => {
+            conn.pause()
+            const connection = tracker.track(conn, "raw")
+            tracker.begin(connection)
+            let error: Error | undefined
+            conn.on("error", (cause) => {
+              error = cause
+            })
+            const open = Effect.suspend((): Effect.Effect<Net.Socket, Socket.SocketError> => {
+              if (error !== undefined) {
+                return Effect.fail(
+                  new Socket.SocketError({ reason: new Socket.SocketOpenError({ kind: "Unknown", cause: error }) })
+                )
+              }
+              if (conn.closed) {
+                return Effect.fail(new Socket.SocketError({ reason: new Socket.SocketCloseError({ code: 1000 }) }))
+              }
+              return Effect.succeed(conn)
+            })
+            const closeSoon = Effect.sync(() => {
+              if (!conn.destroyed) conn.destroySoon()
+            })
+            NodeSocket.fromDuplex(Effect.acquireRelease(open, () => closeSoon)).pipe(
+              Effect.flatMap(handler),
+              Effect.ignoreCause({ log: "Unhandled", message: "Unhandled error in SocketServer" }),
+              Effect.ensuring(
+                Effect.andThen(
+                  closeSoon,
+                  Effect.sync(() => tracker.end(connection))
+                )
+              ),
+              Effect.runForkWith(Context.add(services, NodeSocket.NetSocket, conn) as Context.Context<R>),
+              Fiber.runIn(handlers)
+            )
+          })
+
+          yield* Scope.addFinalizer(
+            scope,
+            Effect.gen(function* () {
+              // The listening handle only; the fd lives on in a successor that shares it.
+              if (server.listening) server.close()
+              const report = yield* tracker.drain(settings)
+              const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
+              const { toldToGoAway: _, ...counts } = report
+              yield* log("effect-grace: drain finished").pipe(Effect.annotateLogs({ server: address, ...counts }))
+            })
+          )
+          // The handler is attached: accept.
+          yield* Effect.mapError(Listeners.serve(listener, server), openError)
+          yield* Deferred.succeed(listening, undefined)
+          return yield* Effect.never
+        })
+      )
+
+    const service = SocketServer.SocketServer.of({
+      address: listener.address,
+      run: (handler) => runWith(handler, Deferred.makeUnsafe<void>())
+    })
+    runners.set(service, runWith)
+    return service
+  })
+
+// -----------------------------------------------------------------------------
+// Layers
+// -----------------------------------------------------------------------------
+
+/**
+ * A `SocketServer` on a listener. Requires `Listeners`.
+ *
+ * **Details**
+ *
+ * `spec` is a `Listeners.ListenSpec`: `":7000"`, `"127.0.0.1:0"`,
+ * `"/run/app.sock"`, or `{ name, address }`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  spec: Listeners.ListenSpec,
+  options?: Options
+): Layer.Layer<SocketServer.SocketServer, Listeners.ListenersError, Listeners.Listeners> =>
+  Layer.effect(SocketServer.SocketServer)(make(spec, options))
+
+/**
+ * Runs `handler` for every connection of the current `SocketServer`, for as
+ * long as the layer lives: closing the layer's scope drains the server.
+ *
+ * **When to use**
+ *
+ * As `HttpRouter.serve` is for an HTTP app: the layer is built once the
+ * server accepts, so a process is ready exactly when its servers are.
+ *
+ * **Details**
+ *
+ * `NodeSocket.NetSocket` and `Draining` are provided to the handler. On a
+ * `SocketServer` not made here, the layer is built once `run` has started.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer } from "effect"
+ * import type { Socket } from "effect/socket"
+ * import { Listeners, SocketServer } from "effect-grace"
+ *
+ * const echo = (socket: Socket.Socket) =>
+ *   Effect.scoped(
+ *     Effect.gen(function* () {
+ *       const reader = yield* socket.reader
+ *       const writer = yield* socket.writer
+ *       const relay = Effect.forever(Effect.flatMap(reader.pull, (chunks) => writer.writeAll(chunks)))
+ *       yield* Effect.raceFirst(Effect.ignore(relay), Effect.andThen(SocketServer.draining, writer.write("bye\n")))
+ *     })
+ *   )
+ *
+ * const Echo = SocketServer.serve(echo).pipe(
+ *   Layer.provide(SocketServer.layer(":7007")),
+ *   Layer.provide(Listeners.layer)
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const serve = <R, E, _>(
+  handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>
+): Layer.Layer<
+  never,
+  SocketServer.SocketServerError,
+  SocketServer.SocketServer | Exclude<R, Scope.Scope | NodeSocket.NetSocket>
+> =>
+  Layer.effectDiscard(
+    Effect.gen(function* () {
+      const server = yield* SocketServer.SocketServer
+      const runWith = runners.get(server)
+      const listening = Deferred.makeUnsafe<void>()
+      const running = runWith !== undefined ? runWith(handler, listening) : server.run(handler)
+      // Interrupted when the layer's scope closes: that is the drain.
+      const fiber = yield* Effect.forkScoped(running)
+      if (runWith === undefined) return
+      yield* Effect.raceFirst(Deferred.await(listening), Fiber.join(fiber))
+    })
+    // `NetSocket` is provided to every handler, as `NodeSocketServer` does.
+  ) as never
