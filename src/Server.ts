@@ -348,7 +348,15 @@ export const make = (
       else established(tracker.track(socket, "http"))
     }
     const onSecureConnection = (socket: Tls.TLSSocket) => {
-      const raw = (socket as unknown as { readonly _parent?: Net.Socket })._parent
+      // Node keeps the TCP socket as `_parent`; failing that, it is the one in handshake from the same peer.
+      const raw =
+        (socket as unknown as { readonly _parent?: Net.Socket })._parent ??
+        tracker.find(
+          (connection) =>
+            connection.kind === "handshake" &&
+            connection.socket.remotePort === socket.remotePort &&
+            connection.socket.remoteAddress === socket.remoteAddress
+        )?.socket
       established(raw !== undefined ? tracker.promote(raw, socket, "http") : tracker.track(socket, "http"))
     }
     server.on("session", onSession)
@@ -401,7 +409,7 @@ export const make = (
       serve: Effect.fnUntraced(function* (httpApp, middleware) {
         if (serving) {
           return yield* Effect.die(
-            new Error(`effect-grace: ${address} already serves an app; give each app its own Server.layer`)
+            new Error(`effect-grace: ${address} has served an app already; give each app its own Server.layer`)
           )
         }
         serving = true

@@ -16,6 +16,7 @@ import * as NetAddress from "effect/net/NetAddress"
 import * as References from "effect/References"
 import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Http2 from "node:http2"
@@ -330,6 +331,35 @@ describe("Server", () => {
       assert.include(logs.drains()[0]?.annotations, { toldToGoAway: 1, forced: 0 })
     }).pipe(Effect.provide(logs.layer))
   })
+
+  it.live("a streaming response learns of the drain and ends; its kept-alive connection is closed after it", () =>
+    Effect.gen(function* () {
+      const sent = Deferred.makeUnsafe<void>()
+      const events = HttpRouter.add(
+        "GET",
+        "/events",
+        HttpServerResponse.stream(
+          Stream.concat(
+            Stream.make("hello\n"),
+            // Pulled once the first chunk is written, so the headers are out before the drain.
+            Stream.fromEffect(
+              Effect.andThen(Deferred.succeed(sent, undefined), Effect.as(Server.draining, "goodbye\n"))
+            )
+          ).pipe(Stream.encodeText)
+        )
+      )
+      const { ports, close } = yield* start(serve(events, "127.0.0.1:0", { drainTimeout: "10 seconds" }))
+      const agent = yield* keepAliveAgent()
+      const reply = yield* Effect.forkChild(get(`http://127.0.0.1:${ports.unknown}/events`, { agent }))
+      yield* Deferred.await(sent)
+      const { millis } = yield* timed(close)
+      const { body, headers, socket } = yield* Fiber.join(reply)
+      assert.strictEqual(body, "hello\ngoodbye\n")
+      assert.notStrictEqual(headers.connection, "close", "the headers went out before the drain")
+      assert.isFalse(yield* closed(socket), "closed cleanly once quiet")
+      assert.isBelow(millis, 1000)
+    })
+  )
 
   it.live("HTTP/2 sessions get a GOAWAY, and their streams in flight complete", () =>
     Effect.gen(function* () {

@@ -189,6 +189,12 @@ export class Tracker {
     return socket === undefined ? undefined : this.connections.get(socket)
   }
 
+  /** The first tracked connection that satisfies `predicate`. */
+  find(predicate: (connection: Connection) => boolean): Connection | undefined {
+    for (const connection of this.connections.values()) if (predicate(connection)) return connection
+    return undefined
+  }
+
   /** A TLS handshake completed: the TLS socket takes the place of the TCP one, which is no longer counted. */
   promote(raw: Net.Socket, socket: Net.Socket, kind: Kind): Connection {
     const previous = this.connections.get(raw)
