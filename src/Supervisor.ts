@@ -43,6 +43,7 @@ import { dirname, join, resolve } from "node:path"
 import * as ListenFds from "./ListenFds.ts"
 import * as Listeners from "./Listeners.ts"
 import * as Notify from "./Notify.ts"
+import * as Drain from "./internal/drain.ts"
 import * as Successor from "./internal/successor.ts"
 
 // -----------------------------------------------------------------------------
@@ -416,8 +417,10 @@ export const run = <A, E, R>(
       yield* Layer.buildWithScope(
         app.pipe(
           Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
-          Layer.provide(Layer.succeed(Supervisor)(supervisor))
-        ) as Layer.Layer<A, E, Exclude<R, Listeners.Listeners | Supervisor>>,
+          Layer.provide(Layer.succeed(Supervisor)(supervisor)),
+          // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
+          Layer.provide(Drain.layerConfig)
+        ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor>>,
         appScope
       )
 
