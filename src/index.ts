@@ -34,3 +34,8 @@ export * as Server from "./Server.ts"
  * @since 0.1.0
  */
 export * as Supervisor from "./Supervisor.ts"
+
+/**
+ * @since 0.1.0
+ */
+export * as SocketServer from "./SocketServer.ts"
