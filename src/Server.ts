@@ -22,6 +22,13 @@
  * - At `drainTimeout`, what is left is destroyed. The drain is logged with
  *   its counts, as a warning when something was forced.
  *
+ * The drain's log line, `effect-grace: drain finished`, is annotated with
+ * `server` (its address), `connections` (open when the drain began or
+ * opened during it), `finished` and `forced` (of those, closed before the
+ * deadline and destroyed at it), `requests`, `completed` and `cut` (the same
+ * for requests), `toldToGoAway` (WebSockets and HTTP/2 sessions) and
+ * `millis`.
+ *
  * @since 0.1.0
  */
 import type * as Context from "effect/Context"
@@ -299,6 +306,8 @@ const stopAccepting = (server: NodeServer): void => {
  * - A response whose headers were sent before the drain began goes out
  *   without `Connection: close`; its connection is closed once quiet, like an
  *   idle one.
+ * - HTTP/2 has no `Connection: close`: its sessions get a GOAWAY instead.
+ *   WebSockets need HTTP/1.1, so `allowHTTP1` on an HTTP/2 TLS server.
  *
  * @since 0.1.0
  * @category constructors

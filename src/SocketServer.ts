@@ -20,6 +20,10 @@
  *   interrupted. The drain is logged with its counts, as a warning when
  *   something was forced.
  *
+ * The drain's log line, `effect-grace: drain finished`, carries the same
+ * annotations as `Server`'s, with handlers counted as `requests`. There is
+ * no idle grace: a raw connection is held for as long as its handler runs.
+ *
  * @since 0.1.0
  */
 import type * as Config from "effect/Config"
