@@ -3,7 +3,7 @@
  * latency of one trivial handler (`GET /` answered `200 hello`) served three
  * ways, under the same load.
  *
- *   npm run bench [-- --rounds 3 --duration 6 --warmup 2 --connections 48]
+ *   npm run bench [-- --rounds 5 --duration 5 --warmup 2 --connections 48]
  *
  * - raw:   a bare `node:http` server, the ceiling.
  * - node:  an `HttpRouter` app on `NodeHttpServer.layer` (@effect/platform-node).
@@ -11,10 +11,13 @@
  *
  * Each server runs in a process of its own (`bench/targets.ts`); autocannon
  * runs here, so load and server do not share an event loop (on two cores,
- * each gets one). For each server: a warm-up run (discarded, it lets the JIT
- * settle), then a measured run with keep-alive connections for a fixed
- * duration. The three servers are measured once per round, in a rotated order,
- * and the table shows each one's median over the rounds.
+ * each gets one). The three start together and each gets a warm-up run
+ * (discarded: it lets the JIT settle). Then, in each round, each server in
+ * turn (rotated from round to round) gets a measured run with keep-alive
+ * connections for a fixed duration: short interleaved runs, so that a burst
+ * of background work on the machine hits all three alike. The tables show
+ * each server's median over the rounds, and ratios taken per round (the two
+ * servers measured seconds apart), then their median.
  *
  * How to read it: `req/s` is completed requests over the run's duration;
  * latencies are per request, from autocannon's write to the response's last
@@ -42,11 +45,12 @@ import {
   startLoad,
   writeResults
 } from "./support.ts"
+import type { Child } from "./support.ts"
 
 const { values: flags } = parseArgs({
   options: {
-    rounds: { type: "string", default: "3" },
-    duration: { type: "string", default: "6" },
+    rounds: { type: "string", default: "5" },
+    duration: { type: "string", default: "5" },
     warmup: { type: "string", default: "2" },
     connections: { type: "string", default: "48" }
   }
@@ -77,56 +81,76 @@ interface Run {
   readonly failures: { readonly errors: number; readonly timeouts: number; readonly non2xx: number }
 }
 
-const measure = async (target: TargetId, round: number): Promise<Run> => {
-  const server = spawnNode([new URL("targets.ts", import.meta.url).pathname, target])
-  try {
-    const [, url] = await server.waitForLine(/^listening (\S+)$/, 15_000)
-    const load = (duration: number) =>
-      startLoad({ url: `${url}/`, connections: settings.connections, duration, pipelining: 1 })
+interface Started {
+  readonly id: TargetId
+  readonly label: string
+  readonly server: Child
+  readonly url: string
+}
 
-    await load(settings.warmupSeconds).result
+const load = (url: string, duration: number) =>
+  startLoad({ url: `${url}/`, connections: settings.connections, duration, pipelining: 1 })
 
-    const latencies: Array<number> = []
-    const cpuBefore = cpuMillis(server.pid)
-    const measured = load(settings.durationSeconds)
-    measured.instance.on("response", (_client, _status, _bytes, responseTime) => latencies.push(responseTime))
-    const result = await measured.result
-    const cpu = cpuMillis(server.pid) - cpuBefore
-    const sorted = sortedOf(latencies)
-    return {
-      target,
-      round,
-      requestsPerSecond: result.requests.total / result.duration,
-      p50Ms: percentile(sorted, 50),
-      p99Ms: percentile(sorted, 99),
-      cpuMicrosPerRequest: (cpu * 1000) / result.requests.total,
-      requests: result.requests.total,
-      failures: { errors: result.errors, timeouts: result.timeouts, non2xx: result.non2xx }
-    }
-  } finally {
-    await server.stop()
+const measure = async ({ id, server, url }: Started, round: number): Promise<Run> => {
+  const latencies: Array<number> = []
+  const cpuBefore = cpuMillis(server.pid)
+  const measured = load(url, settings.durationSeconds)
+  measured.instance.on("response", (_client, _status, _bytes, responseTime) => latencies.push(responseTime))
+  const result = await measured.result
+  const cpu = cpuMillis(server.pid) - cpuBefore
+  const sorted = sortedOf(latencies)
+  return {
+    target: id,
+    round,
+    requestsPerSecond: result.requests.total / result.duration,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    cpuMicrosPerRequest: (cpu * 1000) / result.requests.total,
+    requests: result.requests.total,
+    failures: { errors: result.errors, timeouts: result.timeouts, non2xx: result.non2xx }
   }
 }
 
 const main = async () => {
   console.log(
     `HTTP overhead: ${settings.rounds} rounds, ${settings.connections} keep-alive connections, ` +
-      `${settings.warmupSeconds} s warm-up + ${settings.durationSeconds} s per server\n`
+      `${settings.warmupSeconds} s warm-up, then ${settings.durationSeconds} s per server per round\n`
   )
+  // All three start at once; an idle one costs nothing while another is measured.
+  const servers: Array<Child> = []
+  try {
+    const started: Array<Started> = []
+    for (const { id, label } of targets) {
+      const server = spawnNode([new URL("targets.ts", import.meta.url).pathname, id])
+      servers.push(server)
+      const [, url] = await server.waitForLine(/^listening (\S+)$/, 15_000)
+      started.push({ id, label, server, url: url! })
+    }
+    for (const { url } of started) await load(url, settings.warmupSeconds).result
+    report(await measureRounds(started))
+  } finally {
+    await Promise.all(servers.map((server) => server.stop()))
+  }
+}
+
+const measureRounds = async (started: ReadonlyArray<Started>) => {
   const runs: Array<Run> = []
   for (let round = 1; round <= settings.rounds; round++) {
-    // Rotated, so no server always runs first (cold machine) or last (warm one).
-    const order = targets.map((_, i) => targets[(i + round - 1) % targets.length]!)
-    for (const { id, label } of order) {
-      const run = await measure(id, round)
+    // Rotated, so that no server is always measured first or last in a round.
+    const order = started.map((_, i) => started[(i + round - 1) % started.length]!)
+    for (const target of order) {
+      const run = await measure(target, round)
       runs.push(run)
       console.log(
-        `round ${round} ${label.padEnd(26)} ${fixed(run.requestsPerSecond, 0).padStart(7)} req/s  ` +
+        `round ${round} ${target.label.padEnd(26)} ${fixed(run.requestsPerSecond, 0).padStart(7)} req/s  ` +
           `p50 ${fixed(run.p50Ms)} ms  p99 ${fixed(run.p99Ms)} ms  server CPU ${fixed(run.cpuMicrosPerRequest, 1)} µs/req`
       )
     }
   }
+  return runs
+}
 
+const report = (runs: ReadonlyArray<Run>) => {
   const metrics = ["requestsPerSecond", "p50Ms", "p99Ms", "cpuMicrosPerRequest"] as const
   type Summary = { readonly label: string; readonly failed: number } & Record<(typeof metrics)[number], number>
   const summary = Object.fromEntries(
@@ -138,12 +162,18 @@ const main = async () => {
     })
   ) as Record<TargetId, Summary>
 
+  // Paired: the two servers' ratio in each round (measured minutes apart at most), then the median over rounds.
+  const rounds = Array.from({ length: settings.rounds }, (_, i) => i + 1)
+  const runOf = (id: TargetId, round: number) => runs.find((run) => run.target === id && run.round === round)!
+  const perRound = (a: TargetId, b: TargetId, metric: (typeof metrics)[number]) =>
+    rounds.map((round) => runOf(a, round)[metric] / runOf(b, round)[metric])
   const ratioOf = (a: TargetId, b: TargetId) =>
-    Object.fromEntries(metrics.map((metric) => [metric, summary[a][metric] / summary[b][metric]])) as Record<
+    Object.fromEntries(metrics.map((metric) => [metric, median(perRound(a, b, metric))])) as Record<
       (typeof metrics)[number],
       number
     >
   const ratios = { graceVsNode: ratioOf("grace", "node"), nodeVsRaw: ratioOf("node", "raw") }
+  const spread = perRound("grace", "node", "requestsPerSecond")
   const met = ratios.graceVsNode.requestsPerSecond >= TARGET_RATIO
 
   const table = markdownTable(
@@ -161,7 +191,7 @@ const main = async () => {
     })
   )
   const ratioTable = markdownTable(
-    ["ratio", "req/s", "p99", "server CPU/req"],
+    ["ratio (median over rounds)", "req/s", "p99", "server CPU/req"],
     [
       ["effect-grace / NodeHttpServer", ratios.graceVsNode] as const,
       ["NodeHttpServer / node:http", ratios.nodeVsRaw] as const
@@ -169,7 +199,8 @@ const main = async () => {
   )
   const verdict =
     `Target (effect-grace at least ${TARGET_RATIO * 100}% of NodeHttpServer's req/s): ` +
-    `${met ? "met" : "NOT met"} (${fixed(ratios.graceVsNode.requestsPerSecond * 100, 1)}%; ` +
+    `${met ? "met" : "NOT met"} (${fixed(ratios.graceVsNode.requestsPerSecond * 100, 1)}%, rounds from ` +
+    `${fixed(Math.min(...spread) * 100, 1)}% to ${fixed(Math.max(...spread) * 100, 1)}%; ` +
     `server CPU per request ${fixed(ratios.graceVsNode.cpuMicrosPerRequest * 100, 1)}% of NodeHttpServer's).`
   const runTable = markdownTable(
     ["round", "server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req"],
@@ -187,13 +218,13 @@ const main = async () => {
   const about = machine()
   writeResults(
     "http",
-    { machine: about, settings, summary, ratios, target: { ratio: TARGET_RATIO, met }, runs },
+    { machine: about, settings, summary, ratios, target: { ratio: TARGET_RATIO, met, perRound: spread }, runs },
     [
       "# HTTP overhead",
       "",
-      `\`npm run bench\` at ${about.revision} on Node ${about.node}, ${about.cpus} CPUs, ${about.date}: ${settings.rounds} rounds, ` +
+      `\`npm run bench\` at ${about.revision} on Node ${about.node}, ${about.cpus} CPUs (load average ${about.loadAverage.join(" ")} at the end), ${about.date}: ${settings.rounds} rounds, ` +
         `${settings.connections} keep-alive connections, ${settings.warmupSeconds} s warm-up and ` +
-        `${settings.durationSeconds} s measured per server, \`GET /\` answered \`200 hello\`; medians over the rounds. ` +
+        `${settings.durationSeconds} s measured per server, \`GET /\` answered \`200 hello\`; medians over the rounds, ratios per round then their median. ` +
         "Server CPU is the server process's user + system time during the measured run, per request.",
       "",
       table,

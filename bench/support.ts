@@ -10,7 +10,7 @@
 import { execFileSync, spawn } from "node:child_process"
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
 import * as Net from "node:net"
-import { availableParallelism } from "node:os"
+import { availableParallelism, loadavg } from "node:os"
 import { createInterface } from "node:readline"
 import autocannon from "autocannon"
 
@@ -219,6 +219,32 @@ export const cpuMillis = (pid: number): number => {
   return (Number(fields[11]) + Number(fields[12])) * 10
 }
 
+/** Busy CPU time (all but idle and iowait) of the whole machine so far, in milliseconds (`/proc/stat`). */
+const machineBusyMillis = (): number => {
+  const [user, nice, system, idle, iowait, ...rest] = readFileSync("/proc/stat", "utf8")
+    .split("\n", 1)[0]!
+    .split(/\s+/)
+    .slice(1, 9)
+    .map(Number)
+  return (user! + nice! + system! + rest.reduce((a, b) => a + b, 0)) * 10 - 0 * (idle! + iowait!)
+}
+
+/**
+ * Starts measuring how busy the rest of the machine is: the CPU used by every
+ * process but this one and `pids`. `stop` returns it in cores (1 = one core
+ * busy all along), the measure of how much other work competed with the run.
+ */
+export const otherLoad = (pids: ReadonlyArray<number>): { readonly stop: () => number } => {
+  const ours = () => (process.cpuUsage().user + process.cpuUsage().system) / 1000 + pids.reduce((n, pid) => n + cpuMillis(pid), 0)
+  const started = { at: performance.now(), machine: machineBusyMillis(), ours: ours() }
+  return {
+    stop: () => {
+      const elapsed = performance.now() - started.at
+      return Math.max(0, machineBusyMillis() - started.machine - (ours() - started.ours)) / elapsed
+    }
+  }
+}
+
 /** `n` distinct ports free on 127.0.0.1 right now (bound together, then released). */
 export const freePorts = async (n: number): Promise<Array<number>> => {
   const servers = Array.from({ length: n }, () => Net.createServer())
@@ -258,7 +284,11 @@ export const percentile = (sorted: ArrayLike<number>, p: number): number =>
 /** Sorts latencies for `percentile`. */
 export const sortedOf = (values: ArrayLike<number>): Float64Array => Float64Array.from(values).toSorted()
 
-export const median = (values: ReadonlyArray<number>): number => percentile(sortedOf(values), 50)
+export const median = (values: ReadonlyArray<number>): number => {
+  const sorted = sortedOf(values)
+  const middle = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
 
 /** A number with fixed decimals, for tables. */
 export const fixed = (value: number, digits = 2): string => (Number.isFinite(value) ? value.toFixed(digits) : "n/a")
@@ -300,5 +330,7 @@ export const machine = () => ({
   revision: revision(),
   node: process.version,
   cpus: availableParallelism(),
+  /** At the end of the run: 1, 5 and 15 minutes. Above ~0.5 on two cores, other work competed with the benchmark. */
+  loadAverage: loadavg().map((load) => Number(load.toFixed(2))),
   date: new Date().toISOString()
 })

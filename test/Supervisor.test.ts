@@ -179,7 +179,8 @@ describe("Supervisor", () => {
         const port = yield* freePort()
         const { fixture, tag, first } = yield* start({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
-          env: { FIXTURE_MODE_FILE: modeFile, GRACE_READY_TIMEOUT: "2 seconds" }
+          // Long enough that a successor that crashes is seen to exit, not to time out, on a loaded machine.
+          env: { FIXTURE_MODE_FILE: modeFile, GRACE_READY_TIMEOUT: "6 seconds" }
         })
         const expected = { crash: "ExitedBeforeReady", exit0: "ExitedBeforeReady", hang: "NotReadyInTime" }
         for (const [mode, reason] of Object.entries(expected)) {
