@@ -35,6 +35,7 @@
 import { parseArgs } from "node:util"
 import {
   cpuMillis,
+  otherLoad,
   fixed,
   machine,
   markdownTable,
@@ -77,6 +78,8 @@ interface Run {
   readonly p50Ms: number
   readonly p99Ms: number
   readonly cpuMicrosPerRequest: number
+  /** CPU used meanwhile by other processes on the machine, in cores: above ~0.2, the run competed with them. */
+  readonly otherCores: number
   readonly requests: number
   readonly failures: { readonly errors: number; readonly timeouts: number; readonly non2xx: number }
 }
@@ -91,13 +94,15 @@ interface Started {
 const load = (url: string, duration: number) =>
   startLoad({ url: `${url}/`, connections: settings.connections, duration, pipelining: 1 })
 
-const measure = async ({ id, server, url }: Started, round: number): Promise<Run> => {
+const measure = async ({ id, server, url }: Started, round: number, all: ReadonlyArray<Started>): Promise<Run> => {
   const latencies: Array<number> = []
+  const others = otherLoad(all.map((target) => target.server.pid))
   const cpuBefore = cpuMillis(server.pid)
   const measured = load(url, settings.durationSeconds)
   measured.instance.on("response", (_client, _status, _bytes, responseTime) => latencies.push(responseTime))
   const result = await measured.result
   const cpu = cpuMillis(server.pid) - cpuBefore
+  const otherCores = others.stop()
   const sorted = sortedOf(latencies)
   return {
     target: id,
@@ -106,6 +111,7 @@ const measure = async ({ id, server, url }: Started, round: number): Promise<Run
     p50Ms: percentile(sorted, 50),
     p99Ms: percentile(sorted, 99),
     cpuMicrosPerRequest: (cpu * 1000) / result.requests.total,
+    otherCores,
     requests: result.requests.total,
     failures: { errors: result.errors, timeouts: result.timeouts, non2xx: result.non2xx }
   }
@@ -139,11 +145,11 @@ const measureRounds = async (started: ReadonlyArray<Started>) => {
     // Rotated, so that no server is always measured first or last in a round.
     const order = started.map((_, i) => started[(i + round - 1) % started.length]!)
     for (const target of order) {
-      const run = await measure(target, round)
+      const run = await measure(target, round, started)
       runs.push(run)
       console.log(
         `round ${round} ${target.label.padEnd(26)} ${fixed(run.requestsPerSecond, 0).padStart(7)} req/s  ` +
-          `p50 ${fixed(run.p50Ms)} ms  p99 ${fixed(run.p99Ms)} ms  server CPU ${fixed(run.cpuMicrosPerRequest, 1)} µs/req`
+          `p50 ${fixed(run.p50Ms)} ms  p99 ${fixed(run.p99Ms)} ms  server CPU ${fixed(run.cpuMicrosPerRequest, 1)} µs/req  other load ${fixed(run.otherCores)} cores`
       )
     }
   }
@@ -203,26 +209,40 @@ const report = (runs: ReadonlyArray<Run>) => {
     `${fixed(Math.min(...spread) * 100, 1)}% to ${fixed(Math.max(...spread) * 100, 1)}%; ` +
     `server CPU per request ${fixed(ratios.graceVsNode.cpuMicrosPerRequest * 100, 1)}% of NodeHttpServer's).`
   const runTable = markdownTable(
-    ["round", "server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req"],
+    ["round", "server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "other load (cores)"],
     runs.map((run) => [
       String(run.round),
       summary[run.target].label,
       fixed(run.requestsPerSecond, 0),
       fixed(run.p50Ms),
       fixed(run.p99Ms),
-      fixed(run.cpuMicrosPerRequest, 1)
+      fixed(run.cpuMicrosPerRequest, 1),
+      fixed(run.otherCores)
     ])
   )
-  console.log(`\n${table}\n\n${ratioTable}\n\n${verdict}`)
+  const otherCores = median(runs.map((run) => run.otherCores))
+  const noise =
+    `Other processes on the machine used a median of ${fixed(otherCores)} cores during the measured runs ` +
+    `(max ${fixed(Math.max(...runs.map((run) => run.otherCores)))})` +
+    (otherCores > 0.2 ? ": the machine was busy, the numbers are noisy." : ".")
+  console.log(`\n${table}\n\n${ratioTable}\n\n${verdict}\n${noise}`)
 
   const about = machine()
   writeResults(
     "http",
-    { machine: about, settings, summary, ratios, target: { ratio: TARGET_RATIO, met, perRound: spread }, runs },
+    {
+      machine: about,
+      settings,
+      otherCores,
+      summary,
+      ratios,
+      target: { ratio: TARGET_RATIO, met, perRound: spread },
+      runs
+    },
     [
       "# HTTP overhead",
       "",
-      `\`npm run bench\` at ${about.revision} on Node ${about.node}, ${about.cpus} CPUs (load average ${about.loadAverage.join(" ")} at the end), ${about.date}: ${settings.rounds} rounds, ` +
+      `\`npm run bench\` at ${about.revision} on Node ${about.node}, ${about.cpus} CPUs, ${about.date}: ${settings.rounds} rounds, ` +
         `${settings.connections} keep-alive connections, ${settings.warmupSeconds} s warm-up and ` +
         `${settings.durationSeconds} s measured per server, \`GET /\` answered \`200 hello\`; medians over the rounds, ratios per round then their median. ` +
         "Server CPU is the server process's user + system time during the measured run, per request.",
@@ -232,6 +252,8 @@ const report = (runs: ReadonlyArray<Run>) => {
       ratioTable,
       "",
       verdict,
+      "",
+      noise,
       "",
       "Every run:",
       "",

@@ -564,7 +564,7 @@ const printAndWrite = (output: Output) => {
     [
       "# Restarts under load",
       "",
-      `\`npm run bench:restart\` at ${output.machine.revision} on Node ${output.machine.node}, ${output.machine.cpus} CPUs (load average ${output.machine.loadAverage.join(" ")} at the end), ${output.machine.date}: ` +
+      `\`npm run bench:restart\` at ${output.machine.revision} on Node ${output.machine.node}, ${output.machine.cpus} CPUs, ${output.machine.date}: ` +
         `the demo on three ports, ${output.settings.connections} keep-alive connections sending ` +
         `\`GET ${output.settings.path}\`, ${output.restarts.length} restarts by \`SIGUSR2\`, one at a time, ` +
         `${output.settings.steadyMs} ms of steady state after each.`,

@@ -10,7 +10,7 @@
 import { execFileSync, spawn } from "node:child_process"
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
 import * as Net from "node:net"
-import { availableParallelism, loadavg } from "node:os"
+import { availableParallelism } from "node:os"
 import { createInterface } from "node:readline"
 import autocannon from "autocannon"
 
@@ -219,14 +219,15 @@ export const cpuMillis = (pid: number): number => {
   return (Number(fields[11]) + Number(fields[12])) * 10
 }
 
-/** Busy CPU time (all but idle and iowait) of the whole machine so far, in milliseconds (`/proc/stat`). */
+/** Busy CPU time of the whole machine so far, in milliseconds (`/proc/stat`, 10 ms ticks). */
 const machineBusyMillis = (): number => {
-  const [user, nice, system, idle, iowait, ...rest] = readFileSync("/proc/stat", "utf8")
+  // cpu  user nice system idle iowait irq softirq steal ...
+  const [user, nice, system, , , irq, softirq, steal] = readFileSync("/proc/stat", "utf8")
     .split("\n", 1)[0]!
     .split(/\s+/)
-    .slice(1, 9)
+    .slice(1)
     .map(Number)
-  return (user! + nice! + system! + rest.reduce((a, b) => a + b, 0)) * 10 - 0 * (idle! + iowait!)
+  return (user! + nice! + system! + irq! + softirq! + steal!) * 10
 }
 
 /**
@@ -235,7 +236,10 @@ const machineBusyMillis = (): number => {
  * busy all along), the measure of how much other work competed with the run.
  */
 export const otherLoad = (pids: ReadonlyArray<number>): { readonly stop: () => number } => {
-  const ours = () => (process.cpuUsage().user + process.cpuUsage().system) / 1000 + pids.reduce((n, pid) => n + cpuMillis(pid), 0)
+  const ours = () => {
+    const self = process.cpuUsage()
+    return (self.user + self.system) / 1000 + pids.reduce((n, pid) => n + cpuMillis(pid), 0)
+  }
   const started = { at: performance.now(), machine: machineBusyMillis(), ours: ours() }
   return {
     stop: () => {
@@ -330,7 +334,5 @@ export const machine = () => ({
   revision: revision(),
   node: process.version,
   cpus: availableParallelism(),
-  /** At the end of the run: 1, 5 and 15 minutes. Above ~0.5 on two cores, other work competed with the benchmark. */
-  loadAverage: loadavg().map((load) => Number(load.toFixed(2))),
   date: new Date().toISOString()
 })

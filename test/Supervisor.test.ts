@@ -159,6 +159,9 @@ describe("Supervisor", () => {
 
         const quick = yield* get({ port }, "/")
         assert.strictEqual(pidOf(quick), second.pid)
+        // While its parent still drains, the successor refuses to restart.
+        const early = yield* get({ port }, "/restart", "POST")
+        assert.strictEqual(early.body, "failed ParentStillRunning\n")
         const slowReply = yield* Fiber.join(slow)
         assert.strictEqual(slowReply.status, 200)
         assert.strictEqual(slowReply.body, `slept 1500 from pid ${first.pid}\n`)
@@ -225,6 +228,42 @@ describe("Supervisor", () => {
         assert.strictEqual(started.length, 1)
         assert.deepStrictEqual(processesTagged(tag), [second.pid])
         assert.strictEqual(pidOf(yield* get({ port }, "/")), second.pid)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "two programmatic restarts at once: one succeeds, the other is refused; the PID file follows the hand-off",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const pidFile = Path.join(dir, "server.pid")
+        const port = yield* freePort()
+        const { fixture, first } = yield* start({
+          specs: (id) => [`${id}=127.0.0.1:${port}`],
+          env: { GRACE_PID_FILE: pidFile }
+        })
+        assert.strictEqual(Fs.readFileSync(pidFile, "utf8"), `${first.pid}\n`)
+        // A slow request keeps the old process draining after the hand-off, so the order below is observable.
+        const slow = yield* Effect.forkChild(get({ port }, "/sleep?ms=1500"))
+        yield* sleeping(fixture, first)
+        const replies = yield* Effect.all([get({ port }, "/restart", "POST"), get({ port }, "/restart", "POST")], {
+          concurrency: 2
+        })
+        const bodies = replies.map((reply) => reply.body).toSorted()
+        assert.strictEqual(bodies[0], "failed AlreadyInProgress\n")
+        assert.match(bodies[1]!, /^restarted \d+\n$/)
+        const successor = Number(bodies[1]!.match(/\d+/)![0])
+        // Written by the successor before its parent exits.
+        assert.isTrue(isAlive(first.pid))
+        assert.strictEqual(Fs.readFileSync(pidFile, "utf8"), `${successor}\n`)
+        assert.strictEqual((yield* Fiber.join(slow)).body, `slept 1500 from pid ${first.pid}\n`)
+        yield* fixture.exited()
+        assert.deepStrictEqual(Fs.readdirSync(dir), ["server.pid"], "no temporary file left behind")
+        // A graceful termination removes the file it wrote.
+        process.kill(successor, "SIGTERM")
+        yield* gone(successor)
+        assert.isFalse(Fs.existsSync(pidFile))
       }),
     { timeout: 30_000 }
   )
