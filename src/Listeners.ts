@@ -149,12 +149,26 @@ export class ServeFailed extends Data.TaggedError("ServeFailed")<{
 }
 
 /**
+ * A listener name that cannot travel in `LISTEN_FDNAMES`.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidName extends Data.TaggedError("InvalidName")<{
+  readonly name: string
+}> {
+  override get message(): string {
+    return `invalid listener name ${JSON.stringify(this.name)}: use 1 to 255 printable ASCII characters, without ":"`
+  }
+}
+
+/**
  * Why a listener could not be had.
  *
  * @since 0.1.0
  * @category errors
  */
-export type ListenersErrorReason = InvalidAddress | BindFailed | NameNotFound | ServeFailed
+export type ListenersErrorReason = InvalidAddress | InvalidName | BindFailed | NameNotFound | ServeFailed
 
 /**
  * A listener could not be had; `reason` says why.
@@ -322,6 +336,10 @@ export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Ef
       Effect.suspend(() => {
         const spec = typeof input === "string" ? { address: input } : input
         const failWith = (reason: ListenersErrorReason) => Effect.fail(new ListenersError({ reason }))
+        // As systemd's fdname_is_valid: the name is handed to a successor in LISTEN_FDNAMES.
+        if (spec.name !== undefined && !/^[\x21-\x39\x3b-\x7e]{1,255}$/.test(spec.name)) {
+          return failWith(new InvalidName({ name: spec.name }))
+        }
         let wanted: ParsedAddress | undefined
         if (spec.address !== undefined) {
           const parsed = parseAddress(spec.address)

@@ -147,6 +147,18 @@ describe("Listeners", () => {
       })
     )
 
+    it.live("a name that cannot travel in LISTEN_FDNAMES is a typed error", () =>
+      Effect.gen(function* () {
+        const listeners = yield* listenersOver([])
+        for (const name of ["a:b", "", "with space", "x".repeat(256)]) {
+          const reason = yield* reasonOf(listeners.listen({ name, address: "127.0.0.1:0" }))
+          assert.strictEqual(reason._tag, "InvalidName", name)
+        }
+        const ok = yield* listeners.listen({ name: "admin-2.internal_x", address: "127.0.0.1:0" })
+        assert.strictEqual(ok.name, "admin-2.internal_x")
+      })
+    )
+
     it.live("closing the scope closes the listener", () =>
       Effect.gen(function* () {
         const listeners = yield* listenersOver([])
