@@ -133,7 +133,7 @@ export const Draining: Context.Reference<DrainSignal> = Drain.Draining
  * @since 0.1.0
  * @category accessors
  */
-export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Draining), (signal) => signal.await)
+export const draining: Effect.Effect<void> = Drain.draining
 
 /**
  * Whether the drain of the current handler's server has begun.
@@ -141,10 +141,7 @@ export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Drain
  * @since 0.1.0
  * @category accessors
  */
-export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
-  Effect.service(Draining),
-  (signal) => signal.isDraining
-)
+export const isDraining: Effect.Effect<boolean> = Drain.isDraining
 
 // -----------------------------------------------------------------------------
 // Errors

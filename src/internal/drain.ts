@@ -92,6 +92,15 @@ export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainS
   defaultValue: () => never
 })
 
+/** Completes once the drain of the current handler's server has begun. */
+export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Draining), (signal) => signal.await)
+
+/** Whether the drain of the current handler's server has begun. */
+export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
+  Effect.service(Draining),
+  (signal) => signal.isDraining
+)
+
 // -----------------------------------------------------------------------------
 // Tracking
 // -----------------------------------------------------------------------------
