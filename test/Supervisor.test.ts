@@ -1,14 +1,14 @@
 import { assert, describe, it } from "@effect/vitest"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Result from "effect/Result"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
-import * as Http from "node:http"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Sys from "../src/internal/sys.ts"
+import { request } from "./support/http.ts"
+import type { Reply } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { eventually, isAlive, openFds, spawnFixture } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
@@ -17,43 +17,13 @@ import type { Spawned } from "./support/process.ts"
 // Helpers
 // -----------------------------------------------------------------------------
 
-interface Reply {
-  readonly status: number
-  readonly body: string
-  readonly headers: Http.IncomingHttpHeaders
-}
-
 type Target = { readonly port: number } | { readonly socketPath: string }
 
-/** One HTTP request on a new connection; fails on a refused or reset connection. */
+/** One request on a new connection, to a loopback port or a unix socket. */
 const get = (target: Target, path: string, method = "GET"): Effect.Effect<Reply, Error> =>
-  Effect.callback<Reply, Error>((resume) => {
-    const request = Http.request(
-      { ...("port" in target ? { host: "127.0.0.1", port: target.port } : target), path, method, agent: false },
-      (response) => {
-        const chunks: Array<Buffer> = []
-        response.on("data", (chunk: Buffer) => chunks.push(chunk))
-        response.on("error", (error) => resume(Effect.fail(error)))
-        response.on("end", () =>
-          resume(
-            Effect.succeed({
-              status: response.statusCode ?? 0,
-              body: Buffer.concat(chunks).toString(),
-              headers: response.headers
-            })
-          )
-        )
-      }
-    )
-    request.on("error", (error) => resume(Effect.fail(error)))
-    request.end()
-    return Effect.sync(() => request.destroy())
-  }).pipe(
-    Effect.timeoutOrElse({
-      duration: Duration.seconds(20),
-      orElse: () => Effect.fail(new Error(`no answer to ${method} ${path}`))
-    })
-  )
+  "port" in target
+    ? request(`http://127.0.0.1:${target.port}${path}`, { method, timeout: "20 seconds" })
+    : request(`http://localhost${path}`, { method, socketPath: target.socketPath, timeout: "20 seconds" })
 
 const pidOf = (reply: Reply): number => {
   const match = reply.body.match(/pid (\d+)/)

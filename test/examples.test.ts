@@ -3,40 +3,15 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
-import * as Http from "node:http"
-import * as Https from "node:https"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { request } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { eventually, isAlive, nodePath, spawnProcess } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
 
 const example = (name: string) => new URL(`../examples/${name}`, import.meta.url).pathname
-
-interface Reply {
-  readonly status: number
-  readonly body: string
-}
-
-const request = (
-  url: string,
-  options: { readonly method?: string; readonly ca?: Buffer } = {}
-): Effect.Effect<Reply, Error> =>
-  Effect.callback<Reply, Error>((resume) => {
-    const client = url.startsWith("https:") ? Https : Http
-    const req = client.request(url, { method: options.method ?? "GET", agent: false, ca: options.ca }, (response) => {
-      let body = ""
-      response.on("data", (chunk: Buffer) => (body += chunk.toString()))
-      response.on("end", () => resume(Effect.succeed({ status: response.statusCode ?? 0, body })))
-      response.on("error", (error) => resume(Effect.fail(error)))
-    })
-    req.on("error", (error) => resume(Effect.fail(error)))
-    req.end()
-    return Effect.sync(() => req.destroy())
-  }).pipe(
-    Effect.timeoutOrElse({ duration: "30 seconds", orElse: () => Effect.fail(new Error(`no answer from ${url}`)) })
-  )
 
 const pidIn = (text: string): number => Number(text.match(/pid (\d+)/)?.[1])
 
@@ -184,7 +159,7 @@ describe("examples", () => {
           yield* banner(server),
           `Serving public 127.0.0.1:${publicPort}, admin 127.0.0.1:${adminPort} with pid ${server.pid}.`
         )
-        const hello = yield* request(`https://127.0.0.1:${publicPort}/`, { ca })
+        const hello = yield* request(`https://127.0.0.1:${publicPort}/`, { ca, timeout: "30 seconds" })
         assert.strictEqual(hello.body, `hello over TLS from pid ${server.pid}\n`)
         const health = yield* request(`http://127.0.0.1:${adminPort}/health`)
         assert.strictEqual(health.body, `ok from pid ${server.pid}\n`)
@@ -193,7 +168,7 @@ describe("examples", () => {
         assert.strictEqual(restarted.status, 200)
         const successor = pidIn(restarted.body)
         assert.strictEqual(
-          (yield* request(`https://127.0.0.1:${publicPort}/`, { ca })).body,
+          (yield* request(`https://127.0.0.1:${publicPort}/`, { ca, timeout: "30 seconds" })).body,
           `hello over TLS from pid ${successor}\n`
         )
         assert.deepStrictEqual(yield* server.exited(), { code: 0, signal: null })

@@ -22,18 +22,26 @@ export interface Reply {
 }
 
 export interface RequestOptions {
+  readonly method?: string
   readonly agent?: Http.Agent | false
   readonly ca?: string | Buffer
+  /** A unix socket to send the request on (the URL's host is then only the Host header). */
+  readonly socketPath?: string
   readonly timeout?: Duration.Input
 }
 
-/** A GET, read to the end; fails on a refused or reset connection, or after `timeout` (10 s). */
-export const get = (url: string, options: RequestOptions = {}): Effect.Effect<Reply, Error> =>
+/** A request, read to the end; fails on a refused or reset connection, or after `timeout` (10 s). */
+export const request = (url: string, options: RequestOptions = {}): Effect.Effect<Reply, Error> =>
   Effect.callback<Reply, Error>((resume) => {
     const client = url.startsWith("https:") ? Https : Http
-    const request = client.get(
+    const request = client.request(
       url,
-      { agent: options.agent ?? false, ...(options.ca !== undefined ? { ca: options.ca } : {}) },
+      {
+        method: options.method ?? "GET",
+        agent: options.agent ?? false,
+        ...(options.ca !== undefined ? { ca: options.ca } : {}),
+        ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {})
+      },
       (response) => {
         // A keep-alive agent takes the socket back at the end.
         const socket = response.socket
@@ -54,13 +62,18 @@ export const get = (url: string, options: RequestOptions = {}): Effect.Effect<Re
       }
     )
     request.on("error", (error) => resume(Effect.fail(error)))
+    request.end()
     return Effect.sync(() => request.destroy())
   }).pipe(
     Effect.timeoutOrElse({
       duration: options.timeout ?? Duration.seconds(10),
-      orElse: () => Effect.fail(new Error(`no answer from ${url}`))
+      orElse: () => Effect.fail(new Error(`no answer to ${options.method ?? "GET"} ${url}`))
     })
   )
+
+/** A GET: `request` with the default method. */
+export const get = (url: string, options: Omit<RequestOptions, "method"> = {}): Effect.Effect<Reply, Error> =>
+  request(url, options)
 
 /** A keep-alive agent (HTTPS with `secure`) with one connection per origin, destroyed with its scope. */
 export const keepAliveAgent = (
