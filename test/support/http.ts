@@ -34,7 +34,7 @@ export interface RequestOptions {
 export const request = (url: string, options: RequestOptions = {}): Effect.Effect<Reply, Error> =>
   Effect.callback<Reply, Error>((resume) => {
     const client = url.startsWith("https:") ? Https : Http
-    const request = client.request(
+    const outgoing = client.request(
       url,
       {
         method: options.method ?? "GET",
@@ -61,9 +61,9 @@ export const request = (url: string, options: RequestOptions = {}): Effect.Effec
         )
       }
     )
-    request.on("error", (error) => resume(Effect.fail(error)))
-    request.end()
-    return Effect.sync(() => request.destroy())
+    outgoing.on("error", (error) => resume(Effect.fail(error)))
+    outgoing.end()
+    return Effect.sync(() => outgoing.destroy())
   }).pipe(
     Effect.timeoutOrElse({
       duration: options.timeout ?? Duration.seconds(10),
