@@ -3,7 +3,7 @@
  * latency of one trivial handler (`GET /` answered `200 hello`) served three
  * ways, under the same load.
  *
- *   npm run bench [-- --rounds 5 --duration 5 --warmup 2 --connections 48]
+ *   npm run bench [-- --rounds 15 --duration 2 --warmup 2 --connections 48]
  *
  * - raw:   a bare `node:http` server, the ceiling.
  * - node:  an `HttpRouter` app on `NodeHttpServer.layer` (@effect/platform-node).
@@ -14,8 +14,8 @@
  * each gets one). The three start together and each gets a warm-up run
  * (discarded: it lets the JIT settle). Then, in each round, each server in
  * turn (rotated from round to round) gets a measured run with keep-alive
- * connections for a fixed duration: short interleaved runs, so that a burst
- * of background work on the machine hits all three alike. The tables show
+ * connections for a fixed duration: short interleaved runs, so that the
+ * machine's slow and fast phases hit all three alike. The tables show
  * each server's median over the rounds, and ratios taken per round (the two
  * servers measured seconds apart), then their median.
  *
@@ -27,10 +27,13 @@
  * the cost of effect-grace over a plain NodeHttpServer (the target: at most 3%
  * fewer requests per second), `node / raw` the cost of Effect's HTTP stack.
  *
- * On a small shared machine req/s is noisy (other processes take the cores,
- * and autocannon's own core caps the fastest server), so a few percent between
- * rounds is noise: read the per-round rows, and the CPU per request, which
- * depends much less on who else runs, before trusting a small ratio.
+ * On a small virtual machine req/s is noisy: here, runs of a few seconds of
+ * the same server differed by up to 40% with no other process busy (the host,
+ * not the guest), in phases lasting seconds. Hence many short interleaved runs
+ * and per-round ratios: adjacent runs share the phase. Read the spread of the
+ * per-round ratios (printed with the verdict) and the CPU per request before
+ * trusting a small difference; "other load" says when processes inside the
+ * machine competed with the run.
  */
 import { parseArgs } from "node:util"
 import {
@@ -50,8 +53,8 @@ import type { Child } from "./support.ts"
 
 const { values: flags } = parseArgs({
   options: {
-    rounds: { type: "string", default: "5" },
-    duration: { type: "string", default: "5" },
+    rounds: { type: "string", default: "15" },
+    duration: { type: "string", default: "2" },
     warmup: { type: "string", default: "2" },
     connections: { type: "string", default: "48" }
   }
