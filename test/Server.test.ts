@@ -23,10 +23,12 @@ import * as Http2 from "node:http2"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { Client } from "undici"
 import { WebSocket } from "ws"
 import * as ListenFds from "../src/ListenFds.ts"
 import * as Listeners from "../src/Listeners.ts"
 import * as Server from "../src/Server.ts"
+import * as Drain from "../src/internal/drain.ts"
 import * as Sys from "../src/internal/sys.ts"
 import { closed, get, keepAliveAgent, untilRefused } from "./support/http.ts"
 import { eventually } from "./support/process.ts"
@@ -69,7 +71,7 @@ const start = <E>(
     const context = yield* Layer.buildWithScope(Layer.provideMerge(app, Listeners.layerFrom(inherited)), scope)
     const active = yield* Context.get(context, Listeners.Listeners).active
     const ports = Object.fromEntries(active.map((listener) => [listener.name, portOf(listener.address)]))
-    return { ports, close: Scope.close(scope, Exit.void) }
+    return { ports, active, close: Scope.close(scope, Exit.void) }
   })
 
 const serve = <E, R>(routes: Layer.Layer<never, E, R>, spec: Listeners.ListenSpec, options?: Server.Options) =>
@@ -89,7 +91,10 @@ const refused = (port: number) => untilRefused({ port })
 
 const body = 64 * 1024
 
-/** Routes: `/fast`; `/slow?ms=N`, a 64 KiB body after N ms; `/never`. `started` completes when a slow one begins. */
+/**
+ * Routes: `/fast`; `/slow?ms=N`, a 64 KiB body after N ms, with `x-draining` saying whether the drain had begun when
+ * it was made; `/never`. `started` completes when a slow one begins.
+ */
 const routes = (started = Deferred.makeUnsafe<void>()) =>
   Layer.mergeAll(
     HttpRouter.add("GET", "/fast", HttpServerResponse.text("fast")),
@@ -98,7 +103,8 @@ const routes = (started = Deferred.makeUnsafe<void>()) =>
         const ms = Number(new URL(request.url, "http://test").searchParams.get("ms") ?? "0")
         yield* Deferred.succeed(started, undefined)
         yield* Effect.sleep(Duration.millis(ms))
-        return HttpServerResponse.text("x".repeat(body))
+        const draining = yield* Server.isDraining
+        return HttpServerResponse.text("x".repeat(body), { headers: { "x-draining": String(draining) } })
       })
     ),
     HttpRouter.add("GET", "/never", Effect.andThen(Deferred.succeed(started, undefined), Effect.never))
@@ -136,6 +142,133 @@ const passedFd = (name: string) =>
     (passed) => Effect.sync(() => Fs.existsSync(`/proc/self/fd/${passed.fd}`) && Fs.closeSync(passed.fd))
   )
 
+interface Answer {
+  readonly status: number
+  readonly connection: string | undefined
+  readonly length: number
+  /** Received after the test began closing the server's scope. */
+  readonly afterClose: boolean
+  /** Made by the handler once the drain had begun (`x-draining`). */
+  readonly draining: boolean
+}
+
+/**
+ * An undici client on one connection (pipelining 1), destroyed with its scope. `opened` counts the connections it
+ * made; `ended` has the code of each one's end: `UND_ERR_INFO` when the client closed it after a `Connection: close`,
+ * `UND_ERR_SOCKET` when the server closed it first, `ECONNRESET` for a reset.
+ */
+const undiciClient = (origin: string, ca?: Buffer) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const client = new Client(origin, { pipelining: 1, ...(ca !== undefined ? { connect: { ca } } : {}) })
+      const connections = { opened: 0, ended: [] as Array<string> }
+      client.on("connect", () => void connections.opened++)
+      client.on("disconnect", (_origin, _targets, error) => void connections.ended.push(error.code ?? error.message))
+      return { client, connections }
+    }),
+    ({ client }) => Effect.promise(() => client.destroy())
+  )
+
+/** One GET on an undici client, read to the end, bounded. */
+const send = (client: Client, path: string, closing: () => boolean): Effect.Effect<Answer, unknown> =>
+  Effect.tryPromise({
+    try: async (signal) => {
+      const response = await client.request({ path, method: "GET", signal })
+      const text = await response.body.text()
+      const connection = response.headers.connection
+      return {
+        status: response.statusCode,
+        connection: Array.isArray(connection) ? connection.join(", ") : connection,
+        length: text.length,
+        afterClose: closing(),
+        draining: response.headers["x-draining"] === "true"
+      }
+    },
+    catch: (cause) => cause
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: Duration.seconds(10),
+      orElse: () => Effect.fail(new Error(`no answer to GET ${path}`))
+    })
+  )
+
+/**
+ * Forks a loop that sends request after request on `client`, with no pause, until a response says `Connection: close`
+ * (or a request fails). Yields what it received and the failures.
+ */
+const keepSending = (client: Client, path: string, closing: () => boolean) =>
+  Effect.gen(function* () {
+    const answers: Array<Answer> = []
+    const errors: Array<unknown> = []
+    const loop = Effect.gen(function* () {
+      while (true) {
+        const answer = yield* send(client, path, closing)
+        answers.push(answer)
+        if (answer.connection === "close") return
+      }
+    }).pipe(Effect.catch((error) => Effect.sync(() => errors.push(error))))
+    return { answers, errors, fiber: yield* Effect.forkChild(loop) }
+  })
+
+/**
+ * Runs `clients` undici clients, each sending request after request on one kept-alive connection (every request
+ * taking `ms`), closes the server's scope while they send, and checks that each got every response, the last with
+ * `Connection: close`, and that its connection then closed without a reset. Logs the counts.
+ */
+const throughTheDrain = (clients: number, options: { readonly https?: { key: Buffer; cert: Buffer }; ms: number }) => {
+  const logs = captureLogs()
+  return Effect.gen(function* () {
+    const secure = options.https !== undefined
+    const { ports, close } = yield* start(serve(routes(), "127.0.0.1:0", secure ? { https: options.https } : {}))
+    const origin = `${secure ? "https" : "http"}://127.0.0.1:${ports.unknown}`
+    let closing = false
+    const running = yield* Effect.forEach(Array.from({ length: clients }), () =>
+      Effect.gen(function* () {
+        const { client, connections } = yield* undiciClient(origin, options.https?.cert)
+        const sending = yield* keepSending(client, `/slow?ms=${options.ms}`, () => closing)
+        return { ...sending, connections }
+      })
+    )
+    // Every client has a connection in use, and is sending on it, when the drain begins.
+    yield* eventually(() => running.every((client) => client.answers.length >= 3), "three responses each")
+    closing = true
+    const closer = yield* Effect.forkChild(timed(close))
+    yield* Effect.forEach(running, (client) => Fiber.join(client.fiber))
+    const { millis } = yield* Fiber.join(closer)
+    yield* eventually(
+      () => running.every((client) => client.connections.ended.length === client.connections.opened),
+      "every connection closed"
+    )
+    const errors = running.flatMap((client) => client.errors)
+    const ends = running.flatMap((client) => client.connections.ended)
+    const resets = errors.length + ends.filter((code) => code !== "UND_ERR_INFO").length
+    const answers = running.flatMap((client) => client.answers)
+    const afterClose = running.map((client) => client.answers.filter((answer) => answer.afterClose).length)
+    const draining = answers.filter((answer) => answer.draining).length
+    console.log(
+      `${clients} undici client(s) over ${secure ? "HTTPS" : "HTTP"} through the drain: ${answers.length} responses, ` +
+        `${afterClose.join("/")} received after the close began, ${draining} made during the drain, ` +
+        `${resets} resets, drain ${millis} ms`
+    )
+    assert.deepStrictEqual(errors, [])
+    for (const client of running) {
+      assert.strictEqual(client.connections.opened, 1, "one connection per client")
+      assert.deepStrictEqual(client.connections.ended, ["UND_ERR_INFO"], "closed after Connection: close, no reset")
+      assert.isTrue(client.answers.every((answer) => answer.status === 200 && answer.length === body))
+      assert.strictEqual(client.answers.at(-1)?.connection, "close")
+      assert.isTrue(client.answers.slice(0, -1).every((answer) => answer.connection !== "close"))
+      assert.isAtLeast(client.answers.filter((answer) => answer.afterClose).length, 1)
+      // A response made once the drain had begun says so.
+      assert.isTrue(client.answers.every((answer) => !answer.draining || answer.connection === "close"))
+    }
+    assert.strictEqual(resets, 0)
+    assert.isBelow(millis, 2000)
+    const [drain] = logs.drains()
+    assert.strictEqual(drain?.level, "Info")
+    assert.include(drain?.annotations, { connections: clients, finished: clients, forced: 0, cut: 0 })
+  }).pipe(Effect.provide(logs.layer))
+}
+
 // -----------------------------------------------------------------------------
 // Tests
 // -----------------------------------------------------------------------------
@@ -159,6 +292,7 @@ describe("Server", () => {
         assert.strictEqual(reply.headers.connection, "close")
         const { millis } = yield* Fiber.join(closing)
         assert.isBelow(millis, 5000)
+        yield* refused(ports.web!)
         const [drain] = logs.drains()
         assert.strictEqual(drain?.level, "Info")
         assert.include(drain?.annotations, { requests: 1, completed: 1, cut: 0, forced: 0, finished: 1 })
@@ -209,17 +343,33 @@ describe("Server", () => {
     }).pipe(Effect.provide(logs.layer))
   })
 
-  it.live("a keep-alive connection left quiet is closed within the idle grace", () =>
-    Effect.gen(function* () {
+  it.live("an undici client sending request after request on one connection through the drain is never reset", () =>
+    throughTheDrain(1, { ms: 3 })
+  )
+
+  it.live("eight undici clients sending through the drain: every response, no reset", () =>
+    throughTheDrain(8, { ms: 3 })
+  )
+
+  it.live("eight undici clients sending through the drain over HTTPS: every response, no reset", () =>
+    Effect.flatMap(certificate, (tls) => throughTheDrain(8, { ms: 3, https: tls }))
+  )
+
+  it.live("a keep-alive connection left quiet is closed within the idle grace", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
       const { ports, close } = yield* start(serve(routes(), "127.0.0.1:0", { idleGrace: "200 millis" }))
       const agent = yield* keepAliveAgent()
       const reply = yield* get(`http://127.0.0.1:${ports.unknown}/fast`, { agent })
       assert.notStrictEqual(reply.headers.connection, "close")
       const { millis } = yield* timed(close)
       assert.isFalse(yield* closed(reply.socket), "a clean close")
+      // Quiet since its response a moment ago: closed once the grace has run, not at once, and not at the deadline.
+      assert.isAtLeast(millis, 100)
       assert.isBelow(millis, 1000)
-    })
-  )
+      assert.include(logs.drains()[0]?.annotations, { connections: 1, finished: 1, forced: 0 })
+    }).pipe(Effect.provide(logs.layer))
+  })
 
   it.live(
     "a handler that never finishes is cut at the deadline (GRACE_DRAIN_TIMEOUT), and the scope still closes",
@@ -244,16 +394,43 @@ describe("Server", () => {
     }
   )
 
+  it.live("drainTimeout wins over GRACE_DRAIN_TIMEOUT: a handler that never finishes is cut at 300 ms", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const started = Deferred.makeUnsafe<void>()
+      const config = ConfigProvider.layer(ConfigProvider.fromUnknown({ GRACE_DRAIN_TIMEOUT: "30 seconds" }))
+      const app = serve(routes(started), "127.0.0.1:0", { drainTimeout: "300 millis" }).pipe(
+        Layer.provide(Server.layerConfig),
+        Layer.provide(config)
+      )
+      const { ports, close } = yield* start(app)
+      const agent = yield* keepAliveAgent()
+      const never = yield* Effect.forkChild(Effect.flip(get(`http://127.0.0.1:${ports.unknown}/never`, { agent })))
+      yield* Deferred.await(started)
+      const { millis } = yield* timed(close)
+      assert.isAtLeast(millis, 250)
+      assert.isBelow(millis, 3000)
+      assert.match((yield* Fiber.join(never)).message, /socket hang up|ECONNRESET/)
+      assert.strictEqual(logs.drains()[0]?.level, "Warn")
+      assert.include(logs.drains()[0]?.annotations, { connections: 1, finished: 0, forced: 1, cut: 1 })
+    }).pipe(Effect.provide(logs.layer))
+  })
+
   it.live("HTTPS on an inherited fd, with a certificate made now; a stalled handshake does not hold the drain", () =>
     Effect.gen(function* () {
       const tls = yield* certificate
       const passed = yield* passedFd("secure")
       const started = Deferred.makeUnsafe<void>()
-      const { ports, close } = yield* start(
-        serve(routes(started), { name: "secure" }, { https: tls, drainTimeout: "10 seconds" }),
+      // Asked for by its address: the inherited socket is adopted, not a new one bound.
+      const { ports, active, close } = yield* start(
+        serve(routes(started), `127.0.0.1:${portOf(passed.address)}`, { https: tls, drainTimeout: "10 seconds" }),
         [passed]
       )
       assert.strictEqual(ports.secure, portOf(passed.address))
+      assert.deepStrictEqual(
+        active.map((listener) => [listener.fd, listener.inherited]),
+        [[passed.fd, true]]
+      )
       const agent = yield* keepAliveAgent(true, { ca: tls.cert })
       const hello = yield* get(`https://localhost:${ports.secure}/fast`, { agent })
       assert.strictEqual(hello.body, "fast")
@@ -292,19 +469,28 @@ describe("Server", () => {
       const slow = yield* Effect.forEach(urls, (url) => Effect.forkChild(get(`${url}/slow?ms=700`, { ca: tls.cert })))
       yield* Effect.forEach(started, Deferred.await)
       const closing = yield* Effect.forkChild(close)
+      // Every server stopped accepting at once, while every slow request still runs: they drain together.
       yield* Effect.forEach([ports.public!, ports.admin!, ports.secure!], refused)
+      assert.isTrue(
+        slow.every((fiber) => fiber.pollUnsafe() === undefined),
+        "refused while the slow requests are running"
+      )
       for (const fiber of slow) {
         const reply = yield* Fiber.join(fiber)
         assert.strictEqual(reply.body.length, body)
         assert.strictEqual(reply.headers.connection, "close")
       }
       yield* Fiber.join(closing)
+      yield* Effect.forEach([ports.public!, ports.admin!, ports.secure!], refused)
       const servers = logs.drains().map((log) => log.annotations.server)
       assert.sameMembers(servers, [
         `127.0.0.1:${ports.public}`,
         `127.0.0.1:${ports.admin}`,
         `127.0.0.1:${ports.secure}`
       ])
+      for (const drain of logs.drains()) {
+        assert.include(drain.annotations, { requests: 1, completed: 1, cut: 0, forced: 0 })
+      }
     }).pipe(Effect.provide(logs.layer))
   })
 
@@ -395,14 +581,22 @@ describe("Server", () => {
     })
   )
 
-  it.live("a drain with nothing in flight completes fast", () =>
-    Effect.gen(function* () {
+  it.live("a drain with nothing in flight completes fast, with or without a connection before", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const untouched = yield* start(serve(routes(), "127.0.0.1:0"))
+      const { millis: untouchedMillis } = yield* timed(untouched.close)
+      assert.isBelow(untouchedMillis, 1000)
+      assert.include(logs.drains()[0]?.annotations, { connections: 0, requests: 0, forced: 0 })
+      yield* refused(untouched.ports.unknown!)
+
       const { ports, close } = yield* start(serve(routes(), "127.0.0.1:0"))
       assert.strictEqual((yield* get(`http://127.0.0.1:${ports.unknown}/fast`)).body, "fast")
       const { millis } = yield* timed(close)
       assert.isBelow(millis, 1000)
-    })
-  )
+      assert.include(logs.drains()[1]?.annotations, { forced: 0 })
+    }).pipe(Effect.provide(logs.layer))
+  })
 
   it.effect("options that contradict each other, or a key Node cannot load, are a typed ServerError", () =>
     Effect.gen(function* () {
@@ -439,5 +633,27 @@ describe("Server", () => {
       assert.strictEqual(Duration.toMillis(defaultTimeout), 30_000)
       assert.strictEqual(Duration.toMillis(defaultGrace), 250)
     })
+  )
+
+  it.effect(
+    "a server's settings: its options first, then GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, then defaults",
+    () =>
+      Effect.gen(function* () {
+        const configured = (env: Record<string, string>) =>
+          Effect.provide(Server.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env)))))
+        const millis = (settings: Drain.Settings) => [
+          Duration.toMillis(settings.timeout),
+          Duration.toMillis(settings.idleGrace)
+        ]
+        const fromConfig = yield* Drain.resolveSettings({}).pipe(configured({ GRACE_DRAIN_TIMEOUT: "2 seconds" }))
+        assert.deepStrictEqual(millis(fromConfig), [2000, 250])
+        const fromOptions = yield* Drain.resolveSettings({ drainTimeout: "300 millis", idleGrace: 50 }).pipe(
+          configured({ GRACE_DRAIN_TIMEOUT: "2 seconds", GRACE_IDLE_GRACE: "1 second" })
+        )
+        assert.deepStrictEqual(millis(fromOptions), [300, 50])
+        assert.deepStrictEqual(millis(yield* Drain.resolveSettings({})), [30_000, 250])
+        const invalid = yield* Effect.flip(Drain.resolveSettings({}).pipe(configured({ GRACE_DRAIN_TIMEOUT: "soon" })))
+        assert.strictEqual(invalid._tag, "ConfigError")
+      })
   )
 })
