@@ -223,7 +223,10 @@ export interface Options {
   readonly name?: string | undefined
   /** HTTPS: the key and certificate (and any other `tls` option). TLS runs over the listener, inherited or not. */
   readonly https?: Tls.SecureContextOptions & Tls.TlsOptions
-  /** Node's HTTP server options: `requestTimeout`, `headersTimeout`, `keepAliveTimeout`, `maxHeaderSize`, ... */
+  /**
+   * Node's HTTP server options: `requestTimeout`, `headersTimeout`, `keepAliveTimeout`, `maxHeaderSize`, ... A
+   * `ServerResponse` class given here is extended (requests are tracked by a subclass), not replaced.
+   */
   readonly http?: Http.ServerOptions
   /**
    * Creates the Node server, for what the other options do not cover (an
@@ -264,6 +267,48 @@ class TrackedWebSocketServer extends NodeWS.WebSocketServer {
       callback(client, upgraded)
     })
   }
+}
+
+const closeAfter = (response: Http.ServerResponse | undefined): void => {
+  if (response === undefined || response.headersSent) return
+  response.shouldKeepAlive = false
+  response.setHeader("connection", "close")
+}
+
+/**
+ * The response class of a server made here: its requests are tracked at the
+ * cost of a few field writes, with no listener (the per-request cost that
+ * matters next to `NodeHttpServer`). Node constructs it for every request
+ * (the `ServerResponse` option of `http.createServer`), and emits its `close`
+ * once, when it has finished or its socket has closed.
+ */
+const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracker): typeof Http.ServerResponse => {
+  class TrackedResponse extends Base {
+    // Private: `connection` is Node's own (deprecated) name for the socket.
+    readonly #connection: Drain.Connection | undefined
+    #open = true
+    // All of Node's arguments are passed on: it gives options (the highWaterMark) beyond the request.
+    constructor(...args: ConstructorParameters<typeof Http.ServerResponse>) {
+      super(...args)
+      const connection = tracker.get(args[0].socket)
+      this.#connection = connection
+      tracker.begin(connection)
+      if (connection === undefined) return
+      if (tracker.draining) closeAfter(this)
+      else connection.response = this
+    }
+    override emit(event: string | symbol, ...args: Array<unknown>): boolean {
+      if (event === "close" && this.#open) {
+        this.#open = false
+        const connection = this.#connection
+        if (connection?.response === this) connection.response = undefined
+        tracker.end(connection)
+      }
+      return super.emit(event, ...args)
+    }
+  }
+  // Node's class is generic in its request type, which a subclass fixes to `IncomingMessage`, the one Node passes.
+  return TrackedResponse as typeof Http.ServerResponse
 }
 
 // `http.Server#close` also closes the connections that look idle at that instant, racing a client that is sending
@@ -324,19 +369,20 @@ export const make = (
       })
     }
     const settings = yield* Drain.resolveSettings(options)
+    const tracker = new Drain.Tracker()
+    const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
     const server = yield* Effect.try({
       try: (): NodeServer =>
         options.createServer !== undefined
           ? options.createServer()
           : options.https !== undefined
-            ? Https.createServer({ ...options.http, ...options.https })
-            : Http.createServer(options.http ?? {}),
+            ? Https.createServer({ ...options.http, ...options.https, ServerResponse: Response })
+            : Http.createServer({ ...options.http, ServerResponse: Response }),
       catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
     })
     const listeners = yield* Listeners.Listeners
     const listener = yield* listeners.listen(withName(spec, options.name))
     const address = Listeners.formatAddress(listener.address)
-    const tracker = new Drain.Tracker()
 
     // Node emits `session` from its own connection listener, just before ours runs for the same socket.
     let session: Http2.ServerHttp2Session | undefined
@@ -385,28 +431,19 @@ export const make = (
       webSockets.clear()
     })
 
-    // Responses whose headers are not sent yet, to be marked `Connection: close` when the drain begins.
-    const pending = new Set<Http.ServerResponse>()
-    const closeAfter = (response: Http.ServerResponse) => {
-      if (response.headersSent) return
-      response.shouldKeepAlive = false
-      response.setHeader("connection", "close")
-    }
-    tracker.onDrain(() => {
-      for (const response of pending) closeAfter(response)
-      pending.clear()
-    })
+    // A response that has not sent its headers when the drain begins, or is created during it, says
+    // `Connection: close`. Only a connection's latest response is marked: the connection closes after it.
+    tracker.onDrain(() => tracker.forEach((connection) => closeAfter(connection.response)))
+    // Requests on a server made here are tracked by their response class, without a listener per request; on a
+    // server from `createServer`, by a `close` listener.
+    const own = options.createServer === undefined
     const track = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-      const http1 = request.httpVersionMajor === 1
-      const connection = http1 ? tracker.get(request.socket) : undefined
+      const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
       tracker.begin(connection)
-      response.once("close", () => {
-        pending.delete(response)
-        tracker.end(connection)
-      })
-      if (!http1) return
+      response.once("close", () => tracker.end(connection))
+      if (connection === undefined) return
       if (tracker.draining) closeAfter(response)
-      else pending.add(response)
+      else connection.response = response
     }
 
     let serving = false
@@ -425,22 +462,24 @@ export const make = (
         const handler = yield* NodeHttpServer.makeHandler(httpApp, {
           middleware: middleware as never,
           scope: requestScope
-        }).pipe(Effect.provideService(Draining, tracker.signal)) as Effect.Effect<
+        }).pipe(Drain.provideSignal(tracker.signal)) as Effect.Effect<
           (request: Http.IncomingMessage, response: Http.ServerResponse) => void
         >
         const upgradeHandler = yield* NodeHttpServer.makeUpgradeHandler(Effect.succeed(wss), httpApp, {
           middleware: middleware as never,
           scope: requestScope
-        }).pipe(Effect.provideService(Draining, tracker.signal)) as Effect.Effect<
+        }).pipe(Drain.provideSignal(tracker.signal)) as Effect.Effect<
           (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => void
         >
 
-        const onRequest = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-          track(request, response)
-          handler(request, response)
-        }
+        const onRequest = own
+          ? handler
+          : (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+              track(request, response)
+              handler(request, response)
+            }
         const onCheckContinue = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-          track(request, response)
+          if (!own) track(request, response)
           response.writeContinue()
           handler(request, response)
         }

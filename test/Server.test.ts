@@ -19,6 +19,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
+import * as Http from "node:http"
 import * as Http2 from "node:http2"
 import * as Net from "node:net"
 import * as Os from "node:os"
@@ -215,11 +216,15 @@ const keepSending = (client: Client, path: string, closing: () => boolean) =>
  * taking `ms`), closes the server's scope while they send, and checks that each got every response, the last with
  * `Connection: close`, and that its connection then closed without a reset. Logs the counts.
  */
-const throughTheDrain = (clients: number, options: { readonly https?: { key: Buffer; cert: Buffer }; ms: number }) => {
+const throughTheDrain = (
+  clients: number,
+  options: { readonly https?: { key: Buffer; cert: Buffer }; readonly server?: Server.Options; ms: number }
+) => {
   const logs = captureLogs()
   return Effect.gen(function* () {
     const secure = options.https !== undefined
-    const { ports, close } = yield* start(serve(routes(), "127.0.0.1:0", secure ? { https: options.https } : {}))
+    const server = { ...options.server, ...(secure ? { https: options.https } : {}) }
+    const { ports, close } = yield* start(serve(routes(), "127.0.0.1:0", server))
     const origin = `${secure ? "https" : "http"}://127.0.0.1:${ports.unknown}`
     let closing = false
     const running = yield* Effect.forEach(Array.from({ length: clients }), () =>
@@ -354,6 +359,25 @@ describe("Server", () => {
   it.live("eight undici clients sending through the drain over HTTPS: every response, no reset", () =>
     Effect.flatMap(certificate, (tls) => throughTheDrain(8, { ms: 3, https: tls }))
   )
+
+  it.live("an HTTP/1 server from createServer drains the same way: every response, no reset", () =>
+    throughTheDrain(4, { ms: 3, server: { createServer: () => Http.createServer() } })
+  )
+
+  it.live("a ServerResponse class of the user's answers every request, and drains the same way", () => {
+    let made = 0
+    class Counted extends Http.ServerResponse {
+      constructor(...args: ConstructorParameters<typeof Http.ServerResponse>) {
+        super(...args)
+        made++
+      }
+    }
+    return Effect.gen(function* () {
+      yield* throughTheDrain(4, { ms: 3, server: { http: { ServerResponse: Counted as typeof Http.ServerResponse } } })
+      // Three responses each at least before the drain began.
+      assert.isAtLeast(made, 12)
+    })
+  })
 
   it.live("a keep-alive connection left quiet is closed within the idle grace", () => {
     const logs = captureLogs()

@@ -15,6 +15,7 @@
  * - At the deadline, whatever is left is destroyed and counted as forced.
  * - A drain with nothing open completes at once.
  */
+import type * as Http from "node:http"
 import type * as Http2 from "node:http2"
 import type * as Net from "node:net"
 import { performance } from "node:perf_hooks"
@@ -101,6 +102,20 @@ export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
   (signal) => signal.isDraining
 )
 
+/**
+ * Provides `signal` as `Draining` to `effect` (the making of a request
+ * handler), in a flat copy of its context. That context is the base of every
+ * request's, so an overlay from `Effect.provideService` would be walked by
+ * every lookup of every request (measured: about 1% more instructions per
+ * request).
+ */
+export const provideSignal =
+  (signal: DrainSignal) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.updateContext(effect, (context: Context.Context<R>) =>
+      Context.merge(context, Context.make(Draining, signal))
+    )
+
 // -----------------------------------------------------------------------------
 // Tracking
 // -----------------------------------------------------------------------------
@@ -124,6 +139,8 @@ export class Connection {
   closing = false
   socketClosed = false
   session: Http2.ServerHttp2Session | undefined = undefined
+  /** HTTP/1: the latest response, to be marked `Connection: close` if the drain begins before its headers go. */
+  response: Http.ServerResponse | undefined = undefined
   timer: ReturnType<typeof setTimeout> | undefined = undefined
   readonly socket: Net.Socket
   kind: Kind
@@ -204,6 +221,11 @@ export class Tracker {
     return undefined
   }
 
+  /** Calls `f` for each tracked connection. */
+  forEach(f: (connection: Connection) => void): void {
+    for (const connection of this.connections.values()) f(connection)
+  }
+
   /** A TLS handshake completed: the TLS socket takes the place of the TCP one, which is no longer counted. */
   promote(raw: Net.Socket, socket: Net.Socket, kind: Kind): Connection {
     const previous = this.connections.get(raw)
@@ -229,27 +251,31 @@ export class Tracker {
     clearTimeout(connection.timer)
   }
 
-  /** A request (or handler) starts; `connection` is undefined for an HTTP/2 stream. */
+  /**
+   * A request (or handler) starts; `connection` is undefined for an HTTP/2
+   * stream. Called for every request: it does as little as it can.
+   */
   begin(connection: Connection | undefined): void {
     this.inFlight++
     if (this.state === "draining") this.requests++
     if (connection === undefined) return
     connection.busy++
-    connection.lastActive = performance.now()
-    connection.lastBytes = connection.socket.bytesRead
-    clearTimeout(connection.timer)
+    if (connection.timer !== undefined) {
+      clearTimeout(connection.timer)
+      connection.timer = undefined
+    }
   }
 
-  /** A request (or handler) ends. */
+  /** A request (or handler) ends. Called for every request. */
   end(connection: Connection | undefined): void {
     this.inFlight--
     if (this.state === "draining") this.completed++
     if (connection === undefined) return
-    connection.busy = Math.max(0, connection.busy - 1)
+    connection.busy--
     connection.lastActive = performance.now()
     connection.lastBytes = connection.socket.bytesRead
     if (connection.socketClosed) this.release(connection)
-    else this.arm(connection)
+    else if (this.state === "draining") this.arm(connection)
   }
 
   /** Says goodbye to a long-lived connection (a WebSocket close, a GOAWAY), counted in the report. */
