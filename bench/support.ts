@@ -8,9 +8,10 @@
  * leaves nothing listening. Every wait has a deadline.
  */
 import { execFileSync, spawn } from "node:child_process"
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import * as Net from "node:net"
-import { availableParallelism } from "node:os"
+import { availableParallelism, tmpdir } from "node:os"
+import { join } from "node:path"
 import { createInterface } from "node:readline"
 import autocannon from "autocannon"
 
@@ -93,10 +94,16 @@ export interface Child {
  * Runs `node ...args` on this benchmark's Node. With `group`, the child leads
  * a process group of its own, and clean-up kills the whole group: the
  * descendants (restarted generations, which are not our children) with it.
+ * With `wrapper`, Node runs under that command (`valgrind ...`), which must
+ * exec it in the same process.
  */
-export const spawnNode = (args: ReadonlyArray<string>, options: { readonly group?: boolean } = {}): Child => {
+export const spawnNode = (
+  args: ReadonlyArray<string>,
+  options: { readonly group?: boolean; readonly wrapper?: ReadonlyArray<string> } = {}
+): Child => {
   const group = options.group ?? false
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], detached: group })
+  const [command, ...prefix] = [...(options.wrapper ?? []), process.execPath]
+  const child = spawn(command!, [...prefix, ...args], { stdio: ["ignore", "pipe", "pipe"], detached: group })
   const pid = child.pid
   if (pid === undefined) throw new Error(`cannot start node ${args.join(" ")}`)
   const killAll = () => {
@@ -275,6 +282,87 @@ export const startLoad = (options: autocannon.Options): Load => {
     instance = autocannon(options, (error, done) => (error ? reject(error) : resolve(done)))
   })
   return { instance: instance!, result }
+}
+
+// -----------------------------------------------------------------------------
+// Instruction counts
+// -----------------------------------------------------------------------------
+
+/** Whether valgrind, with callgrind and `callgrind_control`, is on this machine. */
+export const hasCallgrind = (): boolean => {
+  try {
+    execFileSync("valgrind", ["--version"], { stdio: "ignore" })
+    execFileSync("callgrind_control", ["--version"], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** What `instructionsPerRequest` counted. */
+export interface InstructionCount {
+  /** Instructions the server process executed (all its threads) while it answered `requests`. */
+  readonly instructions: number
+  readonly requests: number
+  readonly perRequest: number
+  /** Errors, timeouts and non-2xx answers among those requests. */
+  readonly failed: number
+}
+
+/**
+ * Counts the instructions a Node server executes per request, with
+ * callgrind: the server (`node ...args`, which prints `listening URL` once it
+ * accepts) runs under valgrind with counting off; `warmup` requests let the
+ * JIT settle; counting is on for `requests` more, then off, and the counts are
+ * dumped and read. Unlike time, the count does not depend on what else the
+ * machine is doing: two runs agree within about 1%.
+ */
+export const instructionsPerRequest = async (options: {
+  readonly args: ReadonlyArray<string>
+  readonly path: string
+  readonly connections: number
+  readonly warmup: number
+  readonly requests: number
+}): Promise<InstructionCount> => {
+  const dir = mkdtempSync(join(tmpdir(), "effect-grace-callgrind-"))
+  const removeDir = () => rmSync(dir, { recursive: true, force: true })
+  const removeCleanup = onCleanup(removeDir)
+  const server = spawnNode(options.args, {
+    wrapper: [
+      "valgrind",
+      "--tool=callgrind",
+      "--instr-atstart=no",
+      `--callgrind-out-file=${join(dir, "callgrind.out")}`
+    ]
+  })
+  try {
+    // Under valgrind, Node starts some ten times slower.
+    const [, origin] = await server.waitForLine(/^listening (\S+)$/, 180_000)
+    const url = `${origin}${options.path}`
+    const control = (flag: string) => execFileSync("callgrind_control", [flag, String(server.pid)], { stdio: "ignore" })
+    const run = (amount: number) =>
+      startLoad({ url, connections: options.connections, amount, timeout: 60, pipelining: 1 }).result
+    await run(options.warmup)
+    control("--instr=on")
+    const result = await run(options.requests)
+    control("--instr=off")
+    control("--dump")
+    const instructions = readdirSync(dir)
+      .map((file) => readFileSync(join(dir, file), "utf8").match(/^totals: (\d+)/m)?.[1])
+      .reduce((sum, totals) => sum + Number(totals ?? 0), 0)
+    if (instructions === 0) throw new Error(`callgrind counted nothing for node ${options.args.join(" ")}`)
+    const requests = result.requests.total
+    return {
+      instructions,
+      requests,
+      perRequest: instructions / requests,
+      failed: result.errors + result.timeouts + result.non2xx
+    }
+  } finally {
+    await server.stop()
+    removeDir()
+    removeCleanup()
+  }
 }
 
 // -----------------------------------------------------------------------------
