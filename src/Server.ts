@@ -26,8 +26,8 @@
  * `server` (its address), `connections` (open when the drain began or
  * opened during it), `finished` and `forced` (of those, closed before the
  * deadline and destroyed at it), `requests`, `completed` and `cut` (the same
- * for requests), `toldToGoAway` (WebSockets and HTTP/2 sessions) and
- * `millis`.
+ * for requests; a request whose client went away counts as completed),
+ * `toldToGoAway` (WebSockets and HTTP/2 sessions) and `millis`.
  *
  * @since 0.1.0
  */
@@ -279,8 +279,9 @@ const closeAfter = (response: Http.ServerResponse | undefined): void => {
  * The response class of a server made here: its requests are tracked at the
  * cost of a few field writes, with no listener (the per-request cost that
  * matters next to `NodeHttpServer`). Node constructs it for every request
- * (the `ServerResponse` option of `http.createServer`), and emits its `close`
- * once, when it has finished or its socket has closed.
+ * (the `ServerResponse` option of `http.createServer`), and calls its
+ * `detachSocket` once the response has finished; a response whose socket
+ * closes first ends with the connection (`Tracker.track`).
  */
 const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracker): typeof Http.ServerResponse => {
   class TrackedResponse extends Base {
@@ -297,14 +298,14 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
       if (tracker.draining) closeAfter(this)
       else connection.response = this
     }
-    override emit(event: string | symbol, ...args: Array<unknown>): boolean {
-      if (event === "close" && this.#open) {
+    override detachSocket(socket: Net.Socket): void {
+      if (this.#open) {
         this.#open = false
         const connection = this.#connection
         if (connection?.response === this) connection.response = undefined
         tracker.end(connection)
       }
-      return super.emit(event, ...args)
+      super.detachSocket(socket)
     }
   }
   // Node's class is generic in its request type, which a subclass fixes to `IncomingMessage`, the one Node passes.

@@ -418,6 +418,29 @@ describe("Server", () => {
     }
   )
 
+  it.live("requests whose client goes away, pipelined ones too, do not hold the drain to its deadline", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const started = Deferred.makeUnsafe<void>()
+      const { ports, close } = yield* start(serve(routes(started), "127.0.0.1:0", { drainTimeout: "20 seconds" }))
+      const socket = Net.connect(ports.unknown!, "127.0.0.1")
+      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+      const request = "GET /never HTTP/1.1\r\nhost: test\r\n\r\n"
+      socket.write(request + request)
+      yield* Deferred.await(started)
+      const closing = yield* Effect.forkChild(timed(close))
+      // Once the drain has begun (the port refuses), the client gives up on both requests.
+      yield* refused(ports.unknown!)
+      assert.lengthOf(logs.drains(), 0, "the drain waits for the requests")
+      socket.destroy()
+      const { millis } = yield* Fiber.join(closing)
+      assert.isBelow(millis, 5000)
+      const [drain] = logs.drains()
+      assert.strictEqual(drain?.level, "Info")
+      assert.include(drain?.annotations, { connections: 1, finished: 1, forced: 0, requests: 2, cut: 0 })
+    }).pipe(Effect.provide(logs.layer))
+  })
+
   it.live("drainTimeout wins over GRACE_DRAIN_TIMEOUT: a handler that never finishes is cut at 300 ms", () => {
     const logs = captureLogs()
     return Effect.gen(function* () {

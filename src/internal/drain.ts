@@ -163,7 +163,7 @@ export interface DrainReport {
   readonly forced: number
   /** Requests (raw: handlers) in flight when the drain began, or started during it. */
   readonly requests: number
-  /** Of those, the ones that completed before the deadline. */
+  /** Of those, the ones that ended before the deadline: answered, or given up by their client. */
   readonly completed: number
   /** Of those, the ones still running at the deadline, cut. */
   readonly cut: number
@@ -205,6 +205,11 @@ export class Tracker {
     socket.once("close", () => {
       connection.socketClosed = true
       clearTimeout(connection.timer)
+      // An HTTP/1 request is over once its socket has closed: its response can no longer finish.
+      if (connection.kind === "http" && connection.busy > 0) {
+        this.ended(connection.busy)
+        connection.busy = 0
+      }
       this.release(connection)
     })
     this.arm(connection)
@@ -266,16 +271,24 @@ export class Tracker {
     }
   }
 
-  /** A request (or handler) ends. Called for every request. */
+  /**
+   * A request (or handler) ends. Called for every request. An HTTP/1 request
+   * whose socket has closed ended then, and is not counted again.
+   */
   end(connection: Connection | undefined): void {
-    this.inFlight--
-    if (this.state === "draining") this.completed++
-    if (connection === undefined) return
+    if (connection === undefined) return this.ended(1)
+    if (connection.socketClosed && connection.kind === "http") return
+    this.ended(1)
     connection.busy--
     connection.lastActive = performance.now()
     connection.lastBytes = connection.socket.bytesRead
     if (connection.socketClosed) this.release(connection)
     else if (this.state === "draining") this.arm(connection)
+  }
+
+  private ended(requests: number): void {
+    this.inFlight -= requests
+    if (this.state === "draining") this.completed += requests
   }
 
   /** Says goodbye to a long-lived connection (a WebSocket close, a GOAWAY), counted in the report. */
