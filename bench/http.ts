@@ -31,7 +31,7 @@
  * Instructions per request, counted by valgrind's callgrind in a separate
  * phase (each server in a process of its own under valgrind, counting on for a fixed
  * number of requests after a warm-up), are the figure that does not move with
- * the machine: runs of one server usually agree within 1%. A server limited by its
+ * the machine: runs of one server agree within one or two percent. A server limited by its
  * CPU, as these are, answers requests at a rate inversely proportional to
  * them, so the target is judged on them when valgrind is present, and on the
  * timed req/s otherwise. `--instruction-runs 0` skips the phase. The

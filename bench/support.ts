@@ -315,7 +315,7 @@ export interface InstructionCount {
  * accepts) runs under valgrind with counting off; `warmup` requests let the
  * JIT settle; counting is on for `requests` more, then off, and the counts are
  * dumped and read. Unlike time, the count does not depend on what else the
- * machine is doing: two runs agree within about 1%.
+ * machine is doing: runs agree within one or two percent.
  */
 export const instructionsPerRequest = async (options: {
   readonly args: ReadonlyArray<string>
