@@ -269,12 +269,6 @@ class TrackedWebSocketServer extends NodeWS.WebSocketServer {
   }
 }
 
-const closeAfter = (response: Http.ServerResponse | undefined): void => {
-  if (response === undefined || response.headersSent) return
-  response.shouldKeepAlive = false
-  response.setHeader("connection", "close")
-}
-
 /**
  * The response class of a server made here: its requests are tracked at the
  * cost of a few field writes, with no listener (the per-request cost that
@@ -294,9 +288,7 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
       const connection = tracker.get(args[0].socket)
       this.#connection = connection
       tracker.begin(connection)
-      if (connection === undefined) return
-      if (tracker.draining) closeAfter(this)
-      else connection.response = this
+      if (connection !== undefined) tracker.respond(connection, this)
     }
     override detachSocket(socket: Net.Socket): void {
       if (this.#open) {
@@ -432,9 +424,6 @@ export const make = (
       webSockets.clear()
     })
 
-    // A response that has not sent its headers when the drain begins, or is created during it, says
-    // `Connection: close`. Only a connection's latest response is marked: the connection closes after it.
-    tracker.onDrain(() => tracker.forEach((connection) => closeAfter(connection.response)))
     // Requests on a server made here are tracked by their response class, without a listener per request; on a
     // server from `createServer`, by a `close` listener.
     const own = options.createServer === undefined
@@ -442,9 +431,7 @@ export const make = (
       const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
       tracker.begin(connection)
       response.once("close", () => tracker.end(connection))
-      if (connection === undefined) return
-      if (tracker.draining) closeAfter(response)
-      else connection.response = response
+      if (connection !== undefined) tracker.respond(connection, response)
     }
 
     let serving = false

@@ -172,6 +172,13 @@ export interface DrainReport {
   readonly millis: number
 }
 
+/** Makes an HTTP/1 response say `Connection: close`, and its connection close after it, unless its headers are gone. */
+const closeAfter = (response: Http.ServerResponse): void => {
+  if (response.headersSent) return
+  response.shouldKeepAlive = false
+  response.setHeader("connection", "close")
+}
+
 // After our FIN, how long a client gets to close its side before the socket is destroyed.
 const END_GRACE_MS = 1000
 
@@ -226,11 +233,6 @@ export class Tracker {
     return undefined
   }
 
-  /** Calls `f` for each tracked connection. */
-  forEach(f: (connection: Connection) => void): void {
-    for (const connection of this.connections.values()) f(connection)
-  }
-
   /** A TLS handshake completed: the TLS socket takes the place of the TCP one, which is no longer counted. */
   promote(raw: Net.Socket, socket: Net.Socket, kind: Kind): Connection {
     const previous = this.connections.get(raw)
@@ -254,6 +256,17 @@ export class Tracker {
     if (connection === undefined) return
     connection.kind = "upgraded"
     clearTimeout(connection.timer)
+  }
+
+  /**
+   * A new HTTP/1 response on `connection`: during a drain it says
+   * `Connection: close`; otherwise it is the connection's latest, marked so
+   * if a drain begins before its headers go. Only the latest is marked: the
+   * connection closes after it.
+   */
+  respond(connection: Connection, response: Http.ServerResponse): void {
+    if (this.draining) closeAfter(response)
+    else connection.response = response
   }
 
   /**
@@ -404,6 +417,7 @@ export class Tracker {
       for (const connection of this.connections.values()) {
         const session = connection.session
         if (session !== undefined) this.goAway(() => session.close())
+        if (connection.response !== undefined) closeAfter(connection.response)
         this.arm(connection)
       }
       if (this.connections.size === 0) return finish()
