@@ -44,7 +44,8 @@
  * `--min-semi-space-size`, the size V8 grows it to under this load): V8 sizes
  * it by heuristics that, under valgrind's slowdown, settled differently from
  * process to process, moving the garbage collector's count per request by
- * several percent. So held, runs of one server agreed within half a percent.
+ * several percent. So held, three runs of one server agreed within 0.1% to
+ * 2.3% (seen here, highest against lowest).
  * A server limited by its CPU, as these are, answers requests at a rate
  * inversely proportional to them. The target is met when both say so: the
  * timed req/s ratio, and (when valgrind is present) the rate the main thread's

@@ -70,7 +70,9 @@ export const DrainTimeout: Context.Reference<Duration.Duration> = Drain.DrainTim
 
 /**
  * How long a connection with nothing in flight must be quiet before a drain
- * closes it. Default 250 milliseconds. A server's `idleGrace` option
+ * closes it. Default 250 milliseconds. Quiet is measured in steps of 10
+ * milliseconds, from the end of the step of the last activity: a connection
+ * may wait up to a step longer, never less. A server's `idleGrace` option
  * overrides it; `layerConfig` sets it from `GRACE_IDLE_GRACE`. Shared with
  * `SocketServer`.
  *
