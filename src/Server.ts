@@ -284,8 +284,7 @@ const started = (response: TrackedResponse, tracker: Drain.Tracker, request: Htt
   const connection = tracker.get(request.socket)
   response[kConnection] = connection
   response[kOpen] = true
-  tracker.begin(connection)
-  if (connection !== undefined) tracker.respond(connection, response)
+  tracker.beginResponse(connection, response)
 }
 
 const finished = (response: TrackedResponse, tracker: Drain.Tracker): void => {
@@ -470,9 +469,8 @@ export const make = (
     const own = options.createServer === undefined
     const track = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
       const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
-      tracker.begin(connection)
+      tracker.beginResponse(connection, response)
       response.once("close", () => tracker.end(connection))
-      if (connection !== undefined) tracker.respond(connection, response)
     }
 
     let serving = false

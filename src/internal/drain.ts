@@ -318,12 +318,15 @@ export class Tracker {
   }
 
   /**
-   * A new HTTP/1 response on `connection`: during a drain it says
-   * `Connection: close`; otherwise it is the connection's latest, marked so
-   * if a drain begins before its headers go. Only the latest is marked: the
-   * connection closes after it.
+   * A request answered by `response` starts (`begin`); `connection` is
+   * undefined for an HTTP/2 stream. On an HTTP/1 connection, during a drain
+   * the response says `Connection: close`; otherwise it is the connection's
+   * latest, marked so if a drain begins before its headers go. Only the latest
+   * is marked: the connection closes after it.
    */
-  respond(connection: Connection, response: Http.ServerResponse): void {
+  beginResponse(connection: Connection | undefined, response: Http.ServerResponse): void {
+    this.begin(connection)
+    if (connection === undefined) return
     if (this.draining) closeAfter(response)
     else connection.response = response
   }
