@@ -115,12 +115,30 @@ export class BadFd extends Data.TaggedError("BadFd")<{
 }
 
 /**
+ * Sockets were passed, but this platform cannot inherit them: the native
+ * calls that check a passed fd are not available (not Linux, or koffi not
+ * installed). `detail` says which.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class Unsupported extends Data.TaggedError("Unsupported")<{
+  readonly platform: string
+  readonly count: number
+  readonly detail: string
+}> {
+  override get message(): string {
+    return `LISTEN_FDS passes ${this.count} socket(s), but inheriting them needs native calls that are not available here: ${this.detail}; start the program without socket activation`
+  }
+}
+
+/**
  * Why passed fds could not be taken.
  *
  * @since 0.1.0
  * @category errors
  */
-export type ListenFdsErrorReason = InvalidVariable | NameCountMismatch | BadFd
+export type ListenFdsErrorReason = InvalidVariable | NameCountMismatch | BadFd | Unsupported
 
 /**
  * The passed fds could not be taken; `reason` says why.
@@ -195,7 +213,9 @@ export const checkFd = (fd: number, name: string): Effect.Effect<InheritedFd, Li
  * **Details**
  *
  * Outside socket activation (no `LISTEN_PID`, or one that names another
- * process) it succeeds with an empty array. The variables are removed from
+ * process) it succeeds with an empty array, on any platform. Where the
+ * native calls are not available, fds passed to this process are refused
+ * (`Unsupported`). The variables are removed from
  * `process.env` in every case, unless `unsetEnvironment` is `false`.
  *
  * @since 0.1.0
@@ -215,6 +235,10 @@ export const make = (options?: {
       onSome: (value) => value.split(":")
     })
     if (names.length !== count) return yield* fail(new NameCountMismatch({ count, names }))
+    const native = Sys.native()
+    if (!native.available) {
+      return yield* fail(new Unsupported({ platform: native.platform, count, detail: native.reason }))
+    }
     return yield* Effect.forEach(names, (name, i) => checkFd(FDS_START + i, name))
   }).pipe(
     Effect.ensuring(

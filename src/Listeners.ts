@@ -20,6 +20,12 @@
  * - Inherited fds the program never asks for are closed by `closeUnclaimed`,
  *   once start-up is over.
  *
+ * Where the native calls are not available (macOS, or Linux without koffi),
+ * a listener is bound through Node's own `listen`: it serves and drains the
+ * same way, and holds the connections it accepts before its server is
+ * served, but it has no fd (`fd` is `undefined`), so it cannot be inherited
+ * or handed on.
+ *
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
@@ -31,8 +37,9 @@ import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
 import type * as Config from "effect/Config"
 import { closeSync, lstatSync, rmSync } from "node:fs"
-import type * as Net from "node:net"
+import * as Net from "node:net"
 import { resolve } from "node:path"
+import * as Portable from "./internal/portable.ts"
 import * as Sys from "./internal/sys.ts"
 import * as ListenFds from "./ListenFds.ts"
 
@@ -71,7 +78,8 @@ export type ListenSpec =
  * @category models
  */
 export interface Listener {
-  readonly fd: number
+  /** The listening fd; `undefined` for a listener bound through Node, where the native calls are not available. */
+  readonly fd: number | undefined
   readonly name: string
   /** The address it is bound to, with port 0 resolved. */
   readonly address: NetAddress.SocketAddress
@@ -356,6 +364,7 @@ export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Ef
             })
           )
         }
+        if (!Sys.native().available) return bindPortable(spec.address, wanted, spec.name, spec.backlog ?? 511)
         const bound = bind(spec.address, wanted, spec.backlog ?? 511)
         if (Result.isFailure(bound)) return failWith(bound.failure)
         const fd = bound.success
@@ -378,10 +387,13 @@ export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Ef
         const index = active.indexOf(listener)
         if (index >= 0) active.splice(index, 1)
         const server = adopted.get(listener)
-        if (server !== undefined) {
+        const acceptor = acceptors.get(listener)
+        if (acceptor !== undefined) {
+          acceptor.close()
+        } else if (server !== undefined) {
           // The server owns the fd now; closing it closes the fd (and never unlinks: it has no path).
           if (server.listening) server.close()
-        } else {
+        } else if (listener.fd !== undefined) {
           closeSync(listener.fd)
         }
         const address = listener.address
@@ -409,6 +421,33 @@ export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Ef
   })
 
 const adopted = new WeakMap<Listener, Net.Server>()
+const acceptors = new WeakMap<Listener, Portable.Acceptor>()
+
+const bindPortable = (
+  spec: string,
+  wanted: ParsedAddress,
+  name: string | undefined,
+  backlog: number
+): Effect.Effect<Listener, ListenersError> =>
+  Portable.listen(
+    wanted._tag === "Unix"
+      ? wanted
+      : {
+          _tag: "Tcp",
+          host: wanted.host === undefined ? undefined : NetAddress.formatIp(wanted.host),
+          port: wanted.port
+        },
+    backlog
+  ).pipe(
+    Effect.mapError(
+      (e) => new ListenersError({ reason: new BindFailed({ address: spec, code: e.code, syscall: e.syscall }) })
+    ),
+    Effect.map((acceptor) => {
+      const listener: Listener = { fd: undefined, name: name ?? "unknown", address: acceptor.address, inherited: false }
+      acceptors.set(listener, acceptor)
+      return listener
+    })
+  )
 
 /**
  * Starts a Node server accepting on a listener (`server.listen({ fd })`) and
@@ -433,9 +472,33 @@ export const serve = (listener: Listener, server: Net.Server): Effect.Effect<voi
       adopted.set(listener, server)
       resume(Effect.void)
     }
+    const acceptor = acceptors.get(listener)
+    if (acceptor !== undefined) {
+      acceptor.serve(server)
+      adopted.set(listener, server)
+      return resume(Effect.void)
+    }
     server.once("error", onError)
     server.once("listening", onListening)
     server.listen({ fd: listener.fd } as Net.ListenOptions)
+  })
+
+/**
+ * Stops a served listener accepting: it closes the listening handle only,
+ * never a connection (an `http.Server`'s own `close` would also close the
+ * connections that look idle, racing a client that is sending right then,
+ * nodejs/node#60617). On a listener handed to a successor, the successor
+ * goes on accepting on the same socket.
+ *
+ * @since 0.1.0
+ * @category serving
+ */
+export const stopAccepting = (listener: Listener): Effect.Effect<void> =>
+  Effect.sync(() => {
+    const acceptor = acceptors.get(listener)
+    if (acceptor !== undefined) return acceptor.stopAccepting()
+    const server = adopted.get(listener)
+    if (server?.listening) Net.Server.prototype.close.call(server)
   })
 
 /**

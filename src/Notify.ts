@@ -126,12 +126,30 @@ export class SendFailed extends Data.TaggedError("SendFailed")<{
 }
 
 /**
+ * `NOTIFY_SOCKET` is set, but this platform cannot send to it: Node has no
+ * unix datagram socket, and the native calls that make one are not available
+ * (not Linux, or koffi not installed). `detail` says which.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class Unsupported extends Data.TaggedError("Unsupported")<{
+  readonly socket: string
+  readonly platform: string
+  readonly detail: string
+}> {
+  override get message(): string {
+    return `NOTIFY_SOCKET=${JSON.stringify(this.socket)} is set, but sending to it needs native calls that are not available here: ${this.detail}; unset NOTIFY_SOCKET to run without a service manager`
+  }
+}
+
+/**
  * Why a notification could not be sent.
  *
  * @since 0.1.0
  * @category errors
  */
-export type NotifyErrorReason = InvalidSocket | InvalidMessage | SendFailed
+export type NotifyErrorReason = InvalidSocket | InvalidMessage | SendFailed | Unsupported
 
 /**
  * A notification could not be sent, or `NOTIFY_SOCKET` is unusable; `reason`
@@ -287,13 +305,7 @@ const sendTo =
   (socket: string) =>
   (message: string): Effect.Effect<void, NotifyError> =>
     Effect.suspend(() => {
-      let sent: Result.Result<void, Sys.SysError>
-      try {
-        sent = Sys.sendDatagram(socket, Buffer.from(message))
-      } catch (cause) {
-        // Only when no unix datagram socket can be had at all (not Linux, or the FFI failed to load).
-        return fail(new SendFailed({ socket, syscall: "socket", code: "UNSUPPORTED", cause }))
-      }
+      const sent = Sys.sendDatagram(socket, Buffer.from(message))
       return Result.isSuccess(sent)
         ? Effect.void
         : fail(new SendFailed({ socket, syscall: sent.failure.syscall, code: sent.failure.code, cause: sent.failure }))
@@ -319,15 +331,21 @@ const checkSocket = (socket: string): Effect.Effect<string, NotifyError> => {
 /**
  * A client for a given socket (`/path` or `@name`), or a disabled one for
  * `undefined` or an empty string. Fails with `InvalidSocket` for anything
- * else.
+ * else, and with `Unsupported` where no unix datagram can be sent.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const fromSocket = (socket: string | undefined): Effect.Effect<Notify["Service"], NotifyError> =>
-  socket === undefined || socket === ""
-    ? Effect.succeed(disabled)
-    : Effect.map(checkSocket(socket), (checked) => makeWith(sendTo(checked)))
+export const fromSocket = (socket: string | undefined): Effect.Effect<Notify["Service"], NotifyError> => {
+  if (socket === undefined || socket === "") return Effect.succeed(disabled)
+  return Effect.flatMap(checkSocket(socket), (checked) => {
+    const native = Sys.native()
+    if (!native.available) {
+      return fail(new Unsupported({ socket, platform: native.platform, detail: native.reason }))
+    }
+    return Effect.succeed(makeWith(sendTo(checked)))
+  })
+}
 
 /**
  * Reads `NOTIFY_SOCKET` through the current `ConfigProvider` and builds the

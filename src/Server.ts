@@ -48,7 +48,7 @@ import * as NodeWS from "@effect/platform-node/NodeWS"
 import * as Http from "node:http"
 import type * as Http2 from "node:http2"
 import * as Https from "node:https"
-import * as Net from "node:net"
+import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import type * as Tls from "node:tls"
 import * as Drain from "./internal/drain.ts"
@@ -344,12 +344,6 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
   return TrackedResponseFunction as unknown as typeof Http.ServerResponse
 }
 
-// `http.Server#close` also closes the connections that look idle at that instant, racing a client that is sending
-// right then (nodejs/node#60617); `net.Server#close` closes the listening handle only.
-const stopAccepting = (server: NodeServer): void => {
-  if (server.listening) Net.Server.prototype.close.call(server)
-}
-
 /**
  * Creates an `HttpServer` on a listener from `Listeners`: inherited when one
  * matches `spec`, bound otherwise. It accepts once an app is served on it,
@@ -521,7 +515,7 @@ export const make = (
         yield* Scope.addFinalizer(
           serveScope,
           Effect.gen(function* () {
-            stopAccepting(server)
+            yield* Listeners.stopAccepting(listener)
             const report = yield* tracker.drain(settings)
             const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
             yield* log("effect-grace: drain finished").pipe(Effect.annotateLogs({ server: address, ...report }))

@@ -239,7 +239,7 @@ export const make = (
             scope,
             Effect.gen(function* () {
               // The listening handle only; the fd lives on in a successor that shares it.
-              if (server.listening) server.close()
+              yield* Listeners.stopAccepting(listener)
               const report = yield* tracker.drain(settings)
               const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
               const { toldToGoAway: _, ...counts } = report

@@ -45,6 +45,7 @@ import * as Listeners from "./Listeners.ts"
 import * as Notify from "./Notify.ts"
 import * as Drain from "./internal/drain.ts"
 import * as Successor from "./internal/successor.ts"
+import * as Sys from "./internal/sys.ts"
 
 // -----------------------------------------------------------------------------
 // Errors
@@ -138,13 +139,30 @@ export class NotServing extends Data.TaggedError("NotServing")<{
 }
 
 /**
+ * This platform cannot restart in place: handing the listeners to a
+ * successor needs native calls that are not available (not Linux, or koffi
+ * not installed). `detail` says which. Stop and start the program instead.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class Unsupported extends Data.TaggedError("Unsupported")<{
+  readonly platform: string
+  readonly detail: string
+}> {
+  override get message(): string {
+    return `restarting in place needs native calls that are not available here: ${this.detail}; stop and start the program instead`
+  }
+}
+
+/**
  * Why a restart did not happen.
  *
  * @since 0.1.0
  * @category errors
  */
 export type RestartErrorReason =
-  SpawnFailed | ExitedBeforeReady | NotReadyInTime | AlreadyInProgress | ParentStillRunning | NotServing
+  SpawnFailed | ExitedBeforeReady | NotReadyInTime | AlreadyInProgress | ParentStillRunning | NotServing | Unsupported
 
 /**
  * A restart failed or was refused; this process keeps serving. `reason` says why.
@@ -320,14 +338,27 @@ export const run = <A, E, R>(
       const stop = yield* Deferred.make<"terminate" | "handoff">()
       const services = yield* Effect.context<never>()
 
+      const warn = (error: RestartError) =>
+        Effect.logWarning(`effect-grace: ${error.message}`).pipe(
+          Effect.annotateLogs({ pid: process.pid, reason: error.reason._tag })
+        )
       const restart: Effect.Effect<number, RestartError> = Effect.suspend(() => {
-        const refuse = (reason: RestartErrorReason) => Effect.fail(new RestartError({ reason }))
+        // A refusal is logged as a failure is, whoever asked.
+        const refuse = (reason: RestartErrorReason) => {
+          const error = new RestartError({ reason })
+          return Effect.andThen(warn(error), Effect.fail(error))
+        }
         if (state === "restarting") return refuse(new AlreadyInProgress())
         if (state === "starting" || state === "draining") return refuse(new NotServing({ state }))
         if (parent !== undefined && parent.isAlive()) return refuse(new ParentStillRunning({ parentPid: parent.pid }))
+        const native = Sys.native()
+        if (!native.available) return refuse(new Unsupported({ platform: native.platform, detail: native.reason }))
         state = "restarting"
         return Effect.gen(function* () {
-          const passed = yield* listeners.active
+          // With the native calls, every listener has a fd.
+          const passed = (yield* listeners.active).flatMap((l) =>
+            l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]
+          )
           yield* logged("effect-grace: restart started", { pid: process.pid, listeners: passed.length })
           yield* Effect.ignore(notify.reloading)
           const successor = yield* Successor.spawnSuccessor({
@@ -348,9 +379,7 @@ export const run = <A, E, R>(
             Effect.gen(function* () {
               state = "serving"
               yield* Effect.ignore(notify.ready)
-              yield* Effect.logWarning(`effect-grace: ${error.message}`).pipe(
-                Effect.annotateLogs({ pid: process.pid, reason: error.reason._tag })
-              )
+              yield* warn(error)
             })
           ),
           Effect.onInterrupt(() =>

@@ -9,7 +9,10 @@
  * sd_notify speaks unix datagrams. Linux only, as systemd is.
  *
  * Every function here is synchronous and returns a `SysError` value instead of
- * throwing, so callers wrap it in the error type of their own module.
+ * throwing, so callers wrap it in the error type of their own module. Where
+ * the calls cannot be made (another platform, koffi not installed or its
+ * binary not loadable, or `GRACE_NATIVE=off`), `native()` says why and every
+ * function fails with `ENOTSUP`; nothing is loaded before the first call.
  */
 import { closeSync, fstatSync } from "node:fs"
 import { createRequire } from "node:module"
@@ -43,6 +46,8 @@ export interface SysError {
   readonly syscall: string
   readonly code: string
   readonly errno: number
+  /** Why, where the errno alone does not say (the native calls are not available). */
+  readonly detail?: string
 }
 
 interface Libc {
@@ -59,30 +64,71 @@ interface Libc {
   readonly errno: () => number
 }
 
-let libc: Libc | undefined
+/** Whether the native calls can be made here; if not, why not. */
+export type Native =
+  { readonly available: true } | { readonly available: false; readonly platform: string; readonly reason: string }
 
-// Loaded on first use: importing the library must not load native code.
-const load = (): Libc => {
-  if (libc !== undefined) return libc
-  if (process.platform !== "linux") {
-    throw new Error(`effect-grace: socket inheritance needs Linux, not ${process.platform}`)
+let loaded: { readonly libc: Libc } | { readonly unavailable: Native & { readonly available: false } } | undefined
+
+const unavailable = (reason: string) => ({
+  unavailable: { available: false as const, platform: process.platform, reason }
+})
+
+// Loaded on first use: importing the library must not load native code, nor fail where it cannot be loaded.
+const probe = (): NonNullable<typeof loaded> => {
+  // A switch for trying, on Linux, the path every other platform takes.
+  if (process.env.GRACE_NATIVE === "off") return unavailable("they are turned off by GRACE_NATIVE=off")
+  if (process.platform !== "linux") return unavailable(`they need Linux, and this is ${process.platform}`)
+  let koffi: typeof Koffi
+  try {
+    koffi = createRequire(import.meta.url)("koffi") as typeof Koffi
+  } catch (cause) {
+    const detail = cause instanceof Error ? cause.message.split("\n")[0] : String(cause)
+    return unavailable(`koffi, the optional dependency that makes them, could not be loaded (${detail})`)
   }
-  const koffi = createRequire(import.meta.url)("koffi") as typeof Koffi
-  const lib = koffi.load("libc.so.6")
-  libc = {
-    socket: lib.func("int socket(int, int, int)"),
-    bind: lib.func("int bind(int, const uint8_t *addr, uint32_t len)"),
-    listen: lib.func("int listen(int, int)"),
-    setsockopt: lib.func("int setsockopt(int, int, int, const int *value, uint32_t len)"),
-    getsockopt: lib.func("int getsockopt(int, int, int, _Out_ int *value, _Inout_ uint32_t *len)"),
-    getsockname: lib.func("int getsockname(int, _Out_ uint8_t *addr, _Inout_ uint32_t *len)"),
-    sendto: lib.func("intptr_t sendto(int, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t)"),
-    recv: lib.func("intptr_t recv(int, _Out_ uint8_t *buf, size_t len, int flags)"),
-    connect: lib.func("int connect(int, const uint8_t *addr, uint32_t len)"),
-    fcntl: lib.func("int fcntl(int, int, ...)"),
-    errno: () => koffi.errno()
+  let lib: ReturnType<typeof koffi.load>
+  try {
+    lib = koffi.load("libc.so.6")
+  } catch (cause) {
+    return unavailable(`libc.so.6 could not be loaded (${cause instanceof Error ? cause.message : String(cause)})`)
   }
-  return libc
+  return {
+    libc: {
+      socket: lib.func("int socket(int, int, int)"),
+      bind: lib.func("int bind(int, const uint8_t *addr, uint32_t len)"),
+      listen: lib.func("int listen(int, int)"),
+      setsockopt: lib.func("int setsockopt(int, int, int, const int *value, uint32_t len)"),
+      getsockopt: lib.func("int getsockopt(int, int, int, _Out_ int *value, _Inout_ uint32_t *len)"),
+      getsockname: lib.func("int getsockname(int, _Out_ uint8_t *addr, _Inout_ uint32_t *len)"),
+      sendto: lib.func(
+        "intptr_t sendto(int, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t)"
+      ),
+      recv: lib.func("intptr_t recv(int, _Out_ uint8_t *buf, size_t len, int flags)"),
+      connect: lib.func("int connect(int, const uint8_t *addr, uint32_t len)"),
+      fcntl: lib.func("int fcntl(int, int, ...)"),
+      errno: () => koffi.errno()
+    }
+  }
+}
+
+const state = (): NonNullable<typeof loaded> => (loaded ??= probe())
+
+/** Whether the native calls can be made here. The first call loads them. */
+export const native = (): Native => {
+  const current = state()
+  return "libc" in current ? { available: true } : current.unavailable
+}
+
+// Every call goes through here: the library, or the failure that says why there is none.
+const withLibc = <A>(syscall: string, f: (lib: Libc) => Result.Result<A, SysError>): Result.Result<A, SysError> => {
+  const current = state()
+  if ("libc" in current) return f(current.libc)
+  return Result.fail({
+    syscall,
+    code: "ENOTSUP",
+    errno: constants.errno.ENOTSUP ?? 95,
+    detail: `native calls are not available: ${current.unavailable.reason}`
+  })
 }
 
 // The first name wins where two share a number (EAGAIN before EWOULDBLOCK).
@@ -123,25 +169,27 @@ export const inspect = (fd: number): Result.Result<FdKind, SysError> => {
   } catch {
     return Result.succeed({ _tag: "NotOpen" })
   }
-  const lib = load()
-  return Result.gen(function* () {
-    const type = yield* intOption(lib, fd, SO_TYPE)
-    if (type !== SOCK_STREAM) return { _tag: "NotStream", type } as const
-    const family = yield* intOption(lib, fd, SO_DOMAIN)
-    if (family !== AF_INET && family !== AF_INET6 && family !== AF_UNIX) {
-      return { _tag: "UnsupportedFamily", family } as const
-    }
-    if ((yield* intOption(lib, fd, SO_ACCEPTCONN)) === 0) return { _tag: "NotListening" } as const
-    return { _tag: "Listening", address: yield* localAddress(fd) } as const
+  return withLibc("getsockopt", (lib) => {
+    return Result.gen(function* () {
+      const type = yield* intOption(lib, fd, SO_TYPE)
+      if (type !== SOCK_STREAM) return { _tag: "NotStream", type } as const
+      const family = yield* intOption(lib, fd, SO_DOMAIN)
+      if (family !== AF_INET && family !== AF_INET6 && family !== AF_UNIX) {
+        return { _tag: "UnsupportedFamily", family } as const
+      }
+      if ((yield* intOption(lib, fd, SO_ACCEPTCONN)) === 0) return { _tag: "NotListening" } as const
+      return { _tag: "Listening", address: yield* localAddress(fd) } as const
+    })
   })
 }
 
 /** getsockname(2), decoded. An abstract unix address is reported with a leading `@`. */
 export const localAddress = (fd: number): Result.Result<NetAddress.SocketAddress, SysError> => {
-  const lib = load()
-  const buf = Buffer.alloc(128)
-  const len = [buf.length]
-  return Result.map(check(lib, "getsockname", lib.getsockname(fd, buf, len)), () => decodeSockaddr(buf, len[0]!))
+  return withLibc("getsockname", (lib) => {
+    const buf = Buffer.alloc(128)
+    const len = [buf.length]
+    return Result.map(check(lib, "getsockname", lib.getsockname(fd, buf, len)), () => decodeSockaddr(buf, len[0]!))
+  })
 }
 
 const decodeSockaddr = (buf: Buffer, len: number): NetAddress.SocketAddress => {
@@ -195,40 +243,43 @@ const familyOf = (address: NetAddress.SocketAddress): number =>
  * Node's own `listen(port)` does.
  */
 export const bindListen = (address: NetAddress.SocketAddress, backlog: number): Result.Result<number, SysError> => {
-  const lib = load()
-  return Result.flatMap(encodeSockaddr(address), (sockaddr) => {
-    const fd = lib.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0)
-    if (fd < 0) return fail(lib, "socket")
-    const steps = (): Result.Result<number, SysError> => {
-      if (address._tag !== "UnixPathAddress") {
-        if (lib.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, [1], 4) < 0) return fail(lib, "setsockopt")
-        if (address._tag === "InetAddressV6" && NetAddress.isUnspecified(address.address)) {
-          if (lib.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, [0], 4) < 0) return fail(lib, "setsockopt")
+  return withLibc("socket", (lib) => {
+    return Result.flatMap(encodeSockaddr(address), (sockaddr) => {
+      const fd = lib.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0)
+      if (fd < 0) return fail(lib, "socket")
+      const steps = (): Result.Result<number, SysError> => {
+        if (address._tag !== "UnixPathAddress") {
+          if (lib.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, [1], 4) < 0) return fail(lib, "setsockopt")
+          if (address._tag === "InetAddressV6" && NetAddress.isUnspecified(address.address)) {
+            if (lib.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, [0], 4) < 0) return fail(lib, "setsockopt")
+          }
         }
+        if (lib.bind(fd, sockaddr, sockaddr.length) < 0) return fail(lib, "bind")
+        if (lib.listen(fd, backlog) < 0) return fail(lib, "listen")
+        return Result.succeed(fd)
       }
-      if (lib.bind(fd, sockaddr, sockaddr.length) < 0) return fail(lib, "bind")
-      if (lib.listen(fd, backlog) < 0) return fail(lib, "listen")
-      return Result.succeed(fd)
-    }
-    const result = steps()
-    if (Result.isFailure(result)) closeSync(fd)
-    return result
+      const result = steps()
+      if (Result.isFailure(result)) closeSync(fd)
+      return result
+    })
   })
 }
 
 /** Sets or clears FD_CLOEXEC. */
 export const setCloseOnExec = (fd: number, on: boolean): Result.Result<void, SysError> => {
-  const lib = load()
-  const flags = lib.fcntl(fd, F_GETFD)
-  if (flags < 0) return fail(lib, "fcntl")
-  const next = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC
-  return Result.map(check(lib, "fcntl", lib.fcntl(fd, F_SETFD, "int", next)), () => undefined)
+  return withLibc("fcntl", (lib) => {
+    const flags = lib.fcntl(fd, F_GETFD)
+    if (flags < 0) return fail(lib, "fcntl")
+    const next = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC
+    return Result.map(check(lib, "fcntl", lib.fcntl(fd, F_SETFD, "int", next)), () => undefined)
+  })
 }
 
 /** Whether FD_CLOEXEC is set. */
 export const isCloseOnExec = (fd: number): Result.Result<boolean, SysError> => {
-  const lib = load()
-  return Result.map(check(lib, "fcntl", lib.fcntl(fd, F_GETFD)), (flags) => (flags & FD_CLOEXEC) !== 0)
+  return withLibc("fcntl", (lib) => {
+    return Result.map(check(lib, "fcntl", lib.fcntl(fd, F_GETFD)), (flags) => (flags & FD_CLOEXEC) !== 0)
+  })
 }
 
 /**
@@ -236,18 +287,19 @@ export const isCloseOnExec = (fd: number): Result.Result<boolean, SysError> => {
  * abstract namespace) from a fresh, unbound socket, as sd_notify(3) does.
  */
 export const sendDatagram = (path: string, payload: Uint8Array): Result.Result<void, SysError> => {
-  const lib = load()
-  return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
-    const fd = lib.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
-    if (fd < 0) return fail(lib, "socket")
-    try {
-      const buf = Buffer.from(payload)
-      // Never blocks the event loop: a receiver that stopped reading is an EAGAIN error, not a hang.
-      const sent = lib.sendto(fd, buf, buf.length, MSG_NOSIGNAL | MSG_DONTWAIT, sockaddr, sockaddr.length)
-      return sent < 0 ? fail(lib, "sendto") : Result.succeed(undefined)
-    } finally {
-      closeSync(fd)
-    }
+  return withLibc("socket", (lib) => {
+    return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
+      const fd = lib.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
+      if (fd < 0) return fail(lib, "socket")
+      try {
+        const buf = Buffer.from(payload)
+        // Never blocks the event loop: a receiver that stopped reading is an EAGAIN error, not a hang.
+        const sent = lib.sendto(fd, buf, buf.length, MSG_NOSIGNAL | MSG_DONTWAIT, sockaddr, sockaddr.length)
+        return sent < 0 ? fail(lib, "sendto") : Result.succeed(undefined)
+      } finally {
+        closeSync(fd)
+      }
+    })
   })
 }
 
@@ -256,16 +308,17 @@ export const sendDatagram = (path: string, payload: Uint8Array): Result.Result<v
  * sd_notify, for tests and for tools that stand in for the service manager.
  */
 export const bindDatagram = (path: string): Result.Result<number, SysError> => {
-  const lib = load()
-  return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
-    const fd = lib.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
-    if (fd < 0) return fail(lib, "socket")
-    if (lib.bind(fd, sockaddr, sockaddr.length) < 0) {
-      const error = fail(lib, "bind")
-      closeSync(fd)
-      return error
-    }
-    return Result.succeed(fd)
+  return withLibc("socket", (lib) => {
+    return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
+      const fd = lib.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
+      if (fd < 0) return fail(lib, "socket")
+      if (lib.bind(fd, sockaddr, sockaddr.length) < 0) {
+        const error = fail(lib, "bind")
+        closeSync(fd)
+        return error
+      }
+      return Result.succeed(fd)
+    })
   })
 }
 
@@ -274,12 +327,13 @@ export const bindDatagram = (path: string): Result.Result<number, SysError> => {
  * a read that never blocks, so a caller can poll with a bound.
  */
 export const receiveDatagram = (fd: number): Result.Result<Buffer | undefined, SysError> => {
-  const lib = load()
-  const buf = Buffer.alloc(4096)
-  const n = lib.recv(fd, buf, buf.length, MSG_DONTWAIT)
-  if (n >= 0) return Result.succeed(buf.subarray(0, n))
-  const error = lastError(lib, "recv")
-  return error.errno === constants.errno.EAGAIN ? Result.succeed(undefined) : Result.fail(error)
+  return withLibc("recv", (lib) => {
+    const buf = Buffer.alloc(4096)
+    const n = lib.recv(fd, buf, buf.length, MSG_DONTWAIT)
+    if (n >= 0) return Result.succeed(buf.subarray(0, n))
+    const error = lastError(lib, "recv")
+    return error.errno === constants.errno.EAGAIN ? Result.succeed(undefined) : Result.fail(error)
+  })
 }
 
 /**
@@ -288,19 +342,21 @@ export const receiveDatagram = (fd: number): Result.Result<Buffer | undefined, S
  * gone, and can be removed before binding it again.
  */
 export const unixPathAccepts = (path: string): Result.Result<boolean, SysError> => {
-  const lib = load()
-  return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
-    const fd = lib.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)
-    if (fd < 0) return fail(lib, "socket")
-    try {
-      if (lib.connect(fd, sockaddr, sockaddr.length) === 0) return Result.succeed(true)
-      const error = lastError(lib, "connect")
-      return error.code === "ECONNREFUSED" ? Result.succeed(false) : Result.fail(error)
-    } finally {
-      closeSync(fd)
-    }
+  return withLibc("socket", (lib) => {
+    return Result.flatMap(encodeSockaddr(NetAddress.unixPathAddress(path)), (sockaddr) => {
+      const fd = lib.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)
+      if (fd < 0) return fail(lib, "socket")
+      try {
+        if (lib.connect(fd, sockaddr, sockaddr.length) === 0) return Result.succeed(true)
+        const error = lastError(lib, "connect")
+        return error.code === "ECONNREFUSED" ? Result.succeed(false) : Result.fail(error)
+      } finally {
+        closeSync(fd)
+      }
+    })
   })
 }
 
 /** A readable description of a system call failure. */
-export const formatSysError = (error: SysError): string => `${error.syscall}: ${error.code}`
+export const formatSysError = (error: SysError): string =>
+  error.detail === undefined ? `${error.syscall}: ${error.code}` : `${error.syscall}: ${error.code} (${error.detail})`
