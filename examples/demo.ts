@@ -84,5 +84,8 @@ const Banner = Layer.effectDiscard(
   })
 ).pipe(Layer.provide(Servers))
 
-// Operator logs (ready, restart, drain) go to stderr; stdout has the banner alone.
-Supervisor.run(Banner).pipe(Effect.provideService(Logger.LogToStderr, true), Supervisor.runMain)
+// Operator logs (ready, restart, drain), one logfmt line each, go to stderr; stdout has the banner alone.
+Supervisor.run(Banner).pipe(
+  Effect.provide(Logger.layer([Logger.withConsoleError(Logger.formatLogFmt)])),
+  Supervisor.runMain
+)

@@ -115,11 +115,11 @@ export class BindFailed extends Data.TaggedError("BindFailed")<{
   override get message(): string {
     const hint =
       this.code === "EADDRINUSE"
-        ? "another process is listening there"
+        ? "another process is listening there: stop it, or choose another address"
         : this.code === "EACCES"
-          ? "permission denied (ports below 1024 need privileges)"
+          ? "permission denied: ports below 1024 need privileges (CAP_NET_BIND_SERVICE), or choose another port"
           : this.code === "EADDRNOTAVAIL"
-            ? "no interface has that address"
+            ? "no interface has that address: choose one this host has, or :port for every interface"
             : this.syscall
     return `cannot listen on ${this.address}: ${this.code} (${hint})`
   }

@@ -43,7 +43,9 @@ import { dirname, join, resolve } from "node:path"
 import * as ListenFds from "./ListenFds.ts"
 import * as Listeners from "./Listeners.ts"
 import * as Notify from "./Notify.ts"
+import * as Variables from "./internal/config.ts"
 import * as Drain from "./internal/drain.ts"
+import * as Report from "./internal/report.ts"
 import * as Successor from "./internal/successor.ts"
 import * as Sys from "./internal/sys.ts"
 
@@ -209,7 +211,7 @@ export const config: Config.Config<{
   readonly readyTimeout: Option.Option<Duration.Duration>
   readonly pidFile: Option.Option<string>
 }> = Config.all({
-  readyTimeout: Config.option(Config.Duration("GRACE_READY_TIMEOUT")),
+  readyTimeout: Variables.duration("GRACE_READY_TIMEOUT"),
   pidFile: Config.option(Config.String("GRACE_PID_FILE"))
 })
 
@@ -314,163 +316,167 @@ export const run = <A, E, R>(
   Exclude<R, Listeners.Listeners | Supervisor>
 > =>
   // The application's requirements other than Listeners and Supervisor come from the caller.
-  Effect.scoped(
-    Effect.gen(function* () {
-      const command = Successor.selfCommand()
-      const configured = yield* config
-      const readyTimeout = Duration.fromInputUnsafe(
-        options.readyTimeout ?? Option.getOrElse(configured.readyTimeout, () => Duration.seconds(60))
-      )
-      const pidFile = Option.map(
-        Option.fromUndefinedOr(options.pidFile).pipe(Option.orElse(() => configured.pidFile)),
-        (p) => resolve(p)
-      )
-      const restartSignals = options.restartSignals ?? ["SIGUSR2"]
-
-      const readyFd = yield* Config.option(Config.Int(Successor.READY_FD_VARIABLE))
-      delete process.env[Successor.READY_FD_VARIABLE]
-      const inherited = yield* ListenFds.make()
-      const listeners = yield* Listeners.make(inherited)
-      const notify = yield* Notify.make
-      const parent = yield* Successor.openParentChannel(Option.getOrUndefined(readyFd))
-
-      let state: State = "starting"
-      const stop = yield* Deferred.make<"terminate" | "handoff">()
-      const services = yield* Effect.context<never>()
-
-      const warn = (error: RestartError) =>
-        Effect.logWarning(`effect-grace: ${error.message}`).pipe(
-          Effect.annotateLogs({ pid: process.pid, reason: error.reason._tag })
+  Report.startupFailure(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const command = Successor.selfCommand()
+        const configured = yield* config
+        const readyTimeout = Duration.fromInputUnsafe(
+          options.readyTimeout ?? Option.getOrElse(configured.readyTimeout, () => Duration.seconds(60))
         )
-      const restart: Effect.Effect<number, RestartError> = Effect.suspend(() => {
-        // A refusal is logged as a failure is, whoever asked.
-        const refuse = (reason: RestartErrorReason) => {
-          const error = new RestartError({ reason })
-          return Effect.andThen(warn(error), Effect.fail(error))
-        }
-        if (state === "restarting") return refuse(new AlreadyInProgress())
-        if (state === "starting" || state === "draining") return refuse(new NotServing({ state }))
-        if (parent !== undefined && parent.isAlive()) return refuse(new ParentStillRunning({ parentPid: parent.pid }))
-        const native = Sys.native()
-        if (!native.available) return refuse(new Unsupported({ platform: native.platform, detail: native.reason }))
-        state = "restarting"
-        return Effect.gen(function* () {
-          // With the native calls, every listener has a fd.
-          const passed = (yield* listeners.active).flatMap((l) =>
-            l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]
+        const pidFile = Option.map(
+          Option.fromUndefinedOr(options.pidFile).pipe(Option.orElse(() => configured.pidFile)),
+          (p) => resolve(p)
+        )
+        const restartSignals = options.restartSignals ?? ["SIGUSR2"]
+
+        const readyFd = yield* Config.option(Config.Int(Successor.READY_FD_VARIABLE))
+        delete process.env[Successor.READY_FD_VARIABLE]
+        const inherited = yield* ListenFds.make()
+        const listeners = yield* Listeners.make(inherited)
+        const notify = yield* Notify.make
+        const parent = yield* Successor.openParentChannel(Option.getOrUndefined(readyFd))
+
+        let state: State = "starting"
+        const stop = yield* Deferred.make<"terminate" | "handoff">()
+        const services = yield* Effect.context<never>()
+
+        const warn = (error: RestartError) =>
+          Effect.logWarning(`effect-grace: ${error.message}`).pipe(
+            Effect.annotateLogs({ pid: process.pid, reason: error.reason._tag })
           )
-          yield* logged("effect-grace: restart started", { pid: process.pid, listeners: passed.length })
-          yield* Effect.ignore(notify.reloading)
-          const successor = yield* Successor.spawnSuccessor({
-            command,
-            passed,
-            env: process.env,
-            readyTimeout
-          }).pipe(Effect.mapError((failure) => new RestartError({ reason: fromFailure(failure) })))
-          // From here on the successor serves too: this process must not unlink what it hands on.
-          yield* listeners.handOff
+        const restart: Effect.Effect<number, RestartError> = Effect.suspend(() => {
+          // A refusal is logged as a failure is, whoever asked.
+          const refuse = (reason: RestartErrorReason) => {
+            const error = new RestartError({ reason })
+            return Effect.andThen(warn(error), Effect.fail(error))
+          }
+          if (state === "restarting") return refuse(new AlreadyInProgress())
+          if (state === "starting" || state === "draining") return refuse(new NotServing({ state }))
+          if (parent !== undefined && parent.isAlive()) return refuse(new ParentStillRunning({ parentPid: parent.pid }))
+          const native = Sys.native()
+          if (!native.available) return refuse(new Unsupported({ platform: native.platform, detail: native.reason }))
+          state = "restarting"
+          return Effect.gen(function* () {
+            // With the native calls, every listener has a fd.
+            const passed = (yield* listeners.active).flatMap((l) =>
+              l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]
+            )
+            yield* logged("effect-grace: restart started", { pid: process.pid, listeners: passed.length })
+            yield* Effect.ignore(notify.reloading)
+            const successor = yield* Successor.spawnSuccessor({
+              command,
+              passed,
+              env: process.env,
+              readyTimeout
+            }).pipe(Effect.mapError((failure) => new RestartError({ reason: fromFailure(failure) })))
+            // From here on the successor serves too: this process must not unlink what it hands on.
+            yield* listeners.handOff
+            state = "draining"
+            yield* Effect.ignore(notify.mainPid(successor.pid, { ready: true }))
+            yield* logged("effect-grace: successor ready", { pid: process.pid, successor: successor.pid })
+            yield* Deferred.succeed(stop, "handoff")
+            return successor.pid
+          }).pipe(
+            Effect.tapError((error) =>
+              Effect.gen(function* () {
+                state = "serving"
+                yield* Effect.ignore(notify.ready)
+                yield* warn(error)
+              })
+            ),
+            Effect.onInterrupt(() =>
+              Effect.sync(() => {
+                if (state === "restarting") state = "serving"
+              })
+            )
+          )
+        })
+
+        const terminate = Effect.gen(function* () {
+          if (state === "draining") return
           state = "draining"
-          yield* Effect.ignore(notify.mainPid(successor.pid, { ready: true }))
-          yield* logged("effect-grace: successor ready", { pid: process.pid, successor: successor.pid })
-          yield* Deferred.succeed(stop, "handoff")
-          return successor.pid
-        }).pipe(
-          Effect.tapError((error) =>
-            Effect.gen(function* () {
-              state = "serving"
-              yield* Effect.ignore(notify.ready)
-              yield* warn(error)
-            })
-          ),
-          Effect.onInterrupt(() =>
-            Effect.sync(() => {
-              if (state === "restarting") state = "serving"
-            })
+          yield* Effect.ignore(notify.stopping)
+          yield* Deferred.succeed(stop, "terminate")
+        })
+
+        const supervisor = Supervisor.of({
+          restart,
+          terminate,
+          parentPid: Effect.sync(() =>
+            parent !== undefined && parent.isAlive() ? Option.some(parent.pid) : Option.none()
           )
-        )
-      })
+        })
 
-      const terminate = Effect.gen(function* () {
-        if (state === "draining") return
-        state = "draining"
-        yield* Effect.ignore(notify.stopping)
-        yield* Deferred.succeed(stop, "terminate")
-      })
-
-      const supervisor = Supervisor.of({
-        restart,
-        terminate,
-        parentPid: Effect.sync(() =>
-          parent !== undefined && parent.isAlive() ? Option.some(parent.pid) : Option.none()
-        )
-      })
-
-      // Signals: installed first, so a termination during start-up is not lost.
-      const runFork = Effect.runForkWith(services)
-      let terminations = 0
-      const onTerminate = (signal: NodeJS.Signals) => {
-        terminations++
-        if (terminations > 1) {
-          // A second termination signal during the drain: the signal's default action, at once.
-          removeHandlers()
-          process.kill(process.pid, signal)
-          return
+        // Signals: installed first, so a termination during start-up is not lost.
+        const runFork = Effect.runForkWith(services)
+        let terminations = 0
+        const onTerminate = (signal: NodeJS.Signals) => {
+          terminations++
+          if (terminations > 1) {
+            // A second termination signal during the drain: the signal's default action, at once.
+            removeHandlers()
+            process.kill(process.pid, signal)
+            return
+          }
+          runFork(
+            Effect.andThen(logged("effect-grace: termination requested", { pid: process.pid, signal }), terminate)
+          )
         }
-        runFork(Effect.andThen(logged("effect-grace: termination requested", { pid: process.pid, signal }), terminate))
-      }
-      const onRestart = (signal: NodeJS.Signals) => {
-        runFork(
-          Effect.andThen(
-            logged("effect-grace: restart requested", { pid: process.pid, signal }),
-            Effect.ignore(restart)
+        const onRestart = (signal: NodeJS.Signals) => {
+          runFork(
+            Effect.andThen(
+              logged("effect-grace: restart requested", { pid: process.pid, signal }),
+              Effect.ignore(restart)
+            )
           )
+        }
+        const removeHandlers = () => {
+          process.off("SIGTERM", onTerminate)
+          process.off("SIGINT", onTerminate)
+          for (const signal of restartSignals) process.off(signal, onRestart)
+        }
+        yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            process.on("SIGTERM", onTerminate)
+            process.on("SIGINT", onTerminate)
+            for (const signal of restartSignals) process.on(signal, onRestart)
+          }),
+          () => Effect.sync(removeHandlers)
         )
-      }
-      const removeHandlers = () => {
-        process.off("SIGTERM", onTerminate)
-        process.off("SIGINT", onTerminate)
-        for (const signal of restartSignals) process.off(signal, onRestart)
-      }
-      yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          process.on("SIGTERM", onTerminate)
-          process.on("SIGINT", onTerminate)
-          for (const signal of restartSignals) process.on(signal, onRestart)
-        }),
-        () => Effect.sync(removeHandlers)
-      )
 
-      // The application: its servers listen once its layers are built, and drain when its scope closes.
-      const appScope = yield* Scope.make()
-      yield* Effect.addFinalizer((exit) => Scope.close(appScope, exit))
-      yield* Layer.buildWithScope(
-        app.pipe(
-          Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
-          Layer.provide(Layer.succeed(Supervisor)(supervisor)),
-          // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
-          Layer.provide(Drain.layerConfig)
-        ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor>>,
-        appScope
-      )
+        // The application: its servers listen once its layers are built, and drain when its scope closes.
+        const appScope = yield* Scope.make()
+        yield* Effect.addFinalizer((exit) => Scope.close(appScope, exit))
+        yield* Layer.buildWithScope(
+          app.pipe(
+            Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
+            Layer.provide(Layer.succeed(Supervisor)(supervisor)),
+            // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
+            Layer.provide(Drain.layerConfig)
+          ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor>>,
+          appScope
+        )
 
-      yield* listeners.closeUnclaimed
-      if (Option.isSome(pidFile)) yield* writePidFile(pidFile.value)
-      if (parent !== undefined) {
-        yield* parent.signalReady
-      } else {
-        yield* Effect.ignore(notify.ready)
-      }
-      if (state === "starting") state = "serving"
-      const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
-      yield* logged("effect-grace: ready", { pid: process.pid, listeners: addresses.join(", ") })
+        yield* listeners.closeUnclaimed
+        if (Option.isSome(pidFile)) yield* writePidFile(pidFile.value)
+        if (parent !== undefined) {
+          yield* parent.signalReady
+        } else {
+          yield* Effect.ignore(notify.ready)
+        }
+        if (state === "starting") state = "serving"
+        const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
+        yield* logged("effect-grace: ready", { pid: process.pid, listeners: addresses.join(", ") })
 
-      const reason = yield* Deferred.await(stop)
-      yield* logged("effect-grace: draining", { pid: process.pid, reason })
-      const started = Date.now()
-      yield* Scope.close(appScope, Exit.void)
-      if (reason === "terminate" && Option.isSome(pidFile)) yield* removePidFileIfOurs(pidFile.value)
-      yield* logged("effect-grace: stopped", { pid: process.pid, reason, drainMillis: Date.now() - started })
-    })
+        const reason = yield* Deferred.await(stop)
+        yield* logged("effect-grace: draining", { pid: process.pid, reason })
+        const started = Date.now()
+        yield* Scope.close(appScope, Exit.void)
+        if (reason === "terminate" && Option.isSome(pidFile)) yield* removePidFileIfOurs(pidFile.value)
+        yield* logged("effect-grace: stopped", { pid: process.pid, reason, drainMillis: Date.now() - started })
+      })
+    )
   ) as Effect.Effect<
     void,
     E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError,

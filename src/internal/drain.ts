@@ -25,6 +25,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Variables from "./config.ts"
 
 // -----------------------------------------------------------------------------
 // Knobs
@@ -46,8 +47,8 @@ export const IdleGrace: Context.Reference<Duration.Duration> = Context.Reference
 export const layerConfig: Layer.Layer<never, Config.ConfigError> = Layer.effectContext(
   Effect.gen(function* () {
     const configured = yield* Config.all({
-      drainTimeout: Config.option(Config.Duration("GRACE_DRAIN_TIMEOUT")),
-      idleGrace: Config.option(Config.Duration("GRACE_IDLE_GRACE"))
+      drainTimeout: Variables.duration("GRACE_DRAIN_TIMEOUT"),
+      idleGrace: Variables.duration("GRACE_IDLE_GRACE")
     })
     const drainTimeout = Option.getOrElse(configured.drainTimeout, () => DrainTimeout.defaultValue())
     const idleGrace = Option.getOrElse(configured.idleGrace, () => IdleGrace.defaultValue())

@@ -27,6 +27,8 @@ export interface Spawned {
   readonly waitForErrorLine: (pattern: RegExp, timeout?: Duration.Input) => Effect.Effect<RegExpMatchArray>
   /** Waits, bounded, for the process to exit; yields its code or signal. */
   readonly exited: (timeout?: Duration.Input) => Effect.Effect<{ code: number | null; signal: string | null }>
+  /** Waits, bounded, for the process to exit and its stdout and stderr to close (every line read). */
+  readonly closed: (timeout?: Duration.Input) => Effect.Effect<{ code: number | null; signal: string | null }>
 }
 
 export interface SpawnOptions {
@@ -74,6 +76,11 @@ export const spawnProcess = (
         exit = { code, signal }
         notify()
       })
+      let closed = false
+      child.on("close", () => {
+        closed = true
+        notify()
+      })
       const waitFor = <A>(check: () => A | undefined, what: string, timeout: Duration.Input = defaultTimeout) =>
         Effect.callback<A>((resume) => {
           const attempt = () => {
@@ -118,7 +125,8 @@ export const spawnProcess = (
         errors,
         waitForLine: (pattern, timeout) => waitForIn(lines, pattern, timeout),
         waitForErrorLine: (pattern, timeout) => waitForIn(errors, pattern, timeout),
-        exited: (timeout) => waitFor(() => exit, "exit", timeout)
+        exited: (timeout) => waitFor(() => exit, "exit", timeout),
+        closed: (timeout) => waitFor(() => (closed ? exit : undefined), "exit and the close of its output", timeout)
       }
       return spawned
     }),

@@ -1,0 +1,25 @@
+/**
+ * Environment variables read through `Config`, with errors that name the
+ * variable and the value, and say what would be accepted.
+ */
+import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Duration from "effect/Duration"
+import * as Option from "effect/Option"
+
+/** An optional duration in Effect's syntax (`30 seconds`, `500 millis`). */
+export const duration = (name: string): Config.Config<Option.Option<Duration.Duration>> =>
+  Config.option(
+    Config.String(name).pipe(
+      Config.flatMap((raw) => {
+        const parsed = Duration.fromInput(raw.trim() as Duration.Input)
+        return Option.isSome(parsed)
+          ? Config.succeed(parsed.value)
+          : Config.fail(
+              new ConfigProvider.SourceError({
+                message: `${name}=${JSON.stringify(raw)} is not a duration; use Effect's syntax, such as "30 seconds" or "500 millis"`
+              })
+            )
+      })
+    )
+  )
