@@ -129,7 +129,8 @@ describe.each(versions)("the packed package on Node %s", (major) => {
   )
 
   it("a .ts program typechecks with strict NodeNext settings and skipLibCheck: false", () => {
-    run(p.bin("tsc"), ["-p", "tsconfig.json"], { cwd: p.dir })
+    // tsc prints nothing when there is nothing to say; it exits non-zero (and `run` throws) on any error.
+    assert.strictEqual(run(p.bin("tsc"), ["-p", "tsconfig.json"], { cwd: p.dir }).trim(), "")
   })
 
   it("internal modules are not importable", () => {
@@ -176,7 +177,12 @@ describe.each(versions)("the packed package on Node %s", (major) => {
     const installed = Path.join(p.dir, "node_modules", "effect-grace")
     const lint = run(p.node, [p.bin("publint"), "--strict", installed], { cwd: p.dir })
     assert.notMatch(lint, /warning|error/i, lint)
-    run(p.node, [p.bin("attw"), tarball, "--profile", "esm-only"], { cwd: p.dir })
+    // attw exits non-zero on a problem; each entry point (`.`, `./package.json` and every module) resolves.
+    const types = run(p.node, [p.bin("attw"), tarball, "--profile", "esm-only"], { cwd: p.dir })
+    const entries = Object.keys(JSON.parse(Fs.readFileSync(Path.join(installed, "package.json"), "utf8")).exports)
+    const resolved = entries.filter((entry) => !entry.includes("*"))
+    assert.strictEqual(types.match(/node16 \(from ESM\): 🟢/g)?.length, resolved.length, types)
+    assert.strictEqual(types.match(/bundler: 🟢/g)?.length, resolved.length, types)
   })
 })
 
