@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import type * as Socket from "effect/socket/Socket"
-import { Listeners, SocketServer, Supervisor } from "../src/index.ts"
+import { Drain, Listeners, SocketServer, Supervisor } from "../src/index.ts"
 
 const { values: flags } = parseArgs({ options: { listen: { type: "string", default: ":7007" } } })
 
@@ -22,7 +22,7 @@ const echo = (socket: Socket.Socket) =>
       const writer = yield* socket.writer
       yield* writer.write(`hello from pid ${process.pid}\n`)
       const relay = Effect.forever(Effect.flatMap(reader.pull, (chunks) => writer.writeAll(chunks)))
-      const goodbye = Effect.andThen(SocketServer.draining, writer.write(`bye from pid ${process.pid}\n`))
+      const goodbye = Effect.andThen(Drain.draining, writer.write(`bye from pid ${process.pid}\n`))
       // Until the client leaves, or the server drains: then say goodbye, and the connection closes.
       yield* Effect.raceFirst(Effect.ignore(relay), goodbye)
     })

@@ -13,7 +13,9 @@
  * - The drain stops accepting at once (the listening handle only: idle
  *   connections are not closed under a client that is sending).
  * - Requests in flight run to completion; every response from then on says
- *   `Connection: close`, and its connection closes after it.
+ *   `Connection: close`, and its connection closes after it. A request read
+ *   on a connection that the drain is closing is not run: it is either
+ *   answered or never run.
  * - A keep-alive connection with no request in flight is closed only once it
  *   has been quiet for `idleGrace`: a client that is sending its next request
  *   is answered, never reset, and one that went quiet cannot hold the drain.
@@ -22,18 +24,12 @@
  * - At `drainTimeout`, what is left is destroyed. The drain is logged with
  *   its counts, as a warning when something was forced.
  *
- * The drain's log line, `effect-grace: drain finished`, is annotated with
- * `server` (its address), `connections` (open when the drain began or
- * opened during it), `finished` and `forced` (of those, closed before the
- * deadline and destroyed at it), `requests`, `completed` and `cut` (the same
- * for requests; a request whose client went away counts as completed),
- * `toldToGoAway` (WebSockets and HTTP/2 sessions) and `millis`.
+ * The drain's knobs (`Drain.DrainTimeout`, `Drain.IdleGrace`), the signal a
+ * handler sees (`Drain.draining`) and its log line are described in `Drain`.
  *
  * @since 0.1.0
  */
-import type * as Context from "effect/Context"
 import * as Data from "effect/Data"
-import type * as Config from "effect/Config"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type { LazyArg } from "effect/Function"
@@ -53,97 +49,6 @@ import type { Duplex } from "node:stream"
 import type * as Tls from "node:tls"
 import * as Drain from "./internal/drain.ts"
 import * as Listeners from "./Listeners.ts"
-
-// -----------------------------------------------------------------------------
-// Knobs
-// -----------------------------------------------------------------------------
-
-/**
- * How long a drain may take before what is left is destroyed. Default 30
- * seconds. A server's `drainTimeout` option overrides it; `layerConfig` sets
- * it from `GRACE_DRAIN_TIMEOUT`. Shared with `SocketServer`.
- *
- * @since 0.1.0
- * @category references
- */
-export const DrainTimeout: Context.Reference<Duration.Duration> = Drain.DrainTimeout
-
-/**
- * How long a connection with nothing in flight must be quiet before a drain
- * closes it. Default 250 milliseconds. Quiet is measured in steps of 10
- * milliseconds, from the end of the step of the last activity: a connection
- * may wait up to a step longer, never less. A server's `idleGrace` option
- * overrides it; `layerConfig` sets it from `GRACE_IDLE_GRACE`. Shared with
- * `SocketServer`.
- *
- * @since 0.1.0
- * @category references
- */
-export const IdleGrace: Context.Reference<Duration.Duration> = Drain.IdleGrace
-
-/**
- * Sets `DrainTimeout` and `IdleGrace` from `GRACE_DRAIN_TIMEOUT` and
- * `GRACE_IDLE_GRACE`, read through `Config` in Effect's Duration syntax
- * (`45 seconds`, `500 millis`). A variable that is not set keeps the default.
- *
- * **When to use**
- *
- * Provide it once, above the server layers, so that operators can tune the
- * drain without a rebuild:
- *
- * ```ts
- * Layer.mergeAll(Public, Admin).pipe(Layer.provide(Server.layerConfig))
- * ```
- *
- * @since 0.1.0
- * @category layers
- */
-export const layerConfig: Layer.Layer<never, Config.ConfigError> = Drain.layerConfig
-
-/**
- * What a handler can learn of its server's drain: `await` completes once the
- * drain has begun (never outside a server), `isDraining` tells whether it
- * has.
- *
- * @since 0.1.0
- * @category models
- */
-export type DrainSignal = Drain.DrainSignal
-
-/**
- * The drain signal of the server running the current handler. Every request
- * (and upgraded connection) of a `Server` sees its server's signal; outside
- * one, the signal never fires.
- *
- * **When to use**
- *
- * A long response (server-sent events, long polling) or a WebSocket protocol
- * that wants to say goodbye before the drain's deadline:
- *
- * ```ts
- * const events = Stream.interruptWhen(ticks, Server.draining)
- * ```
- *
- * @since 0.1.0
- * @category references
- */
-export const Draining: Context.Reference<DrainSignal> = Drain.Draining
-
-/**
- * Completes once the drain of the current handler's server has begun.
- *
- * @since 0.1.0
- * @category accessors
- */
-export const draining: Effect.Effect<void> = Drain.draining
-
-/**
- * Whether the drain of the current handler's server has begun.
- *
- * @since 0.1.0
- * @category accessors
- */
-export const isDraining: Effect.Effect<boolean> = Drain.isDraining
 
 // -----------------------------------------------------------------------------
 // Errors
@@ -237,9 +142,9 @@ export interface Options {
    * `http`.
    */
   readonly createServer?: LazyArg<NodeServer> | undefined
-  /** Overrides `DrainTimeout` for this server. */
+  /** Overrides `Drain.DrainTimeout` for this server. */
   readonly drainTimeout?: Duration.Input | undefined
-  /** Overrides `IdleGrace` for this server. */
+  /** Overrides `Drain.IdleGrace` for this server. */
   readonly idleGrace?: Duration.Input | undefined
   /** Options of the WebSocket server that upgrades requests (`perMessageDeflate`, `maxPayload`, ...). */
   readonly websocket?: Omit<NodeWS.ServerOptions, "noServer" | "server" | "host" | "port" | "path"> | undefined
@@ -279,10 +184,15 @@ interface TrackedResponse extends Http.ServerResponse {
   [kOpen]: boolean
 }
 
-// The two halves of a tracked response's life.
+// The two halves of a tracked response's life. A response that is not open once constructed belongs to a request
+// read on a connection the drain is closing: it is refused, not run.
 const started = (response: TrackedResponse, tracker: Drain.Tracker, request: Http.IncomingMessage): void => {
   const connection = tracker.get(request.socket)
   response[kConnection] = connection
+  if (connection !== undefined && connection.closing) {
+    response[kOpen] = false
+    return
+  }
   response[kOpen] = true
   tracker.beginResponse(connection, response)
 }
@@ -461,10 +371,22 @@ export const make = (
     // Requests on a server made here are tracked by their response class, without a listener per request; on a
     // server from `createServer`, by a `close` listener.
     const own = options.createServer === undefined
-    const track = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    // Whether to run the request: not if it was read on a connection the drain is closing.
+    const track = (request: Http.IncomingMessage, response: Http.ServerResponse): boolean => {
       const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
+      if (connection !== undefined && connection.closing) {
+        tracker.refuse(connection)
+        return false
+      }
       tracker.beginResponse(connection, response)
       response.once("close", () => tracker.end(connection))
+      return true
+    }
+    const admitted = (response: Http.ServerResponse): boolean => {
+      const tracked = response as TrackedResponse
+      if (tracked[kOpen]) return true
+      tracker.refuse(tracked[kConnection]!)
+      return false
     }
 
     let serving = false
@@ -494,18 +416,21 @@ export const make = (
         >
 
         const onRequest = own
-          ? handler
+          ? (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+              if (admitted(response)) handler(request, response)
+            }
           : (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-              track(request, response)
-              handler(request, response)
+              if (track(request, response)) handler(request, response)
             }
         const onCheckContinue = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-          if (!own) track(request, response)
+          if (!(own ? admitted(response) : track(request, response))) return
           response.writeContinue()
           handler(request, response)
         }
         const onUpgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-          tracker.upgraded(tracker.get(socket as Net.Socket))
+          const connection = tracker.get(socket as Net.Socket)
+          if (connection !== undefined && connection.closing) return tracker.refuse(connection)
+          tracker.upgraded(connection)
           upgradeHandler(request, socket, head)
         }
         server.on("request", onRequest)

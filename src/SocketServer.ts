@@ -12,7 +12,7 @@
  *   at once: new connections go to a successor sharing the socket, or are
  *   refused.
  * - Handlers in flight run to completion. They can learn that the drain
- *   began (`draining`) to finish their exchange and say goodbye: a raw
+ *   began (`Drain.draining`) to finish their exchange and say goodbye: a raw
  *   protocol has no idle state the server could use to close a connection
  *   safely on its own.
  * - A connection is closed when its handler ends.
@@ -26,7 +26,6 @@
  *
  * @since 0.1.0
  */
-import type * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
@@ -38,77 +37,9 @@ import * as Socket from "effect/socket/Socket"
 import * as SocketServer from "effect/socket/SocketServer"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Net from "node:net"
+import { Draining } from "./Drain.ts"
 import * as Drain from "./internal/drain.ts"
 import * as Listeners from "./Listeners.ts"
-
-// -----------------------------------------------------------------------------
-// Knobs and the drain signal
-// -----------------------------------------------------------------------------
-
-/**
- * How long a drain may take before the connections left are destroyed.
- * Default 30 seconds; the `drainTimeout` option overrides it. The same
- * reference as `Server.DrainTimeout`.
- *
- * @since 0.1.0
- * @category references
- */
-export const DrainTimeout: Context.Reference<Duration.Duration> = Drain.DrainTimeout
-
-/**
- * Sets `DrainTimeout` (and `Server.IdleGrace`) from `GRACE_DRAIN_TIMEOUT`
- * (and `GRACE_IDLE_GRACE`) through `Config`; the same layer as
- * `Server.layerConfig`.
- *
- * @since 0.1.0
- * @category layers
- */
-export const layerConfig: Layer.Layer<never, Config.ConfigError> = Drain.layerConfig
-
-/**
- * What a handler can learn of its server's drain: `await` completes once the
- * drain has begun (never outside a server), `isDraining` tells whether it
- * has.
- *
- * @since 0.1.0
- * @category models
- */
-export type DrainSignal = Drain.DrainSignal
-
-/**
- * The drain signal of the server running the current handler; the same
- * reference as `Server.Draining`. A reference, not a service: a handler that
- * uses it runs anywhere, and outside a server the signal never fires.
- *
- * @since 0.1.0
- * @category references
- */
-export const Draining: Context.Reference<DrainSignal> = Drain.Draining
-
-/**
- * Completes once the drain of the current handler's server has begun.
- *
- * **When to use**
- *
- * In a handler that serves a long-lived connection, to end the exchange at a
- * point the protocol allows and say goodbye before the deadline:
- *
- * ```ts
- * Effect.raceFirst(relay, Effect.andThen(SocketServer.draining, writer.write("bye\n")))
- * ```
- *
- * @since 0.1.0
- * @category accessors
- */
-export const draining: Effect.Effect<void> = Drain.draining
-
-/**
- * Whether the drain of the current handler's server has begun.
- *
- * @since 0.1.0
- * @category accessors
- */
-export const isDraining: Effect.Effect<boolean> = Drain.isDraining
 
 // -----------------------------------------------------------------------------
 // Constructors
@@ -123,7 +54,7 @@ export const isDraining: Effect.Effect<boolean> = Drain.isDraining
 export interface Options {
   /** The listener's name: an inherited fd of that name is adopted first, and the name travels to a successor. */
   readonly name?: string | undefined
-  /** Overrides `DrainTimeout` for this server. */
+  /** Overrides `Drain.DrainTimeout` for this server. */
   readonly drainTimeout?: Duration.Input | undefined
 }
 
@@ -242,7 +173,7 @@ export const make = (
               yield* Listeners.stopAccepting(listener)
               const report = yield* tracker.drain(settings)
               const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
-              const { toldToGoAway: _, ...counts } = report
+              const { toldToGoAway: _, refused: __, ...counts } = report
               yield* log("effect-grace: drain finished").pipe(Effect.annotateLogs({ server: address, ...counts }))
             })
           )
@@ -300,7 +231,7 @@ export const layer = (
  * ```ts
  * import { Effect, Layer } from "effect"
  * import type { Socket } from "effect/socket"
- * import { Listeners, SocketServer } from "effect-grace"
+ * import { Drain, Listeners, SocketServer } from "effect-grace"
  *
  * const echo = (socket: Socket.Socket) =>
  *   Effect.scoped(
@@ -308,7 +239,7 @@ export const layer = (
  *       const reader = yield* socket.reader
  *       const writer = yield* socket.writer
  *       const relay = Effect.forever(Effect.flatMap(reader.pull, (chunks) => writer.writeAll(chunks)))
- *       yield* Effect.raceFirst(Effect.ignore(relay), Effect.andThen(SocketServer.draining, writer.write("bye\n")))
+ *       yield* Effect.raceFirst(Effect.ignore(relay), Effect.andThen(Drain.draining, writer.write("bye\n")))
  *     })
  *   )
  *

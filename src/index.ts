@@ -4,11 +4,18 @@
  * - `ListenFds`: the systemd socket-passing protocol (sd_listen_fds).
  * - `Listeners`: listening sockets inherited when passed in, bound when not.
  * - `Server`: HTTP and HTTPS servers for `effect/http` apps that drain when their scope closes.
+ * - `SocketServer`: raw TCP and unix socket servers that drain the same way.
+ * - `Drain`: the drain's knobs and the signal a handler sees.
  * - `Supervisor`: zero-downtime restarts on a signal, graceful termination, systemd notify.
  * - `Notify`: the sd_notify client.
  *
  * @since 0.1.0
  */
+
+/**
+ * @since 0.1.0
+ */
+export * as Drain from "./Drain.ts"
 
 /**
  * @since 0.1.0

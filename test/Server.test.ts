@@ -17,6 +17,7 @@ import * as References from "effect/References"
 import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as TestClock from "effect/testing/TestClock"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
@@ -24,12 +25,14 @@ import * as Http2 from "node:http2"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Tls from "node:tls"
 import { Client } from "undici"
 import { WebSocket } from "ws"
 import * as ListenFds from "../src/ListenFds.ts"
 import * as Listeners from "../src/Listeners.ts"
 import * as Server from "../src/Server.ts"
-import * as Drain from "../src/internal/drain.ts"
+import * as Drain from "../src/Drain.ts"
+import * as DrainInternal from "../src/internal/drain.ts"
 import * as Sys from "../src/internal/sys.ts"
 import { closed, get, keepAliveAgent, untilRefused } from "./support/http.ts"
 import { eventually } from "./support/process.ts"
@@ -104,7 +107,7 @@ const routes = (started = Deferred.makeUnsafe<void>()) =>
         const ms = Number(new URL(request.url, "http://test").searchParams.get("ms") ?? "0")
         yield* Deferred.succeed(started, undefined)
         yield* Effect.sleep(Duration.millis(ms))
-        const draining = yield* Server.isDraining
+        const draining = yield* Drain.isDraining
         return HttpServerResponse.text("x".repeat(body), { headers: { "x-draining": String(draining) } })
       })
     ),
@@ -274,6 +277,134 @@ const throughTheDrain = (
   }).pipe(Effect.provide(logs.layer))
 }
 
+/** A keep-alive connection of raw HTTP/1.1 requests: what it sent, and the ids of the responses that arrived. */
+const rawConnection = (port: number, tls: { readonly cert: Buffer } | undefined) =>
+  Effect.acquireRelease(
+    Effect.callback<Net.Socket, Error>((resume) => {
+      const socket: Net.Socket = tls
+        ? Tls.connect({ port, host: "127.0.0.1", ca: tls.cert, servername: "localhost" }, () =>
+            resume(Effect.succeed(socket))
+          )
+        : // Half-open: a request can still go out after the server's FIN arrives, as one already on the wire then.
+          Net.connect({ port, host: "127.0.0.1", allowHalfOpen: true }, () => resume(Effect.succeed(socket)))
+      socket.once("error", (error) => resume(Effect.fail(error)))
+    }),
+    (socket) => Effect.sync(() => socket.destroy())
+  ).pipe(
+    Effect.map((socket) => {
+      let received = ""
+      let closed = false
+      const waiters = new Set<() => void>()
+      const wake = () => {
+        for (const waiter of waiters) waiter()
+      }
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString()
+        wake()
+      })
+      socket.on("error", () => {})
+      // The server's side is done: an end (a half-open client keeps its own side) or a close.
+      const done = () => {
+        closed = true
+        wake()
+      }
+      socket.on("end", done)
+      socket.on("close", done)
+      const answered = () => [...received.matchAll(/id=(\w+);/g)].map((match) => match[1]!)
+      const until = (done: () => boolean, what: string) =>
+        Effect.callback<void>((resume) => {
+          const waiter = () => {
+            if (!done()) return
+            waiters.delete(waiter)
+            resume(Effect.void)
+          }
+          waiters.add(waiter)
+          waiter()
+          return Effect.sync(() => waiters.delete(waiter))
+        }).pipe(
+          Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.die(new Error(`timed out: ${what}`)) })
+        )
+      return {
+        /** Sends a request, unless the connection has already ended on this side; says whether it did. */
+        send: (id: string, path = "/work"): boolean => {
+          if (socket.writableEnded || socket.destroyed) return false
+          socket.write(`GET ${path}?id=${id} HTTP/1.1\r\nhost: localhost\r\n\r\n`)
+          return true
+        },
+        answered,
+        answer: (id: string) => until(() => answered().includes(id), `the answer to ${id}`),
+        closed: until(() => closed, "the server to close the connection")
+      }
+    })
+  )
+
+/**
+ * Races the drain as a client that sends its next request just as the drain begins: `count` keep-alive
+ * connections, quiet from about 1000 ms down to 0 ms when it begins (the idle grace being 250 ms), each sends a
+ * request at that moment. On the server, the ids whose handler ran; on the clients, the ids answered: they match,
+ * and every other request was never run.
+ */
+const raceTheDrain = (count: number, tls?: { readonly key: Buffer; readonly cert: Buffer }) => {
+  const logs = captureLogs()
+  return Effect.gen(function* () {
+    const ran = new Set<string>()
+    const began = Deferred.makeUnsafe<void>()
+    const app = Layer.mergeAll(
+      HttpRouter.add("GET", "/work", (request) =>
+        Effect.sync(() => {
+          const id = new URL(request.url, "http://test").searchParams.get("id") ?? ""
+          ran.add(id)
+          return HttpServerResponse.text(`id=${id};`)
+        })
+      ),
+      // A request in flight that learns of the drain as a handler does, and tells the test.
+      HttpRouter.add(
+        "GET",
+        "/watch",
+        Effect.as(Effect.andThen(Drain.draining, Deferred.succeed(began, undefined)), HttpServerResponse.text(""))
+      )
+    )
+    const { ports, close } = yield* start(serve(app, "127.0.0.1:0", tls ? { https: tls } : {}))
+    const port = ports.unknown!
+    const connections = yield* Effect.forEach(Array.from({ length: count }), () => rawConnection(port, tls))
+    // First requests a step apart: when the drain begins, the first connection has been quiet longest.
+    const step = Duration.millis(Math.round(1000 / count))
+    for (const [i, connection] of connections.entries()) {
+      connection.send(`a${i}`)
+      yield* connection.answer(`a${i}`)
+      yield* Effect.sleep(step)
+    }
+    const watcher = yield* rawConnection(port, tls)
+    watcher.send("watch", "/watch")
+    const watching = yield* Effect.forkChild(
+      Effect.gen(function* () {
+        yield* Deferred.await(began)
+        return connections.flatMap((connection, i) => (connection.send(`b${i}`) ? [`b${i}`] : []))
+      })
+    )
+    const closing = yield* Effect.forkChild(close)
+    const sent = yield* Fiber.join(watching)
+    yield* Fiber.join(closing)
+    yield* Effect.forEach(connections, (connection) => connection.closed)
+
+    const answered = connections.flatMap((connection) => connection.answered()).filter((id) => id.startsWith("b"))
+    const run = sent.filter((id) => ran.has(id))
+    const [drain] = logs.drains()
+    const refusals = Number(drain?.annotations.refused)
+    console.log(
+      `${count} connections over ${tls ? "HTTPS" : "HTTP"} racing the drain: ${sent.length} sent, ` +
+        `${answered.length} answered, ${sent.length - run.length} never run (${refusals} read and refused)`
+    )
+    // Every first request was answered; of the second, exactly those that ran were answered.
+    for (const [i, connection] of connections.entries()) assert.include(connection.answered(), `a${i}`)
+    assert.deepStrictEqual(answered.toSorted(), run.toSorted())
+    assert.strictEqual([...ran].filter((id) => id.startsWith("b") && !sent.includes(id)).length, 0)
+    // The race was run: requests read on connections that were being closed were refused, not run.
+    assert.isAtLeast(refusals, 1)
+    assert.isAtMost(refusals, sent.length - run.length)
+  }).pipe(Effect.scoped, Effect.provide(logs.layer))
+}
+
 // -----------------------------------------------------------------------------
 // Tests
 // -----------------------------------------------------------------------------
@@ -379,6 +510,45 @@ describe("Server", () => {
     })
   })
 
+  it.live("a request sent as the drain closes its quiet connection is either answered or never run", () =>
+    raceTheDrain(40)
+  )
+
+  it.live("the same over HTTPS", () => Effect.flatMap(certificate, (tls) => raceTheDrain(40, tls)))
+
+  it.effect("the deadline is an Effect timer: a TestClock cuts a handler that never finishes at drainTimeout", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const running = Deferred.makeUnsafe<void>()
+      const began = Deferred.makeUnsafe<void>()
+      const app = HttpRouter.add(
+        "GET",
+        "/work",
+        Effect.gen(function* () {
+          yield* Deferred.succeed(running, undefined)
+          yield* Drain.draining
+          yield* Deferred.succeed(began, undefined)
+          return yield* Effect.never
+        })
+      )
+      const { ports, close } = yield* start(serve(app, "127.0.0.1:0", { drainTimeout: "30 seconds" }))
+      const client = yield* rawConnection(ports.unknown!, undefined)
+      client.send("stuck")
+      yield* Deferred.await(running)
+      const closing = yield* Effect.forkChild(close)
+      yield* Deferred.await(began)
+      yield* TestClock.adjust("29 seconds")
+      assert.isUndefined(closing.pollUnsafe(), "still draining before the deadline")
+      assert.deepStrictEqual(logs.drains(), [])
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(closing)
+      yield* client.closed
+      const [drain] = logs.drains()
+      assert.strictEqual(drain?.level, "Warn")
+      assert.include(drain?.annotations, { connections: 1, forced: 1, requests: 1, cut: 1 })
+    }).pipe(Effect.scoped, Effect.provide(logs.layer))
+  })
+
   it.live("a keep-alive connection left quiet is closed within the idle grace", () => {
     const logs = captureLogs()
     return Effect.gen(function* () {
@@ -402,7 +572,7 @@ describe("Server", () => {
       return Effect.gen(function* () {
         const started = Deferred.makeUnsafe<void>()
         const config = ConfigProvider.layer(ConfigProvider.fromUnknown({ GRACE_DRAIN_TIMEOUT: "300 millis" }))
-        const app = serve(routes(started), "127.0.0.1:0").pipe(Layer.provide(Server.layerConfig), Layer.provide(config))
+        const app = serve(routes(started), "127.0.0.1:0").pipe(Layer.provide(Drain.layerConfig), Layer.provide(config))
         const { ports, close } = yield* start(app)
         const never = yield* Effect.forkChild(Effect.flip(get(`http://127.0.0.1:${ports.unknown}/never`)))
         yield* Deferred.await(started)
@@ -447,7 +617,7 @@ describe("Server", () => {
       const started = Deferred.makeUnsafe<void>()
       const config = ConfigProvider.layer(ConfigProvider.fromUnknown({ GRACE_DRAIN_TIMEOUT: "30 seconds" }))
       const app = serve(routes(started), "127.0.0.1:0", { drainTimeout: "300 millis" }).pipe(
-        Layer.provide(Server.layerConfig),
+        Layer.provide(Drain.layerConfig),
         Layer.provide(config)
       )
       const { ports, close } = yield* start(app)
@@ -583,9 +753,7 @@ describe("Server", () => {
           Stream.concat(
             Stream.make("hello\n"),
             // Pulled once the first chunk is written, so the headers are out before the drain.
-            Stream.fromEffect(
-              Effect.andThen(Deferred.succeed(sent, undefined), Effect.as(Server.draining, "goodbye\n"))
-            )
+            Stream.fromEffect(Effect.andThen(Deferred.succeed(sent, undefined), Effect.as(Drain.draining, "goodbye\n")))
           ).pipe(Stream.encodeText)
         )
       )
@@ -660,10 +828,10 @@ describe("Server", () => {
 
   it.effect("layerConfig reads GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, in Effect's Duration syntax", () =>
     Effect.gen(function* () {
-      const read = Effect.all([Effect.service(Server.DrainTimeout), Effect.service(Server.IdleGrace)])
+      const read = Effect.all([Effect.service(Drain.DrainTimeout), Effect.service(Drain.IdleGrace)])
       const [timeout, grace] = yield* read.pipe(
         Effect.provide(
-          Server.layerConfig.pipe(
+          Drain.layerConfig.pipe(
             Layer.provide(
               ConfigProvider.layer(
                 ConfigProvider.fromUnknown({ GRACE_DRAIN_TIMEOUT: "45 seconds", GRACE_IDLE_GRACE: "100 millis" })
@@ -675,7 +843,7 @@ describe("Server", () => {
       assert.strictEqual(Duration.toMillis(timeout), 45_000)
       assert.strictEqual(Duration.toMillis(grace), 100)
       const [defaultTimeout, defaultGrace] = yield* read.pipe(
-        Effect.provide(Server.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({})))))
+        Effect.provide(Drain.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({})))))
       )
       assert.strictEqual(Duration.toMillis(defaultTimeout), 30_000)
       assert.strictEqual(Duration.toMillis(defaultGrace), 250)
@@ -687,19 +855,23 @@ describe("Server", () => {
     () =>
       Effect.gen(function* () {
         const configured = (env: Record<string, string>) =>
-          Effect.provide(Server.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env)))))
-        const millis = (settings: Drain.Settings) => [
+          Effect.provide(Drain.layerConfig.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env)))))
+        const millis = (settings: DrainInternal.Settings) => [
           Duration.toMillis(settings.timeout),
           Duration.toMillis(settings.idleGrace)
         ]
-        const fromConfig = yield* Drain.resolveSettings({}).pipe(configured({ GRACE_DRAIN_TIMEOUT: "2 seconds" }))
+        const fromConfig = yield* DrainInternal.resolveSettings({}).pipe(
+          configured({ GRACE_DRAIN_TIMEOUT: "2 seconds" })
+        )
         assert.deepStrictEqual(millis(fromConfig), [2000, 250])
-        const fromOptions = yield* Drain.resolveSettings({ drainTimeout: "300 millis", idleGrace: 50 }).pipe(
+        const fromOptions = yield* DrainInternal.resolveSettings({ drainTimeout: "300 millis", idleGrace: 50 }).pipe(
           configured({ GRACE_DRAIN_TIMEOUT: "2 seconds", GRACE_IDLE_GRACE: "1 second" })
         )
         assert.deepStrictEqual(millis(fromOptions), [300, 50])
-        assert.deepStrictEqual(millis(yield* Drain.resolveSettings({})), [30_000, 250])
-        const invalid = yield* Effect.flip(Drain.resolveSettings({}).pipe(configured({ GRACE_DRAIN_TIMEOUT: "soon" })))
+        assert.deepStrictEqual(millis(yield* DrainInternal.resolveSettings({})), [30_000, 250])
+        const invalid = yield* Effect.flip(
+          DrainInternal.resolveSettings({}).pipe(configured({ GRACE_DRAIN_TIMEOUT: "soon" }))
+        )
         assert.strictEqual(invalid._tag, "ConfigError")
       })
   )

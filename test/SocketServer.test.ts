@@ -16,6 +16,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Listeners from "../src/Listeners.ts"
+import * as Drain from "../src/Drain.ts"
 import * as SocketServer from "../src/SocketServer.ts"
 import { connectOptions, exchange } from "./support/net.ts"
 import type { Target } from "./support/net.ts"
@@ -152,8 +153,8 @@ describe("SocketServer", () => {
             yield* socket.reader
             const writer = yield* socket.writer
             yield* writer.write("hi\n")
-            assert.isFalse(yield* SocketServer.isDraining)
-            yield* SocketServer.draining
+            assert.isFalse(yield* Drain.isDraining)
+            yield* Drain.draining
             yield* writer.write("bye\n")
           })
         )

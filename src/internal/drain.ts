@@ -1,6 +1,6 @@
 /**
  * Connection tracking and the drain, shared by the HTTP and the raw socket
- * servers.
+ * servers. The knobs and the signal are public, in `Drain`.
  *
  * Invariants of a drain (the caller has already closed the listening handle):
  * - Work in flight (a request, a raw connection's handler) runs to completion
@@ -18,43 +18,17 @@
 import type * as Http from "node:http"
 import type * as Http2 from "node:http2"
 import type * as Net from "node:net"
-import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Variables from "./config.ts"
+import { DrainTimeout, Draining, IdleGrace } from "../Drain.ts"
+import type { DrainSignal } from "../Drain.ts"
 
 // -----------------------------------------------------------------------------
-// Knobs
+// Settings
 // -----------------------------------------------------------------------------
-
-/** How long a drain may take before what is left is destroyed. */
-export const DrainTimeout: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
-  "effect-grace/DrainTimeout",
-  { defaultValue: () => Duration.seconds(30) }
-)
-
-/** How long a connection with nothing in flight must be quiet before a drain closes it. */
-export const IdleGrace: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
-  "effect-grace/IdleGrace",
-  { defaultValue: () => Duration.millis(250) }
-)
-
-/** `GRACE_DRAIN_TIMEOUT` and `GRACE_IDLE_GRACE`, each optional, as the two references. */
-export const layerConfig: Layer.Layer<never, Config.ConfigError> = Layer.effectContext(
-  Effect.gen(function* () {
-    const configured = yield* Config.all({
-      drainTimeout: Variables.duration("GRACE_DRAIN_TIMEOUT"),
-      idleGrace: Variables.duration("GRACE_IDLE_GRACE")
-    })
-    const drainTimeout = Option.getOrElse(configured.drainTimeout, () => DrainTimeout.defaultValue())
-    const idleGrace = Option.getOrElse(configured.idleGrace, () => IdleGrace.defaultValue())
-    return Context.make(DrainTimeout, drainTimeout).pipe(Context.add(IdleGrace, idleGrace))
-  })
-)
 
 /** The per-server settings: options first, then the references. */
 export interface Settings {
@@ -77,30 +51,6 @@ export const resolveSettings = (options: {
 // -----------------------------------------------------------------------------
 // The drain signal
 // -----------------------------------------------------------------------------
-
-/** What a handler sees of its server's drain. */
-export interface DrainSignal {
-  /** Completes once the drain has begun; never, outside a server. */
-  readonly await: Effect.Effect<void>
-  /** Whether the drain has begun. */
-  readonly isDraining: Effect.Effect<boolean>
-}
-
-const never: DrainSignal = { await: Effect.never, isDraining: Effect.succeed(false) }
-
-/** The drain signal of the server running the current handler. */
-export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainSignal>("effect-grace/Draining", {
-  defaultValue: () => never
-})
-
-/** Completes once the drain of the current handler's server has begun. */
-export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Draining), (signal) => signal.await)
-
-/** Whether the drain of the current handler's server has begun. */
-export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
-  Effect.service(Draining),
-  (signal) => signal.isDraining
-)
 
 /**
  * Provides `signal` as `Draining` to `effect` (the making of a request
@@ -226,6 +176,8 @@ export interface DrainReport {
   readonly completed: number
   /** Of those, the ones still running at the deadline, cut. */
   readonly cut: number
+  /** Requests read on a connection the drain was closing, not run: their client sees the connection close unanswered. */
+  readonly refused: number
   /** WebSockets and HTTP/2 sessions told to go away. */
   readonly toldToGoAway: number
   readonly millis: number
@@ -254,6 +206,7 @@ export class Tracker {
   private requests = 0
   private completed = 0
   private toldToGoAway = 0
+  private refused = 0
 
   /** The signal handlers of this server see as `Draining`. */
   readonly signal: DrainSignal = {
@@ -320,7 +273,8 @@ export class Tracker {
 
   /**
    * A request answered by `response` starts (`begin`); `connection` is
-   * undefined for an HTTP/2 stream. On an HTTP/1 connection, during a drain
+   * undefined for an HTTP/2 stream. The caller has checked that the
+   * connection is not `closing` (or refused the request). On an HTTP/1 connection, during a drain
    * the response says `Connection: close`; otherwise it is the connection's
    * latest, marked so if a drain begins before its headers go. Only the latest
    * is marked: the connection closes after it.
@@ -365,6 +319,19 @@ export class Tracker {
   private ended(requests: number): void {
     this.inFlight -= requests
     if (this.state === "draining") this.completed += requests
+  }
+
+  /**
+   * A request read on a connection that the drain is closing: it is not run,
+   * and the connection closes once what it is still writing has gone (so an
+   * earlier response is not cut short). Its client sees the connection close
+   * with no answer, which it may retry: closing races the client's next
+   * request, and this is the way to lose that race without running a request
+   * whose answer cannot arrive.
+   */
+  refuse(connection: Connection): void {
+    this.refused++
+    connection.socket.destroySoon()
   }
 
   /** Says goodbye to a long-lived connection (a WebSocket close, a GOAWAY), counted in the report. */
@@ -419,47 +386,16 @@ export class Tracker {
   /**
    * Drains: says goodbye to long-lived connections, closes each closable one
    * once quiet for `idleGrace`, waits for the rest to close, and destroys what
-   * is left at `timeout`. The caller has stopped accepting.
+   * is left at `timeout` (an Effect timer: a `TestClock` drives it). The
+   * caller has stopped accepting.
    */
   drain(settings: Settings): Effect.Effect<DrainReport> {
-    return Effect.callback<DrainReport>((resume) => {
-      if (this.state !== "serving") return resume(Effect.die(new Error("effect-grace: a server drains only once")))
+    return Effect.suspend(() => {
+      if (this.state !== "serving") return Effect.die(new Error("effect-grace: a server drains only once"))
       const started = performance.now()
-      let forced = 0
-      let cut = 0
       this.state = "draining"
       this.idleGraceMs = Duration.toMillis(settings.idleGrace)
       this.requests = this.inFlight
-      const finish = () => {
-        clearTimeout(deadline)
-        this.clock.stop()
-        this.onEmpty = undefined
-        this.state = "done"
-        resume(
-          Effect.succeed({
-            connections: this.finished + forced,
-            finished: this.finished,
-            forced,
-            requests: this.requests,
-            completed: this.completed,
-            cut,
-            toldToGoAway: this.toldToGoAway,
-            millis: Math.round(performance.now() - started)
-          })
-        )
-      }
-      const deadline = setTimeout(() => {
-        for (const connection of this.connections.values()) {
-          clearTimeout(connection.timer)
-          forced++
-          connection.session?.destroy()
-          connection.socket.destroy()
-        }
-        this.connections.clear()
-        cut = this.inFlight
-        finish()
-      }, Duration.toMillis(settings.timeout))
-      this.onEmpty = finish
       Deferred.doneUnsafe(this.started, Effect.void)
       for (const hook of this.hooks.splice(0)) hook()
       for (const connection of this.connections.values()) {
@@ -468,8 +404,44 @@ export class Tracker {
         if (connection.response !== undefined) closeAfter(connection.response)
         this.arm(connection)
       }
-      if (this.connections.size === 0) return finish()
-      return Effect.sync(() => clearTimeout(deadline))
+      const emptied = Effect.callback<void>((resume) => {
+        if (this.connections.size === 0) return resume(Effect.void)
+        this.onEmpty = () => resume(Effect.void)
+        return Effect.sync(() => {
+          this.onEmpty = undefined
+        })
+      })
+      return Effect.map(Effect.timeoutOption(emptied, settings.timeout), (done) => {
+        const cut = Option.isNone(done) ? this.inFlight : 0
+        const forced = Option.isNone(done) ? this.destroyAll() : 0
+        this.clock.stop()
+        this.onEmpty = undefined
+        this.state = "done"
+        return {
+          connections: this.finished + forced,
+          finished: this.finished,
+          forced,
+          requests: this.requests,
+          completed: this.completed,
+          cut,
+          refused: this.refused,
+          toldToGoAway: this.toldToGoAway,
+          millis: Math.round(performance.now() - started)
+        }
+      })
     })
+  }
+
+  // The deadline: every connection left is destroyed. Returns how many there were.
+  private destroyAll(): number {
+    let forced = 0
+    for (const connection of this.connections.values()) {
+      clearTimeout(connection.timer)
+      forced++
+      connection.session?.destroy()
+      connection.socket.destroy()
+    }
+    this.connections.clear()
+    return forced
   }
 }

@@ -1,0 +1,166 @@
+/**
+ * The drain, as the servers of `Server` and `SocketServer` do it when their
+ * scope closes: its knobs, and the signal a handler sees.
+ *
+ * Invariants of every drain:
+ * - The server stops accepting at once; the listening socket lives on in a
+ *   successor that shares it.
+ * - Work in flight (a request, a raw connection's handler) runs to
+ *   completion or to the deadline, whichever comes first.
+ * - A request is either answered or never run: every response from the
+ *   drain on says `Connection: close`, and a request read on a connection
+ *   that the drain is closing is not run (its client sees the connection
+ *   close with no answer, which HTTP clients may retry).
+ * - A keep-alive connection with nothing in flight is closed only once it
+ *   has been quiet for `IdleGrace`.
+ * - WebSockets get a 1001 close and HTTP/2 sessions a GOAWAY when the drain
+ *   begins; they stay until they close.
+ * - At `DrainTimeout`, what is left is destroyed. The deadline is an Effect
+ *   timer, so a `TestClock` drives it.
+ *
+ * Each server logs its drain as `effect-grace: drain finished`, annotated
+ * with `server` (its address), `connections` (open when the drain began or
+ * opened during it), `finished` and `forced` (of those, closed before the
+ * deadline and destroyed at it), `requests`, `completed` and `cut` (the same
+ * for requests; a request whose client went away counts as completed),
+ * `refused` (requests read on a connection being closed, not run),
+ * `toldToGoAway` (WebSockets and HTTP/2 sessions) and `millis`; as a warning
+ * when something was forced.
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Variables from "./internal/config.ts"
+
+// -----------------------------------------------------------------------------
+// Knobs
+// -----------------------------------------------------------------------------
+
+/**
+ * How long a drain may take before what is left is destroyed. Default 30
+ * seconds. A server's `drainTimeout` option overrides it; `layerConfig` sets
+ * it from `GRACE_DRAIN_TIMEOUT`.
+ *
+ * @since 0.1.0
+ * @category references
+ */
+export const DrainTimeout: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
+  "effect-grace/DrainTimeout",
+  { defaultValue: () => Duration.seconds(30) }
+)
+
+/**
+ * How long an HTTP connection with nothing in flight must be quiet before a
+ * drain closes it. Default 250 milliseconds. Quiet is measured in steps of
+ * 10 milliseconds, from the end of the step of the last activity: a
+ * connection may wait up to a step longer, never less. A server's
+ * `idleGrace` option overrides it; `layerConfig` sets it from
+ * `GRACE_IDLE_GRACE`. Raw socket servers have no idle state: a connection is
+ * held for as long as its handler runs.
+ *
+ * @since 0.1.0
+ * @category references
+ */
+export const IdleGrace: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
+  "effect-grace/IdleGrace",
+  { defaultValue: () => Duration.millis(250) }
+)
+
+/**
+ * Sets `DrainTimeout` and `IdleGrace` from `GRACE_DRAIN_TIMEOUT` and
+ * `GRACE_IDLE_GRACE`, read through `Config` in Effect's Duration syntax
+ * (`45 seconds`, `500 millis`). A variable that is not set keeps the
+ * default; one that is not a duration fails with a `ConfigError` that names
+ * its value.
+ *
+ * **When to use**
+ *
+ * Provide it once, above the server layers, so that operators can tune the
+ * drain without a rebuild (`Supervisor.run` provides it to the application):
+ *
+ * ```ts
+ * Layer.mergeAll(Public, Admin).pipe(Layer.provide(Drain.layerConfig))
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig: Layer.Layer<never, Config.ConfigError> = Layer.effectContext(
+  Effect.gen(function* () {
+    const configured = yield* Config.all({
+      drainTimeout: Variables.duration("GRACE_DRAIN_TIMEOUT"),
+      idleGrace: Variables.duration("GRACE_IDLE_GRACE")
+    })
+    const drainTimeout = Option.getOrElse(configured.drainTimeout, () => DrainTimeout.defaultValue())
+    const idleGrace = Option.getOrElse(configured.idleGrace, () => IdleGrace.defaultValue())
+    return Context.make(DrainTimeout, drainTimeout).pipe(Context.add(IdleGrace, idleGrace))
+  })
+)
+
+// -----------------------------------------------------------------------------
+// The drain signal
+// -----------------------------------------------------------------------------
+
+/**
+ * What a handler can learn of its server's drain: `await` completes once the
+ * drain has begun (never, outside a server), `isDraining` tells whether it
+ * has.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface DrainSignal {
+  readonly await: Effect.Effect<void>
+  readonly isDraining: Effect.Effect<boolean>
+}
+
+const never: DrainSignal = { await: Effect.never, isDraining: Effect.succeed(false) }
+
+/**
+ * The drain signal of the server running the current handler. Every request
+ * (and upgraded connection) of a `Server`, and every connection handler of a
+ * `SocketServer`, sees its server's signal. A reference, not a service: a
+ * handler that uses it runs anywhere, and outside a server the signal never
+ * fires.
+ *
+ * @since 0.1.0
+ * @category references
+ */
+export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainSignal>("effect-grace/Draining", {
+  defaultValue: () => never
+})
+
+/**
+ * Completes once the drain of the current handler's server has begun.
+ *
+ * **When to use**
+ *
+ * A long response (server-sent events, long polling), a WebSocket protocol,
+ * or a raw connection's handler that wants to end its exchange at a point
+ * the protocol allows, and say goodbye before the deadline:
+ *
+ * ```ts
+ * const events = Stream.interruptWhen(ticks, Drain.draining)
+ * Effect.raceFirst(relay, Effect.andThen(Drain.draining, writer.write("bye\n")))
+ * ```
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Draining), (signal) => signal.await)
+
+/**
+ * Whether the drain of the current handler's server has begun.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
+  Effect.service(Draining),
+  (signal) => signal.isDraining
+)
