@@ -34,7 +34,7 @@ if (flags.key === undefined || flags.cert === undefined) {
   )
   process.exitCode = 2
 } else {
-  // Read at start-up: a restart picks up renewed certificates.
+  // Read at start-up: a restart picks up renewed certificates, and clients resume their TLS sessions with it.
   const tls = { key: readFileSync(flags.key), cert: readFileSync(flags.cert) }
 
   const Public = HttpRouter.serve(

@@ -29,6 +29,7 @@
  *
  * @since 0.1.0
  */
+import type * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -48,7 +49,35 @@ import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import type * as Tls from "node:tls"
 import * as Drain from "./internal/drain.ts"
+import * as Tickets from "./internal/tickets.ts"
 import * as Listeners from "./Listeners.ts"
+
+// -----------------------------------------------------------------------------
+// TLS sessions
+// -----------------------------------------------------------------------------
+
+/**
+ * The TLS session ticket keys (48 bytes) of every HTTPS server that is not
+ * given its own `ticketKeys`: a TLS 1.3 client (or a TLS 1.2 one with
+ * tickets) resumes its session with any of them, and, under the
+ * `Supervisor`, with the successor after a restart, which receives the keys
+ * over the private readiness channel. By default they are made at random
+ * once per process (or lineage of restarted processes).
+ *
+ * **Details**
+ *
+ * - `https.ticketKeys` given to a server is used as given, and not handed on
+ *   by the supervisor: give the same keys to every generation yourself.
+ * - A TLS server from `createServer` gets these keys too; to give it its
+ *   own, provide this reference to its layer.
+ * - Node takes one key at a time, with no previous key kept for resumption,
+ *   so the keys are not rotated: a lineage keeps its keys as one process
+ *   keeps its own. Stop and start the service to make new ones.
+ *
+ * @since 0.1.0
+ * @category references
+ */
+export const TicketKeys: Context.Reference<Buffer> = Tickets.TicketKeys
 
 // -----------------------------------------------------------------------------
 // Errors
@@ -128,7 +157,10 @@ export type NodeServer = Http.Server | Https.Server | Http2.Http2Server | Http2.
 export interface Options {
   /** The listener's name: an inherited fd of that name is adopted first, and the name travels to a successor. */
   readonly name?: string | undefined
-  /** HTTPS: the key and certificate (and any other `tls` option). TLS runs over the listener, inherited or not. */
+  /**
+   * HTTPS: the key and certificate (and any other `tls` option). TLS runs over the listener, inherited or not.
+   * Without `ticketKeys`, the server uses `TicketKeys`, which a restart hands to the successor.
+   */
   readonly https?: Tls.SecureContextOptions & Tls.TlsOptions
   /**
    * Node's HTTP server options: `requestTimeout`, `headersTimeout`, `keepAliveTimeout`, `maxHeaderSize`, ... A
@@ -306,15 +338,20 @@ export const make = (
       })
     }
     const settings = yield* Drain.resolveSettings(options)
+    const ticketKeys = yield* TicketKeys
     const tracker = new Drain.Tracker()
     const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
     const server = yield* Effect.try({
-      try: (): NodeServer =>
-        options.createServer !== undefined
-          ? options.createServer()
-          : options.https !== undefined
-            ? Https.createServer({ ...options.http, ...options.https, ServerResponse: Response })
-            : Http.createServer({ ...options.http, ServerResponse: Response }),
+      try: (): NodeServer => {
+        if (options.https !== undefined) {
+          return Https.createServer({ ticketKeys, ...options.http, ...options.https, ServerResponse: Response })
+        }
+        if (options.createServer === undefined) return Http.createServer({ ...options.http, ServerResponse: Response })
+        const created = options.createServer()
+        // A TLS server (HTTP/2 over TLS, for example) resumes sessions across restarts too.
+        if ("setTicketKeys" in created) created.setTicketKeys(ticketKeys)
+        return created
+      },
       catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
     })
     const listeners = yield* Listeners.Listeners

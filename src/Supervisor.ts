@@ -48,6 +48,7 @@ import * as Drain from "./Drain.ts"
 import * as Report from "./internal/report.ts"
 import * as Successor from "./internal/successor.ts"
 import * as Sys from "./internal/sys.ts"
+import * as Tickets from "./internal/tickets.ts"
 
 // -----------------------------------------------------------------------------
 // Errors
@@ -288,6 +289,9 @@ const logged = (message: string, annotations: Record<string, unknown>) =>
  *
  * **Details**
  *
+ * - A successor receives its parent's TLS session ticket keys
+ *   (`Server.TicketKeys`) over the private readiness channel before it builds
+ *   `app`, so clients resume their TLS sessions across a restart.
  * - Ready means every layer of `app` is built: every server listens. Only then
  *   are unclaimed inherited fds closed, the PID file written, and the parent
  *   (after a restart) or systemd (`READY=1`) told.
@@ -331,11 +335,18 @@ export const run = <A, E, R>(
         const restartSignals = options.restartSignals ?? ["SIGUSR2"]
 
         const readyFd = yield* Config.option(Config.Int(Successor.READY_FD_VARIABLE))
+        const sendsTicketKeys = yield* Config.option(Config.String(Successor.TICKET_KEYS_VARIABLE))
         delete process.env[Successor.READY_FD_VARIABLE]
+        delete process.env[Successor.TICKET_KEYS_VARIABLE]
         const inherited = yield* ListenFds.make()
         const listeners = yield* Listeners.make(inherited)
         const notify = yield* Notify.make
-        const parent = yield* Successor.openParentChannel(Option.getOrUndefined(readyFd))
+        const parent = yield* Successor.openParentChannel(
+          Option.getOrUndefined(readyFd),
+          Option.getOrUndefined(sendsTicketKeys) === "channel"
+        )
+        // TLS sessions resume across restarts: the keys of the first generation, handed down.
+        const ticketKeys = (parent !== undefined ? yield* parent.ticketKeys : undefined) ?? (yield* Tickets.TicketKeys)
 
         let state: State = "starting"
         const stop = yield* Deferred.make<"terminate" | "handoff">()
@@ -368,7 +379,8 @@ export const run = <A, E, R>(
               command,
               passed,
               env: process.env,
-              readyTimeout
+              readyTimeout,
+              ticketKeys
             }).pipe(Effect.mapError((failure) => new RestartError({ reason: fromFailure(failure) })))
             // From here on the successor serves too: this process must not unlink what it hands on.
             yield* listeners.handOff
@@ -452,6 +464,7 @@ export const run = <A, E, R>(
           app.pipe(
             Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
             Layer.provide(Layer.succeed(Supervisor)(supervisor)),
+            Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
             // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
             Layer.provide(Drain.layerConfig)
           ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor>>,

@@ -18,7 +18,7 @@ import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/testing/TestClock"
-import { execFileSync } from "node:child_process"
+import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Http2 from "node:http2"
@@ -36,6 +36,7 @@ import * as DrainInternal from "../src/internal/drain.ts"
 import * as Sys from "../src/internal/sys.ts"
 import { closed, get, keepAliveAgent, untilRefused } from "./support/http.ts"
 import { eventually } from "./support/process.ts"
+import { certificateFiles, tlsConnect } from "./support/tls.ts"
 import type { Reply } from "./support/http.ts"
 
 // -----------------------------------------------------------------------------
@@ -121,16 +122,7 @@ const tempDir = Effect.acquireRelease(
 
 /** A self-signed certificate for localhost, made now. */
 const certificate = Effect.gen(function* () {
-  const dir = yield* tempDir
-  const key = Path.join(dir, "key.pem")
-  const cert = Path.join(dir, "cert.pem")
-  execFileSync(
-    "/usr/bin/openssl",
-    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-      .concat(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "1"])
-      .concat(["-keyout", key, "-out", cert]),
-    { stdio: "ignore" }
-  )
+  const { key, cert } = certificateFiles(yield* tempDir)
   return { key: Fs.readFileSync(key), cert: Fs.readFileSync(cert) }
 })
 
@@ -548,6 +540,25 @@ describe("Server", () => {
       assert.include(drain?.annotations, { connections: 1, forced: 1, requests: 1, cut: 1 })
     }).pipe(Effect.scoped, Effect.provide(logs.layer))
   })
+
+  it.live("HTTPS servers share the TicketKeys of their context; ticketKeys given to a server are used as given", () =>
+    Effect.gen(function* () {
+      const tls = yield* certificate
+      const keys = Crypto.randomBytes(48)
+      const app = HttpRouter.add("GET", "/", HttpServerResponse.text("ok"))
+      const { ports } = yield* start(
+        Layer.mergeAll(
+          serve(app, { name: "shared", address: "127.0.0.1:0" }, { https: tls }),
+          serve(app, { name: "given", address: "127.0.0.1:0" }, { https: { ...tls, ticketKeys: keys } }),
+          serve(app, { name: "own", address: "127.0.0.1:0" }, { https: { ...tls, ticketKeys: Crypto.randomBytes(48) } })
+        ).pipe(Layer.provide(Layer.succeed(Server.TicketKeys)(keys)))
+      )
+      const first = yield* tlsConnect(ports.shared!, tls.cert, "http/1.1")
+      assert.isDefined(first.ticket)
+      assert.isTrue((yield* tlsConnect(ports.given!, tls.cert, "http/1.1", first.ticket)).reused)
+      assert.isFalse((yield* tlsConnect(ports.own!, tls.cert, "http/1.1", first.ticket)).reused)
+    })
+  )
 
   it.live("a keep-alive connection left quiet is closed within the idle grace", () => {
     const logs = captureLogs()

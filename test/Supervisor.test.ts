@@ -10,6 +10,7 @@ import * as Sys from "../src/internal/sys.ts"
 import { request } from "./support/http.ts"
 import type { Reply } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
+import { certificateFiles, tlsConnect } from "./support/tls.ts"
 import { eventually, isAlive, openFds, spawnFixture } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
 
@@ -339,6 +340,38 @@ describe("Supervisor", () => {
         yield* gone(second.pid)
         assert.isUndefined((Sys.receiveDatagram(fd) as Result.Success<Buffer | undefined, never>).success)
         assert.strictEqual(received.length, 4)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "TLS sessions made before a restart resume with the successor, over HTTPS and HTTP/2",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const paths = certificateFiles(dir)
+        const ca = Fs.readFileSync(paths.cert)
+        const [h1, h2] = [yield* freePort(), yield* freePort()]
+        const { fixture, first } = yield* start({
+          specs: (id) => [`tls:${id}=127.0.0.1:${h1}`, `h2:127.0.0.1:${h2}`],
+          env: { FIXTURE_TLS_KEY: paths.key, FIXTURE_TLS_CERT: paths.cert }
+        })
+        const before = yield* tlsConnect(h1, ca, "http/1.1")
+        assert.isFalse(before.reused)
+        assert.strictEqual(before.body, `pid ${first.pid}\n`)
+        assert.isDefined(before.ticket)
+        const beforeH2 = yield* tlsConnect(h2, ca, "h2")
+        assert.isDefined(beforeH2.ticket)
+        // Resumed within one process, as Node does by itself.
+        assert.isTrue((yield* tlsConnect(h1, ca, "http/1.1", before.ticket)).reused)
+
+        const second = yield* restart(fixture, first)
+        yield* fixture.exited()
+        const after = yield* tlsConnect(h1, ca, "http/1.1", before.ticket)
+        assert.strictEqual(after.body, `pid ${second.pid}\n`)
+        assert.isTrue(after.reused, "an HTTPS session from the old process resumes with the successor")
+        assert.isTrue((yield* tlsConnect(h2, ca, "h2", beforeH2.ticket)).reused, "and an HTTP/2 one")
+        assert.isFalse((yield* tlsConnect(h1, ca, "http/1.1")).reused, "a new client makes a new session")
       }),
     { timeout: 30_000 }
   )

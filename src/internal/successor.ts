@@ -12,6 +12,11 @@
  * them: its number is passed in `EFFECT_GRACE_READY_FD`. The successor writes
  * one line on it when ready, and sees it close when the parent exits. The
  * successor never signals its parent by pid.
+ *
+ * The parent writes first: one line with the TLS session ticket keys
+ * (`EFFECT_GRACE_TICKET_KEYS=channel` tells the successor to wait for it),
+ * so that clients resume their sessions with the successor. The channel is a
+ * socket pair between the two processes alone.
  */
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
@@ -20,11 +25,16 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Result from "effect/Result"
 import * as Sys from "./sys.ts"
+import * as Tickets from "./tickets.ts"
 
 /** The variable naming the successor's readiness fd. */
 export const READY_FD_VARIABLE = "EFFECT_GRACE_READY_FD"
 
+/** The variable that tells the successor its parent sends the ticket keys on the channel. */
+export const TICKET_KEYS_VARIABLE = "EFFECT_GRACE_TICKET_KEYS"
+
 const READY_LINE = "ready\n"
+const KEYS_PREFIX = "ticket-keys "
 
 /** How the successor is started: the program itself, as it was started. */
 export interface Command {
@@ -68,6 +78,7 @@ export const spawnSuccessor = (options: {
   readonly passed: ReadonlyArray<Passed>
   readonly env: NodeJS.ProcessEnv
   readonly readyTimeout: Duration.Duration
+  readonly ticketKeys: Buffer
 }): Effect.Effect<Ready, Failure> =>
   Effect.callback<Ready, Failure>((resume) => {
     const { command, passed } = options
@@ -80,7 +91,8 @@ export const spawnSuccessor = (options: {
           ...options.env,
           LISTEN_FDS: String(passed.length),
           LISTEN_FDNAMES: passed.map((p) => p.name).join(":"),
-          [READY_FD_VARIABLE]: String(readyFd)
+          [READY_FD_VARIABLE]: String(readyFd),
+          [TICKET_KEYS_VARIABLE]: "channel"
         },
         stdio: ["inherit", "inherit", "inherit", ...passed.map((p) => p.fd), "pipe"]
       })
@@ -88,6 +100,7 @@ export const spawnSuccessor = (options: {
       return resume(Effect.fail({ _tag: "SpawnFailed", cause }))
     }
     const channel = child.stdio[readyFd] as Net.Socket
+    channel.write(`${KEYS_PREFIX}${options.ticketKeys.toString("base64")}\n`)
     let settled = false
     let received = ""
 
@@ -145,6 +158,8 @@ export const spawnSuccessor = (options: {
 /** The successor's end of the channel: tell the parent we are ready, learn when it has gone. */
 export interface ParentChannel {
   readonly pid: number
+  /** The parent's TLS session ticket keys, once they have arrived; none if it sends none, or has gone. */
+  readonly ticketKeys: Effect.Effect<Buffer | undefined>
   readonly signalReady: Effect.Effect<void>
   /** Resolves once the parent has exited (the channel closed). */
   readonly exited: Effect.Effect<void>
@@ -156,7 +171,10 @@ export interface ParentChannel {
  * successor. The fd is made close-on-exec first, so the application's own
  * subprocesses do not hold it.
  */
-export const openParentChannel = (readyFd: number | undefined): Effect.Effect<ParentChannel | undefined> =>
+export const openParentChannel = (
+  readyFd: number | undefined,
+  sendsTicketKeys: boolean
+): Effect.Effect<ParentChannel | undefined> =>
   Effect.sync(() => {
     if (readyFd === undefined) return undefined
     const kind = Sys.inspect(readyFd)
@@ -168,18 +186,40 @@ export const openParentChannel = (readyFd: number | undefined): Effect.Effect<Pa
     socket.unref()
     let alive = true
     const waiters: Array<() => void> = []
+    // The ticket keys: still awaited (a list of waiters), or settled.
+    let keys: { readonly value: Buffer | undefined } | undefined = sendsTicketKeys ? undefined : { value: undefined }
+    const keyWaiters: Array<() => void> = []
+    const settleKeys = (value: Buffer | undefined) => {
+      if (keys !== undefined) return
+      keys = { value }
+      for (const waiter of keyWaiters.splice(0)) waiter()
+    }
     const gone = () => {
       if (!alive) return
       alive = false
       socket.destroy()
+      settleKeys(undefined)
       for (const waiter of waiters.splice(0)) waiter()
     }
+    let received = ""
+    socket.on("data", (chunk: Buffer) => {
+      if (keys !== undefined) return
+      received += chunk.toString()
+      const end = received.indexOf("\n")
+      if (end < 0) return
+      const line = received.slice(0, end)
+      const decoded = line.startsWith(KEYS_PREFIX) ? Buffer.from(line.slice(KEYS_PREFIX.length), "base64") : undefined
+      settleKeys(decoded?.length === Tickets.TICKET_KEYS_BYTES ? decoded : undefined)
+    })
     socket.on("end", gone)
     socket.on("close", gone)
     socket.on("error", gone)
-    socket.resume()
     return {
       pid: process.ppid,
+      ticketKeys: Effect.callback<Buffer | undefined>((resume) => {
+        if (keys !== undefined) return resume(Effect.succeed(keys.value))
+        keyWaiters.push(() => resume(Effect.succeed(keys?.value)))
+      }),
       isAlive: () => alive,
       signalReady: Effect.callback<void>((resume) => {
         if (!alive) return resume(Effect.void)
