@@ -25,7 +25,8 @@
  * for requests; a request whose client went away counts as completed),
  * `refused` (requests read on a connection being closed, not run),
  * `toldToGoAway` (WebSockets and HTTP/2 sessions) and `millis`; as a warning
- * when something was forced.
+ * when something was forced. The same report is the span `effect-grace.drain`
+ * and the `metrics` below.
  *
  * @since 0.1.0
  */
@@ -34,6 +35,7 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Variables from "./internal/config.ts"
 
@@ -164,3 +166,37 @@ export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
   Effect.service(Draining),
   (signal) => signal.isDraining
 )
+
+// -----------------------------------------------------------------------------
+// Observability
+// -----------------------------------------------------------------------------
+
+/**
+ * The drain's metrics, each with the server's address as its `server`
+ * attribute: `effect-grace.drain.duration` (a timer), and the counters
+ * `effect-grace.drain.forced` (connections destroyed at the deadline),
+ * `effect-grace.drain.cut` (requests or handlers cut there) and
+ * `effect-grace.drain.refused` (requests read on a connection being closed,
+ * not run). Each drain is also a span, `effect-grace.drain`, with
+ * `effect-grace.server` and the report's counts as `effect-grace.<count>`.
+ * A tracer or metric exporter of the application (`@effect/opentelemetry`,
+ * for example) sees them with no more wiring.
+ *
+ * @since 0.1.0
+ * @category observability
+ */
+export const metrics = {
+  duration: Metric.timer("effect-grace.drain.duration", { description: "How long a server's drain took" }),
+  forced: Metric.counter("effect-grace.drain.forced", {
+    description: "Connections destroyed at a drain's deadline",
+    incremental: true
+  }),
+  cut: Metric.counter("effect-grace.drain.cut", {
+    description: "Requests (raw servers: handlers) still running at a drain's deadline, cut",
+    incremental: true
+  }),
+  refused: Metric.counter("effect-grace.drain.refused", {
+    description: "Requests read on a connection a drain was closing, not run",
+    incremental: true
+  })
+}

@@ -478,9 +478,7 @@ export const make = (
           serveScope,
           Effect.gen(function* () {
             yield* Listeners.stopAccepting(listener)
-            const report = yield* tracker.drain(settings)
-            const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
-            yield* log("effect-grace: drain finished").pipe(Effect.annotateLogs({ server: address, ...report }))
+            yield* Drain.drainReported(tracker, settings, address)
             server.off("request", onRequest)
             server.off("checkContinue", onCheckContinue)
             server.off("upgrade", onUpgrade)

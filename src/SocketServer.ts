@@ -171,10 +171,8 @@ export const make = (
             Effect.gen(function* () {
               // The listening handle only; the fd lives on in a successor that shares it.
               yield* Listeners.stopAccepting(listener)
-              const report = yield* tracker.drain(settings)
-              const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
-              const { toldToGoAway: _, refused: __, ...counts } = report
-              yield* log("effect-grace: drain finished").pipe(Effect.annotateLogs({ server: address, ...counts }))
+              // A raw connection has no requests to refuse, and nothing to tell to go away.
+              yield* Drain.drainReported(tracker, settings, address, ["refused", "toldToGoAway"])
             })
           )
           // The handler is attached: accept.

@@ -27,6 +27,7 @@
  *
  * @since 0.1.0
  */
+import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -35,6 +36,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
@@ -244,12 +246,12 @@ export class Supervisor extends Context.Service<
 
 type State = "starting" | "serving" | "restarting" | "draining"
 
-const fromFailure = (failure: Successor.Failure, pid?: number): RestartErrorReason => {
+const fromFailure = (failure: Successor.Failure): RestartErrorReason => {
   switch (failure._tag) {
     case "SpawnFailed":
       return new SpawnFailed({ cause: failure.cause })
     case "ExitedBeforeReady":
-      return new ExitedBeforeReady({ pid, code: failure.code, signal: failure.signal })
+      return new ExitedBeforeReady({ pid: failure.pid, code: failure.code, signal: failure.signal })
     case "NotReadyInTime":
       return new NotReadyInTime({ timeout: failure.timeout })
   }
@@ -271,6 +273,25 @@ const removePidFileIfOurs = (path: string) =>
       // Gone already.
     }
   })
+
+/**
+ * The supervisor's metrics: `effect-grace.restarts`, a counter of restart
+ * attempts by `outcome` (`ready`, or the reason's tag: `SpawnFailed`,
+ * `AlreadyInProgress`, ...), and `effect-grace.restart.handoff`, the time from
+ * spawning a successor to its being ready. Each attempt is also a span,
+ * `effect-grace.restart`, with `effect-grace.outcome` and, once spawned,
+ * `effect-grace.successor.pid`. The servers' drains have their own
+ * (`effect-grace.drain`, see `Drain`).
+ *
+ * @since 0.1.0
+ * @category observability
+ */
+export const metrics = {
+  restarts: Metric.counter("effect-grace.restarts", { description: "Restart attempts, by outcome", incremental: true }),
+  handOff: Metric.timer("effect-grace.restart.handoff", {
+    description: "How long a successor took from spawn to ready"
+  })
+}
 
 const logged = (message: string, annotations: Record<string, unknown>) =>
   Effect.logInfo(message).pipe(Effect.annotateLogs(annotations))
@@ -356,7 +377,7 @@ export const run = <A, E, R>(
           Effect.logWarning(`effect-grace: ${error.message}`).pipe(
             Effect.annotateLogs({ pid: process.pid, reason: error.reason._tag })
           )
-        const restart: Effect.Effect<number, RestartError> = Effect.suspend(() => {
+        const attempt: Effect.Effect<number, RestartError> = Effect.suspend(() => {
           // A refusal is logged as a failure is, whoever asked.
           const refuse = (reason: RestartErrorReason) => {
             const error = new RestartError({ reason })
@@ -375,6 +396,7 @@ export const run = <A, E, R>(
             )
             yield* logged("effect-grace: restart started", { pid: process.pid, listeners: passed.length })
             yield* Effect.ignore(notify.reloading)
+            const started = Date.now()
             const successor = yield* Successor.spawnSuccessor({
               command,
               passed,
@@ -386,6 +408,8 @@ export const run = <A, E, R>(
             yield* listeners.handOff
             state = "draining"
             yield* Effect.ignore(notify.mainPid(successor.pid, { ready: true }))
+            yield* Metric.update(metrics.handOff, Duration.millis(Date.now() - started))
+            yield* Effect.annotateCurrentSpan("effect-grace.successor.pid", successor.pid)
             yield* logged("effect-grace: successor ready", { pid: process.pid, successor: successor.pid })
             yield* Deferred.succeed(stop, "handoff")
             return successor.pid
@@ -404,6 +428,23 @@ export const run = <A, E, R>(
             )
           )
         })
+
+        // Every attempt, refused or not, is a span and counts by its outcome.
+        const restart: Effect.Effect<number, RestartError> = attempt.pipe(
+          Effect.onExit((exit) => {
+            const outcome = Exit.isSuccess(exit)
+              ? "ready"
+              : Option.match(Cause.findErrorOption(exit.cause), {
+                  onNone: () => "interrupted",
+                  onSome: (error) => error.reason._tag
+                })
+            return Effect.andThen(
+              Effect.annotateCurrentSpan("effect-grace.outcome", outcome),
+              Metric.update(Metric.withAttributes(metrics.restarts, { outcome }), 1)
+            )
+          }),
+          Effect.withSpan("effect-grace.restart", { attributes: { "effect-grace.pid": process.pid } })
+        )
 
         const terminate = Effect.gen(function* () {
           if (state === "draining") return

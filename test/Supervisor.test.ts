@@ -377,6 +377,60 @@ describe("Supervisor", () => {
   )
 
   it.live(
+    "an application's tracer and metrics see each restart attempt, with its outcome, and each drain",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const { fixture, first } = yield* start({
+          specs: (id) => [`${id}=127.0.0.1:${port}`],
+          env: { FIXTURE_OBSERVE: "1" }
+        })
+        const replies = yield* Effect.all([get({ port }, "/restart", "POST"), get({ port }, "/restart", "POST")], {
+          concurrency: 2
+        })
+        const restarted = replies.map((reply) => reply.body).find((body) => body.startsWith("restarted"))
+        const successor = Number(restarted?.match(/\d+/)?.[0])
+        assert.isTrue(isAlive(successor))
+        yield* fixture.exited()
+        const metricsLine = yield* fixture.waitForLine(/^metrics (.*)$/)
+
+        const spans = fixture.lines
+          .filter((line) => line.startsWith("span "))
+          .map((line) => JSON.parse(line.slice(5)) as { name: string; attributes: Record<string, unknown> })
+        const restarts = spans.filter((span) => span.name === "effect-grace.restart")
+        assert.deepStrictEqual(restarts.map((span) => span.attributes["effect-grace.outcome"]).toSorted(), [
+          "AlreadyInProgress",
+          "ready"
+        ])
+        const ready = restarts.find((span) => span.attributes["effect-grace.outcome"] === "ready")
+        assert.strictEqual(ready?.attributes["effect-grace.successor.pid"], successor)
+        assert.strictEqual(ready?.attributes["effect-grace.pid"], first.pid)
+        const drains = spans.filter((span) => span.name === "effect-grace.drain")
+        assert.strictEqual(drains.length, 1)
+        assert.include(drains[0]!.attributes, {
+          "effect-grace.server": `127.0.0.1:${port}`,
+          "effect-grace.forced": 0,
+          "effect-grace.cut": 0,
+          "effect-grace.refused": 0
+        })
+
+        type Snapshot = { id: string; attributes?: Record<string, string>; state: { count: number } }
+        const metrics = JSON.parse(metricsLine[1]!) as Array<Snapshot>
+        const count = (id: string, attributes: Record<string, string>) =>
+          metrics.find(
+            (metric) =>
+              metric.id === id && Object.entries(attributes).every(([key, value]) => metric.attributes?.[key] === value)
+          )?.state.count
+        assert.strictEqual(count("effect-grace.restarts", { outcome: "ready" }), 1)
+        assert.strictEqual(count("effect-grace.restarts", { outcome: "AlreadyInProgress" }), 1)
+        assert.strictEqual(count("effect-grace.restart.handoff", {}), 1)
+        assert.strictEqual(count("effect-grace.drain.duration", { server: `127.0.0.1:${port}` }), 1)
+        assert.strictEqual(count("effect-grace.drain.forced", { server: `127.0.0.1:${port}` }), 0)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "SIGTERM drains and exits 0; a second SIGTERM during the drain ends the process at once",
     () =>
       Effect.gen(function* () {

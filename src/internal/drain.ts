@@ -22,8 +22,9 @@ import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
-import { DrainTimeout, Draining, IdleGrace } from "../Drain.ts"
+import { DrainTimeout, Draining, IdleGrace, metrics } from "../Drain.ts"
 import type { DrainSignal } from "../Drain.ts"
 
 // -----------------------------------------------------------------------------
@@ -65,6 +66,43 @@ export const provideSignal =
     Effect.updateContext(effect, (context: Context.Context<R>) =>
       Context.merge(context, Context.make(Draining, signal))
     )
+
+// -----------------------------------------------------------------------------
+// Reporting
+// -----------------------------------------------------------------------------
+
+/**
+ * Drains and reports it: the span `effect-grace.drain` (attributes
+ * `effect-grace.server` and one `effect-grace.<count>` per count of the
+ * report), the drain metrics, and the log line `effect-grace: drain
+ * finished` (a warning when something was forced). `omit` names counts that
+ * mean nothing for the kind of server.
+ */
+export const drainReported = (
+  tracker: Tracker,
+  settings: Settings,
+  server: string,
+  omit: ReadonlyArray<keyof DrainReport> = []
+): Effect.Effect<DrainReport> =>
+  Effect.gen(function* () {
+    const report = yield* tracker.drain(settings)
+    const counts = Object.fromEntries(
+      Object.entries(report).filter(([key]) => !omit.includes(key as keyof DrainReport))
+    )
+    yield* Effect.annotateCurrentSpan(
+      Object.fromEntries(Object.entries(counts).map(([key, value]) => [`effect-grace.${key}`, value]))
+    )
+    const attributes = { server }
+    yield* Metric.update(Metric.withAttributes(metrics.duration, attributes), Duration.millis(report.millis))
+    yield* Metric.update(Metric.withAttributes(metrics.forced, attributes), report.forced)
+    yield* Metric.update(Metric.withAttributes(metrics.cut, attributes), report.cut)
+    if (!omit.includes("refused")) {
+      yield* Metric.update(Metric.withAttributes(metrics.refused, attributes), report.refused)
+    }
+    const log = report.forced > 0 ? Effect.logWarning : Effect.logInfo
+    yield* log("effect-grace: drain finished").pipe(Effect.annotateLogs({ server, ...counts }))
+    return report
+  }).pipe(Effect.withSpan("effect-grace.drain", { attributes: { "effect-grace.server": server } }))
 
 // -----------------------------------------------------------------------------
 // Tracking

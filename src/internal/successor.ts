@@ -59,7 +59,12 @@ export interface Passed {
 /** Why a successor did not become ready. */
 export type Failure =
   | { readonly _tag: "SpawnFailed"; readonly cause: unknown }
-  | { readonly _tag: "ExitedBeforeReady"; readonly code: number | null; readonly signal: string | null }
+  | {
+      readonly _tag: "ExitedBeforeReady"
+      readonly pid: number | undefined
+      readonly code: number | null
+      readonly signal: string | null
+    }
   | { readonly _tag: "NotReadyInTime"; readonly timeout: Duration.Duration }
 
 /** A successor that said it is ready. */
@@ -131,7 +136,7 @@ export const spawnSuccessor = (options: {
       resume(Effect.succeed({ pid: child.pid!, child }))
     }
     const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
-      if (!settled) failAfterExit({ _tag: "ExitedBeforeReady", code, signal })
+      if (!settled) failAfterExit({ _tag: "ExitedBeforeReady", pid: child.pid, code, signal })
     }
     const onError = (cause: Error) => {
       if (!settled) failAfterExit({ _tag: "SpawnFailed", cause })
