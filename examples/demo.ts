@@ -17,6 +17,7 @@ import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Listeners, Server, Supervisor } from "../src/index.ts"
 
 const { values: flags } = parseArgs({
@@ -85,7 +86,7 @@ const Banner = Layer.effectDiscard(
 ).pipe(Layer.provide(Servers))
 
 // Operator logs (ready, restart, drain), one logfmt line each, go to stderr; stdout has the banner alone.
-Supervisor.run(Banner).pipe(
+Layer.launch(Supervisor.layer(Banner)).pipe(
   Effect.provide(Logger.layer([Logger.withConsoleError(Logger.formatLogFmt)])),
-  Supervisor.runMain
+  NodeRuntime.runMain({ teardown: Supervisor.teardown })
 )

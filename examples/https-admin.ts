@@ -18,6 +18,7 @@ import * as HttpRouter from "effect/http/HttpRouter"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Listeners, Server, Supervisor } from "../src/index.ts"
 
 const { values: flags } = parseArgs({
@@ -69,5 +70,8 @@ if (flags.key === undefined || flags.cert === undefined) {
     })
   ).pipe(Layer.provide(Layer.mergeAll(Public, Admin)))
 
-  Supervisor.run(Banner).pipe(Effect.provideService(Logger.LogToStderr, true), Supervisor.runMain)
+  Layer.launch(Supervisor.layer(Banner)).pipe(
+    Effect.provideService(Logger.LogToStderr, true),
+    NodeRuntime.runMain({ teardown: Supervisor.teardown })
+  )
 }

@@ -28,6 +28,7 @@
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -35,21 +36,24 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberHandle from "effect/FiberHandle"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
-import { renameSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import { dirname, join, resolve } from "node:path"
+import * as Semaphore from "effect/Semaphore"
+import * as Stream from "effect/Stream"
+import { resolve } from "node:path"
 import * as ListenFds from "./ListenFds.ts"
 import * as Listeners from "./Listeners.ts"
 import * as Notify from "./Notify.ts"
 import * as Variables from "./internal/config.ts"
 import * as Drain from "./Drain.ts"
 import * as Report from "./internal/report.ts"
-import * as Successor from "./internal/successor.ts"
-import * as Sys from "./internal/sys.ts"
+import * as Machine from "./internal/machine.ts"
+import * as Os from "./internal/os.ts"
+import type * as Successor from "./internal/successor.ts"
 import * as Tickets from "./internal/tickets.ts"
 
 // -----------------------------------------------------------------------------
@@ -244,36 +248,6 @@ export class Supervisor extends Context.Service<
   }
 >()("effect-grace/Supervisor") {}
 
-type State = "starting" | "serving" | "restarting" | "draining"
-
-const fromFailure = (failure: Successor.Failure): RestartErrorReason => {
-  switch (failure._tag) {
-    case "SpawnFailed":
-      return new SpawnFailed({ cause: failure.cause })
-    case "ExitedBeforeReady":
-      return new ExitedBeforeReady({ pid: failure.pid, code: failure.code, signal: failure.signal })
-    case "NotReadyInTime":
-      return new NotReadyInTime({ timeout: failure.timeout })
-  }
-}
-
-const writePidFile = (path: string) =>
-  Effect.sync(() => {
-    // Written to a temporary file and renamed, so a reader never sees a partial pid.
-    const temp = join(dirname(path), `.${process.pid}.${Date.now()}.pid.tmp`)
-    writeFileSync(temp, `${process.pid}\n`)
-    renameSync(temp, path)
-  })
-
-const removePidFileIfOurs = (path: string) =>
-  Effect.sync(() => {
-    try {
-      if (readFileSync(path, "utf8").trim() === String(process.pid)) rmSync(path, { force: true })
-    } catch {
-      // Gone already.
-    }
-  })
-
 /**
  * The supervisor's metrics: `effect-grace.restarts`, a counter of restart
  * attempts by `outcome` (`ready`, or the reason's tag: `SpawnFailed`,
@@ -296,38 +270,321 @@ export const metrics = {
 const logged = (message: string, annotations: Record<string, unknown>) =>
   Effect.logInfo(message).pipe(Effect.annotateLogs(annotations))
 
+// -----------------------------------------------------------------------------
+// The runtime
+// -----------------------------------------------------------------------------
+
+/** How a programmatic restart is answered. */
+type Reply = Deferred.Deferred<number, RestartError>
+
+type Failure = Successor.SpawnFailure | Successor.EarlyExit | { readonly _tag: "NotReadyInTime" }
+
+// Whether this process has drained after a termination or a hand-off, for `teardown`.
+let stoppedGracefully = false
+
 /**
- * Runs an application under the supervisor: builds `app` with `Listeners`
- * (from the environment) and `Supervisor` provided, says it is ready, serves
- * until a restart hands over or a termination signal arrives, then closes the
- * application's scope (the servers drain) and returns.
+ * Supervises `app` in the current scope: builds it on Listeners with
+ * Supervisor provided, announces readiness, and follows the state machine.
+ * Closing the scope terminates (interrupting a restart under way) and drains.
+ * `stopped` completes once a termination or a hand-off has begun.
+ */
+const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
+  Effect.gen(function* () {
+    const os = yield* Os.Os
+    const configured = yield* config
+    const readyTimeout = Duration.fromInputUnsafe(
+      options.readyTimeout ?? Option.getOrElse(configured.readyTimeout, () => Duration.seconds(60))
+    )
+    const pidFile = Option.getOrUndefined(
+      Option.map(Option.fromUndefinedOr(options.pidFile).pipe(Option.orElse(() => configured.pidFile)), (p) =>
+        resolve(p)
+      )
+    )
+    const restartSignals = options.restartSignals ?? ["SIGUSR2"]
+    // Signals: handled from here on, before anything else, so that none takes its default action (SIGUSR2 would
+    // kill the process) and a termination during start-up is not lost.
+    const signals = yield* os.signals([...restartSignals, "SIGTERM", "SIGINT"])
+    const parent = yield* os.parent
+    const inherited = yield* ListenFds.make()
+    const listeners = yield* Listeners.make(inherited)
+    const notify = yield* Notify.make
+    // TLS sessions resume across restarts: the keys of the first generation, handed down.
+    const ticketKeys = (parent !== undefined ? yield* parent.ticketKeys : undefined) ?? (yield* Tickets.TicketKeys)
+
+    const scope = yield* Effect.scope
+    const stopped = yield* Deferred.make<"terminate" | "handoff">()
+    const lock = yield* Semaphore.make(1)
+    const restarting = yield* FiberHandle.make<void, never>()
+    let state: Machine.State<Reply> = { _tag: "Starting" }
+    let lastSignal: NodeJS.Signals = "SIGTERM"
+
+    const facts = (): Machine.Facts => ({
+      parentPid: parent !== undefined && parent.isAlive() ? parent.pid : undefined,
+      canHandOff: os.native().available
+    })
+
+    const fail = (reply: Reply | undefined, reason: RestartErrorReason) => {
+      const error = new RestartError({ reason })
+      return Effect.gen(function* () {
+        yield* Effect.logWarning(`effect-grace: ${error.message}`).pipe(
+          Effect.annotateLogs({ pid: os.pid, reason: reason._tag })
+        )
+        if (reply !== undefined) yield* Deferred.fail(reply, error)
+      })
+    }
+
+    const refusal = (refusal: Machine.Refusal): RestartErrorReason => {
+      switch (refusal._tag) {
+        case "AlreadyInProgress":
+          return new AlreadyInProgress()
+        case "NotServing":
+          return new NotServing({ state: refusal.state })
+        case "ParentStillRunning":
+          return new ParentStillRunning({ parentPid: refusal.parentPid })
+        case "Unsupported": {
+          const native = os.native()
+          return new Unsupported({
+            platform: native.available ? process.platform : native.platform,
+            detail: native.available ? "the native calls are available" : native.reason
+          })
+        }
+      }
+    }
+
+    const failure = (failure: Failure): RestartErrorReason => {
+      switch (failure._tag) {
+        case "SpawnFailed":
+          return new SpawnFailed({ cause: failure.cause })
+        case "ExitedBeforeReady":
+          return new ExitedBeforeReady({ pid: failure.pid, code: failure.code, signal: failure.signal })
+        case "NotReadyInTime":
+          return new NotReadyInTime({ timeout: readyTimeout })
+      }
+    }
+
+    // The restart: spawn, wait for ready (an Effect timer: a TestClock drives it), tell the machine. A successor
+    // that is not handed off (failure, timeout, interruption by a termination) is killed and reaped.
+    const restartFiber = Effect.gen(function* () {
+      const passed = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
+      yield* logged("effect-grace: restart started", { pid: os.pid, listeners: passed.length })
+      const started = yield* Clock.currentTimeMillis
+      const outcome = yield* Effect.acquireUseRelease(
+        os.spawn({ passed, ticketKeys }),
+        (successor) =>
+          successor.ready.pipe(
+            Effect.timeoutOrElse({
+              duration: readyTimeout,
+              orElse: () => Effect.fail({ _tag: "NotReadyInTime" } as const)
+            }),
+            Effect.andThen(
+              Effect.gen(function* () {
+                yield* Metric.update(metrics.handOff, Duration.millis((yield* Clock.currentTimeMillis) - started))
+                yield* dispatch({ _tag: "SuccessorReady", pid: successor.pid })
+              })
+            )
+          ),
+        (successor, exit) =>
+          Exit.isSuccess(exit) && state._tag === "Draining" && state.reason === "handoff"
+            ? successor.release
+            : successor.kill
+      ).pipe(Effect.result)
+      if (outcome._tag === "Failure") yield* dispatch({ _tag: "RestartFailed", failure: outcome.failure })
+    }).pipe(Effect.withSpan("effect-grace.restart.successor"))
+
+    const perform = (action: Machine.Action<Reply, Failure>): Effect.Effect<void> => {
+      switch (action._tag) {
+        case "Refuse":
+          return fail(action.reply, refusal(action.refusal))
+        case "StartRestart":
+          return Effect.asVoid(FiberHandle.run(restarting, restartFiber))
+        case "InterruptRestart":
+          return FiberHandle.clear(restarting)
+        case "HandOff":
+          return Effect.gen(function* () {
+            // From here on the successor serves too: this process must not unlink what it hands on.
+            yield* listeners.handOff
+            yield* Effect.ignore(notify.mainPid(action.pid, { ready: true }))
+            yield* logged("effect-grace: successor ready", { pid: os.pid, successor: action.pid })
+            if (action.reply !== undefined) yield* Deferred.succeed(action.reply, action.pid)
+          })
+        case "RestartFailed":
+          return Effect.andThen(Effect.ignore(notify.ready), fail(action.reply, failure(action.failure)))
+        case "NotifyReloading":
+          return Effect.ignore(notify.reloading)
+        case "NotifyStopping":
+          return Effect.ignore(notify.stopping)
+        case "Stop":
+          return Effect.asVoid(Deferred.succeed(stopped, action.reason))
+        case "ForceExit":
+          return Effect.andThen(
+            Effect.logWarning("effect-grace: a second termination signal; exiting at once").pipe(
+              Effect.annotateLogs({ pid: os.pid, signal: lastSignal })
+            ),
+            os.forceExit(lastSignal)
+          )
+      }
+    }
+
+    // One event at a time: the machine decides, the runtime carries out its actions in order.
+    const dispatch = (event: Machine.Event<Reply, Failure>): Effect.Effect<void> =>
+      lock.withPermits(1)(
+        Effect.suspend(() => {
+          const [next, actions] = Machine.transition(state, event, facts())
+          state = next
+          return Effect.forEach(actions, perform, { discard: true })
+        })
+      )
+
+    const restart: Effect.Effect<number, RestartError> = Effect.gen(function* () {
+      const reply = yield* Deferred.make<number, RestartError>()
+      yield* dispatch({ _tag: "RestartRequested", reply })
+      return yield* Deferred.await(reply)
+    }).pipe(
+      Effect.onExit((exit) => {
+        const outcome = Exit.isSuccess(exit)
+          ? "ready"
+          : Option.match(Cause.findErrorOption(exit.cause), {
+              onNone: () => "interrupted",
+              onSome: (e) => e.reason._tag
+            })
+        return Effect.all([
+          Effect.annotateCurrentSpan("effect-grace.outcome", outcome),
+          Exit.isSuccess(exit) ? Effect.annotateCurrentSpan("effect-grace.successor.pid", exit.value) : Effect.void,
+          Metric.update(Metric.withAttributes(metrics.restarts, { outcome }), 1)
+        ])
+      }),
+      Effect.withSpan("effect-grace.restart", { attributes: { "effect-grace.pid": os.pid } })
+    )
+
+    const supervisor = Supervisor.of({
+      restart,
+      terminate: dispatch({ _tag: "Terminate", source: "call" }),
+      parentPid: Effect.sync(() => Option.fromUndefinedOr(facts().parentPid))
+    })
+
+    yield* Effect.forkScoped(
+      Stream.runForEach(signals, (signal) => {
+        if (restartSignals.includes(signal)) {
+          return Effect.andThen(
+            logged("effect-grace: restart requested", { pid: os.pid, signal }),
+            Effect.ignore(Effect.forkIn(restart, scope))
+          )
+        }
+        lastSignal = signal
+        return Effect.andThen(
+          logged("effect-grace: termination requested", { pid: os.pid, signal }),
+          dispatch({ _tag: "Terminate", source: "signal" })
+        )
+      })
+    )
+
+    // The application: its servers listen once its layers are built, and drain when its scope closes.
+    const appScope = yield* Scope.fork(scope, "sequential")
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        // A start-up that failed (or was interrupted) served nothing: there is nothing to drain or report.
+        if (state._tag === "Starting") return yield* Scope.close(appScope, Exit.void)
+        // The scope closing (the runtime stopping the program) terminates like a call: a restart is interrupted.
+        yield* dispatch({ _tag: "Terminate", source: "scope" })
+        yield* FiberHandle.clear(restarting)
+        const reason = state._tag === "Draining" ? state.reason : "terminate"
+        yield* logged("effect-grace: draining", { pid: os.pid, reason })
+        const started = yield* Clock.currentTimeMillis
+        yield* Scope.close(appScope, Exit.void)
+        if (reason === "terminate" && pidFile !== undefined) yield* os.removePidFile(pidFile)
+        stoppedGracefully = true
+        const drainMillis = (yield* Clock.currentTimeMillis) - started
+        yield* logged("effect-grace: stopped", { pid: os.pid, reason, drainMillis })
+      })
+    )
+    yield* Layer.buildWithScope(
+      app.pipe(
+        Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
+        Layer.provide(Layer.succeed(Supervisor)(supervisor)),
+        Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
+        // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
+        Layer.provide(Drain.layerConfig)
+      ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor>>,
+      appScope
+    )
+
+    yield* listeners.closeUnclaimed
+    if (pidFile !== undefined) yield* os.writePidFile(pidFile)
+    if (parent !== undefined) yield* parent.signalReady
+    else yield* Effect.ignore(notify.ready)
+    const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
+    yield* dispatch({ _tag: "Ready" })
+    yield* logged("effect-grace: ready", { pid: os.pid, listeners: addresses.join(", ") })
+    return { stopped }
+  })
+
+type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError
+
+/**
+ * The application `app` under the supervisor, as the layer a program
+ * launches:
  *
- * **When to use**
+ * ```ts
+ * Layer.launch(Supervisor.layer(App)).pipe(NodeRuntime.runMain({ teardown: Supervisor.teardown }))
+ * ```
  *
- * As the main effect of a server program, usually through `runMain`. The
- * application is a layer: its servers (`Server.layer`, `SocketServer.layer`)
- * and whatever they need.
+ * It builds `app` with `Listeners` and `Supervisor` provided, says it is
+ * ready once every layer of `app` is built, restarts on the restart signals
+ * (`SIGUSR2`) and on `restart`, and drains on `SIGTERM`, `SIGINT`, a call to
+ * `terminate`, or a hand-off, then ends the program by interrupting the fiber
+ * that built it.
  *
  * **Details**
  *
+ * - Ready means every server listens. Only then are unclaimed inherited fds
+ *   closed, the PID file written, and the parent (after a restart) or
+ *   systemd (`READY=1`) told.
  * - A successor receives its parent's TLS session ticket keys
  *   (`Server.TicketKeys`) over the private readiness channel before it builds
  *   `app`, so clients resume their TLS sessions across a restart.
- * - Ready means every layer of `app` is built: every server listens. Only then
- *   are unclaimed inherited fds closed, the PID file written, and the parent
- *   (after a restart) or systemd (`READY=1`) told.
- * - A restart signal that arrives while a restart is under way, before this
- *   process is ready, while its parent still drains or while it drains itself
- *   is refused and logged; a programmatic `restart` fails with the reason.
- * - `run` handles `SIGTERM` and `SIGINT` itself and returns normally after the
- *   drain, so the process exits 0. A second one during the drain re-raises
- *   the signal with its default action, which ends the process at once.
+ * - Every restart attempt, refused or failed ones too, is logged with its
+ *   reason, is a span (`effect-grace.restart`) and counts in `metrics`.
+ * - A termination during a restart wins: the successor is killed and reaped,
+ *   and systemd hears `STOPPING=1`, never `MAINPID=` after it.
+ * - A second termination signal during a drain ends the process at once.
  *
  * **Gotchas**
  *
- * The successor is `process.execPath` with `process.execArgv` and
- * `process.argv`: start the program as `node main.ts`, not through `npm run`,
- * or the restarted process is npm's child and `LISTEN_PID` names npm.
+ * - Launch this layer itself, with everything of the application inside
+ *   `app`: merged beside other layers, it is built on a fiber of its own, and
+ *   ending that fiber does not end the program.
+ * - The successor is `process.execPath` with `process.execArgv` and
+ *   `process.argv`: start the program as `node main.ts`, not through
+ *   `npm run`, or `LISTEN_PID` names npm.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = <A, E, R>(
+  app: Layer.Layer<A, E, R>,
+  options: Options = {}
+): Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>> =>
+  Layer.effectDiscard(
+    Effect.withFiber((main) =>
+      Report.startupFailure(
+        Effect.gen(function* () {
+          const { stopped } = yield* supervise(app, options)
+          // Once stopping, the program ends: the launching fiber's scope closing is the drain.
+          yield* Effect.forkScoped(
+            Effect.andThen(
+              Deferred.await(stopped),
+              Effect.sync(() => main.interruptUnsafe())
+            )
+          )
+        })
+      )
+    )
+  ) as Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>>
+
+/**
+ * Runs `app` under the supervisor as an Effect that returns once the drain
+ * after a termination or a hand-off is done: the same supervisor as `layer`,
+ * for a program that does more after it, or a test.
  *
  * @since 0.1.0
  * @category running
@@ -335,228 +592,47 @@ const logged = (message: string, annotations: Record<string, unknown>) =>
 export const run = <A, E, R>(
   app: Layer.Layer<A, E, R>,
   options: Options = {}
-): Effect.Effect<
-  void,
-  E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError,
-  Exclude<R, Listeners.Listeners | Supervisor>
-> =>
-  // The application's requirements other than Listeners and Supervisor come from the caller.
+): Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>> =>
   Report.startupFailure(
-    Effect.scoped(
-      Effect.gen(function* () {
-        const command = Successor.selfCommand()
-        const configured = yield* config
-        const readyTimeout = Duration.fromInputUnsafe(
-          options.readyTimeout ?? Option.getOrElse(configured.readyTimeout, () => Duration.seconds(60))
-        )
-        const pidFile = Option.map(
-          Option.fromUndefinedOr(options.pidFile).pipe(Option.orElse(() => configured.pidFile)),
-          (p) => resolve(p)
-        )
-        const restartSignals = options.restartSignals ?? ["SIGUSR2"]
-
-        const readyFd = yield* Config.option(Config.Int(Successor.READY_FD_VARIABLE))
-        const sendsTicketKeys = yield* Config.option(Config.String(Successor.TICKET_KEYS_VARIABLE))
-        delete process.env[Successor.READY_FD_VARIABLE]
-        delete process.env[Successor.TICKET_KEYS_VARIABLE]
-        const inherited = yield* ListenFds.make()
-        const listeners = yield* Listeners.make(inherited)
-        const notify = yield* Notify.make
-        const parent = yield* Successor.openParentChannel(
-          Option.getOrUndefined(readyFd),
-          Option.getOrUndefined(sendsTicketKeys) === "channel"
-        )
-        // TLS sessions resume across restarts: the keys of the first generation, handed down.
-        const ticketKeys = (parent !== undefined ? yield* parent.ticketKeys : undefined) ?? (yield* Tickets.TicketKeys)
-
-        let state: State = "starting"
-        const stop = yield* Deferred.make<"terminate" | "handoff">()
-        const services = yield* Effect.context<never>()
-
-        const warn = (error: RestartError) =>
-          Effect.logWarning(`effect-grace: ${error.message}`).pipe(
-            Effect.annotateLogs({ pid: process.pid, reason: error.reason._tag })
-          )
-        const attempt: Effect.Effect<number, RestartError> = Effect.suspend(() => {
-          // A refusal is logged as a failure is, whoever asked.
-          const refuse = (reason: RestartErrorReason) => {
-            const error = new RestartError({ reason })
-            return Effect.andThen(warn(error), Effect.fail(error))
-          }
-          if (state === "restarting") return refuse(new AlreadyInProgress())
-          if (state === "starting" || state === "draining") return refuse(new NotServing({ state }))
-          if (parent !== undefined && parent.isAlive()) return refuse(new ParentStillRunning({ parentPid: parent.pid }))
-          const native = Sys.native()
-          if (!native.available) return refuse(new Unsupported({ platform: native.platform, detail: native.reason }))
-          state = "restarting"
-          return Effect.gen(function* () {
-            // With the native calls, every listener has a fd.
-            const passed = (yield* listeners.active).flatMap((l) =>
-              l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]
-            )
-            yield* logged("effect-grace: restart started", { pid: process.pid, listeners: passed.length })
-            yield* Effect.ignore(notify.reloading)
-            const started = Date.now()
-            const successor = yield* Successor.spawnSuccessor({
-              command,
-              passed,
-              env: process.env,
-              readyTimeout,
-              ticketKeys
-            }).pipe(Effect.mapError((failure) => new RestartError({ reason: fromFailure(failure) })))
-            // From here on the successor serves too: this process must not unlink what it hands on.
-            yield* listeners.handOff
-            state = "draining"
-            yield* Effect.ignore(notify.mainPid(successor.pid, { ready: true }))
-            yield* Metric.update(metrics.handOff, Duration.millis(Date.now() - started))
-            yield* Effect.annotateCurrentSpan("effect-grace.successor.pid", successor.pid)
-            yield* logged("effect-grace: successor ready", { pid: process.pid, successor: successor.pid })
-            yield* Deferred.succeed(stop, "handoff")
-            return successor.pid
-          }).pipe(
-            Effect.tapError((error) =>
-              Effect.gen(function* () {
-                state = "serving"
-                yield* Effect.ignore(notify.ready)
-                yield* warn(error)
-              })
-            ),
-            Effect.onInterrupt(() =>
-              Effect.sync(() => {
-                if (state === "restarting") state = "serving"
-              })
-            )
-          )
-        })
-
-        // Every attempt, refused or not, is a span and counts by its outcome.
-        const restart: Effect.Effect<number, RestartError> = attempt.pipe(
-          Effect.onExit((exit) => {
-            const outcome = Exit.isSuccess(exit)
-              ? "ready"
-              : Option.match(Cause.findErrorOption(exit.cause), {
-                  onNone: () => "interrupted",
-                  onSome: (error) => error.reason._tag
-                })
-            return Effect.andThen(
-              Effect.annotateCurrentSpan("effect-grace.outcome", outcome),
-              Metric.update(Metric.withAttributes(metrics.restarts, { outcome }), 1)
-            )
-          }),
-          Effect.withSpan("effect-grace.restart", { attributes: { "effect-grace.pid": process.pid } })
-        )
-
-        const terminate = Effect.gen(function* () {
-          if (state === "draining") return
-          state = "draining"
-          yield* Effect.ignore(notify.stopping)
-          yield* Deferred.succeed(stop, "terminate")
-        })
-
-        const supervisor = Supervisor.of({
-          restart,
-          terminate,
-          parentPid: Effect.sync(() =>
-            parent !== undefined && parent.isAlive() ? Option.some(parent.pid) : Option.none()
-          )
-        })
-
-        // Signals: installed first, so a termination during start-up is not lost.
-        const runFork = Effect.runForkWith(services)
-        let terminations = 0
-        const onTerminate = (signal: NodeJS.Signals) => {
-          terminations++
-          if (terminations > 1) {
-            // A second termination signal during the drain: the signal's default action, at once.
-            removeHandlers()
-            process.kill(process.pid, signal)
-            return
-          }
-          runFork(
-            Effect.andThen(logged("effect-grace: termination requested", { pid: process.pid, signal }), terminate)
-          )
-        }
-        const onRestart = (signal: NodeJS.Signals) => {
-          runFork(
-            Effect.andThen(
-              logged("effect-grace: restart requested", { pid: process.pid, signal }),
-              Effect.ignore(restart)
-            )
-          )
-        }
-        const removeHandlers = () => {
-          process.off("SIGTERM", onTerminate)
-          process.off("SIGINT", onTerminate)
-          for (const signal of restartSignals) process.off(signal, onRestart)
-        }
-        yield* Effect.acquireRelease(
-          Effect.sync(() => {
-            process.on("SIGTERM", onTerminate)
-            process.on("SIGINT", onTerminate)
-            for (const signal of restartSignals) process.on(signal, onRestart)
-          }),
-          () => Effect.sync(removeHandlers)
-        )
-
-        // The application: its servers listen once its layers are built, and drain when its scope closes.
-        const appScope = yield* Scope.make()
-        yield* Effect.addFinalizer((exit) => Scope.close(appScope, exit))
-        yield* Layer.buildWithScope(
-          app.pipe(
-            Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
-            Layer.provide(Layer.succeed(Supervisor)(supervisor)),
-            Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
-            // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
-            Layer.provide(Drain.layerConfig)
-          ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor>>,
-          appScope
-        )
-
-        yield* listeners.closeUnclaimed
-        if (Option.isSome(pidFile)) yield* writePidFile(pidFile.value)
-        if (parent !== undefined) {
-          yield* parent.signalReady
-        } else {
-          yield* Effect.ignore(notify.ready)
-        }
-        if (state === "starting") state = "serving"
-        const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
-        yield* logged("effect-grace: ready", { pid: process.pid, listeners: addresses.join(", ") })
-
-        const reason = yield* Deferred.await(stop)
-        yield* logged("effect-grace: draining", { pid: process.pid, reason })
-        const started = Date.now()
-        yield* Scope.close(appScope, Exit.void)
-        if (reason === "terminate" && Option.isSome(pidFile)) yield* removePidFileIfOurs(pidFile.value)
-        yield* logged("effect-grace: stopped", { pid: process.pid, reason, drainMillis: Date.now() - started })
-      })
-    )
-  ) as Effect.Effect<
-    void,
-    E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError,
-    Exclude<R, Listeners.Listeners | Supervisor>
-  >
+    Effect.scoped(Effect.flatMap(supervise(app, options), ({ stopped }) => Effect.asVoid(Deferred.await(stopped))))
+  ) as Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>>
 
 /**
- * Runs an effect, usually `run(app)`, as the main program of the process: the
- * exit code is 0 when it succeeds (after a graceful termination or a
- * hand-off) and 1 when it fails (for example, the application could not
- * start). Unlike `NodeRuntime.runMain`, it installs no signal handlers (`run`
- * has its own) and never calls `process.exit`: the process ends when its work
- * is done.
- *
- * @example
- * ```ts
- * Supervisor.run(App).pipe(Supervisor.runMain)
- * ```
+ * The teardown for `NodeRuntime.runMain` (or any `Runtime.makeRunMain`): exit
+ * code 0 once the supervisor has drained after a termination or a hand-off
+ * (the main fiber then ends interrupted, which the default teardown counts as
+ * 130), 1 for a failure, and the default teardown's codes otherwise.
  *
  * @since 0.1.0
  * @category running
  */
-export const runMain = Runtime.makeRunMain(({ fiber, teardown }) => {
-  fiber.addObserver((exit) => {
-    teardown(exit, (code) => {
-      process.exitCode = code
+export const teardown: Runtime.Teardown = (exit, onExit) => {
+  if (stoppedGracefully && (Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause))) return onExit(0)
+  return Runtime.defaultTeardown(exit, onExit)
+}
+
+/**
+ * A `Supervisor` for testing an application's own code (an admin endpoint
+ * that restarts, for example) without processes: `restart` answers as given
+ * (by default a successor's pid, 1), and every call is recorded in `calls`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTest = (
+  options: {
+    readonly restart?: Effect.Effect<number, RestartError> | undefined
+    readonly parentPid?: number | undefined
+    readonly calls?: Array<"restart" | "terminate"> | undefined
+  } = {}
+): Layer.Layer<Supervisor> =>
+  Layer.succeed(Supervisor)(
+    Supervisor.of({
+      restart: Effect.suspend(() => {
+        options.calls?.push("restart")
+        return options.restart ?? Effect.succeed(1)
+      }),
+      terminate: Effect.sync(() => void options.calls?.push("terminate")),
+      parentPid: Effect.succeed(Option.fromUndefinedOr(options.parentPid))
     })
-  })
-})
+  )

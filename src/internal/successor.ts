@@ -21,7 +21,6 @@
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import * as Net from "node:net"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Result from "effect/Result"
 import * as Sys from "./sys.ts"
@@ -56,36 +55,45 @@ export interface Passed {
   readonly name: string
 }
 
-/** Why a successor did not become ready. */
-export type Failure =
-  | { readonly _tag: "SpawnFailed"; readonly cause: unknown }
-  | {
-      readonly _tag: "ExitedBeforeReady"
-      readonly pid: number | undefined
-      readonly code: number | null
-      readonly signal: string | null
-    }
-  | { readonly _tag: "NotReadyInTime"; readonly timeout: Duration.Duration }
+/** The successor could not be started at all. */
+export interface SpawnFailure {
+  readonly _tag: "SpawnFailed"
+  readonly cause: unknown
+}
 
-/** A successor that said it is ready. */
-export interface Ready {
+/** The successor exited before it said it was ready. */
+export interface EarlyExit {
+  readonly _tag: "ExitedBeforeReady"
   readonly pid: number
-  readonly child: ChildProcess
+  readonly code: number | null
+  readonly signal: string | null
 }
 
 /**
- * Spawns the successor and waits for its ready line. On any failure the
- * successor is killed (if it still runs) and reaped before this fails; an
- * interruption does the same.
+ * A successor, running. Whoever spawned it either `release`s it once it is
+ * ready (it is the new main process) or `kill`s it: nothing else ends it.
  */
-export const spawnSuccessor = (options: {
+export interface Successor {
+  readonly pid: number
+  /** Completes once it has said it is ready; fails if it exits first. Kills nothing. */
+  readonly ready: Effect.Effect<void, EarlyExit>
+  /** Kills it (SIGKILL) if it still runs, and waits until it is reaped. */
+  readonly kill: Effect.Effect<void>
+  /** Leaves it running; the channel stays open until this process exits, which its close tells the successor. */
+  readonly release: Effect.Effect<void>
+}
+
+/** What a successor is started with. */
+export interface SpawnOptions {
   readonly command: Command
   readonly passed: ReadonlyArray<Passed>
   readonly env: NodeJS.ProcessEnv
-  readonly readyTimeout: Duration.Duration
   readonly ticketKeys: Buffer
-}): Effect.Effect<Ready, Failure> =>
-  Effect.callback<Ready, Failure>((resume) => {
+}
+
+/** Spawns the successor with the listeners and the channel, and sends it the ticket keys. */
+export const spawnSuccessor = (options: SpawnOptions): Effect.Effect<Successor, SpawnFailure> =>
+  Effect.callback<Successor, SpawnFailure>((resume) => {
     const { command, passed } = options
     const readyFd = 3 + passed.length
     let child: ChildProcess
@@ -105,59 +113,64 @@ export const spawnSuccessor = (options: {
       return resume(Effect.fail({ _tag: "SpawnFailed", cause }))
     }
     const channel = child.stdio[readyFd] as Net.Socket
+    channel.on("error", () => {})
+    // Node has no pid for a child it could not start, and reports why as an `error` event.
+    if (child.pid === undefined) {
+      child.once("error", (cause) => resume(Effect.fail({ _tag: "SpawnFailed", cause })))
+      return
+    }
+    const pid = child.pid
     channel.write(`${KEYS_PREFIX}${options.ticketKeys.toString("base64")}\n`)
-    let settled = false
-    let received = ""
 
-    const cleanup = () => {
-      clearTimeout(timer)
-      channel.off("data", onData)
-      child.off("exit", onExit)
-      child.off("error", onError)
+    let isReady = false
+    let exit: EarlyExit | undefined
+    const waiters = new Set<() => void>()
+    const wake = () => {
+      for (const waiter of waiters) waiter()
     }
-    // A successor that failed is killed and reaped before the failure is reported: no orphan, no zombie.
-    const failAfterExit = (failure: Failure) => {
-      settled = true
-      cleanup()
-      channel.destroy()
-      if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.fail(failure))
-      child.once("exit", () => resume(Effect.fail(failure)))
-      child.kill("SIGKILL")
-    }
+    let received = ""
     const onData = (chunk: Buffer) => {
       received += chunk.toString()
-      if (settled || !received.includes(READY_LINE)) return
-      settled = true
-      cleanup()
-      // Held open until this process exits: its close tells the successor the parent is gone.
-      channel.on("error", () => {})
-      channel.unref()
-      child.unref()
-      resume(Effect.succeed({ pid: child.pid!, child }))
+      if (!received.includes(READY_LINE)) return
+      isReady = true
+      channel.off("data", onData)
+      wake()
     }
-    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
-      if (!settled) failAfterExit({ _tag: "ExitedBeforeReady", pid: child.pid, code, signal })
-    }
-    const onError = (cause: Error) => {
-      if (!settled) failAfterExit({ _tag: "SpawnFailed", cause })
-    }
-    const timer = setTimeout(
-      () => failAfterExit({ _tag: "NotReadyInTime", timeout: options.readyTimeout }),
-      Duration.toMillis(options.readyTimeout)
-    )
     channel.on("data", onData)
-    channel.on("error", () => {})
-    child.on("exit", onExit)
-    child.on("error", onError)
-    return Effect.callback<void>((resumeInterrupt) => {
-      if (settled) return resumeInterrupt(Effect.void)
-      settled = true
-      cleanup()
-      channel.destroy()
-      if (child.exitCode !== null || child.signalCode !== null) return resumeInterrupt(Effect.void)
-      child.once("exit", () => resumeInterrupt(Effect.void))
-      child.kill("SIGKILL")
+    child.on("error", () => {})
+    child.once("exit", (code, signal) => {
+      exit = { _tag: "ExitedBeforeReady", pid, code, signal }
+      wake()
     })
+    const exited = () => child.exitCode !== null || child.signalCode !== null
+
+    resume(
+      Effect.succeed<Successor>({
+        pid,
+        ready: Effect.callback<void, EarlyExit>((done) => {
+          const check = () => {
+            if (isReady) done(Effect.void)
+            else if (exit !== undefined) done(Effect.fail(exit))
+            else return false
+            waiters.delete(check)
+            return true
+          }
+          if (check()) return
+          waiters.add(check)
+          return Effect.sync(() => waiters.delete(check))
+        }),
+        kill: Effect.callback<void>((done) => {
+          channel.destroy()
+          if (exited()) return done(Effect.void)
+          child.once("exit", () => done(Effect.void))
+          child.kill("SIGKILL")
+        }),
+        release: Effect.sync(() => {
+          channel.unref()
+          child.unref()
+        })
+      })
+    )
   })
 
 /** The successor's end of the channel: tell the parent we are ready, learn when it has gone. */
