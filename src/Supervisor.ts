@@ -37,6 +37,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberHandle from "effect/FiberHandle"
+import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -307,14 +308,17 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     const parent = yield* os.parent
     const inherited = yield* ListenFds.make()
     const listeners = yield* Listeners.make(inherited)
-    const notify = yield* Notify.make
+    // A Notify given by the caller (a test's) wins over the one NOTIFY_SOCKET names.
+    const given = yield* Effect.serviceOption(Notify.Notify)
+    const notify = Option.isSome(given) ? given.value : yield* Notify.make
     // TLS sessions resume across restarts: the keys of the first generation, handed down.
     const ticketKeys = (parent !== undefined ? yield* parent.ticketKeys : undefined) ?? (yield* Tickets.TicketKeys)
 
-    const scope = yield* Effect.scope
     const stopped = yield* Deferred.make<"terminate" | "handoff">()
     const lock = yield* Semaphore.make(1)
     const restarting = yield* FiberHandle.make<void, never>()
+    // Restarts asked for by a signal; made before the drain's finalizer, so a signal during the drain is refused.
+    const requested = yield* FiberSet.make<number, RestartError>()
     let state: Machine.State<Reply> = { _tag: "Starting" }
     let lastSignal: NodeJS.Signals = "SIGTERM"
 
@@ -333,7 +337,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
       })
     }
 
-    const refusal = (refusal: Machine.Refusal): RestartErrorReason => {
+    const refusalReason = (refusal: Machine.Refusal): RestartErrorReason => {
       switch (refusal._tag) {
         case "AlreadyInProgress":
           return new AlreadyInProgress()
@@ -351,7 +355,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
       }
     }
 
-    const failure = (failure: Failure): RestartErrorReason => {
+    const failureReason = (failure: Failure): RestartErrorReason => {
       switch (failure._tag) {
         case "SpawnFailed":
           return new SpawnFailed({ cause: failure.cause })
@@ -394,7 +398,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     const perform = (action: Machine.Action<Reply, Failure>): Effect.Effect<void> => {
       switch (action._tag) {
         case "Refuse":
-          return fail(action.reply, refusal(action.refusal))
+          return fail(action.reply, refusalReason(action.refusal))
         case "StartRestart":
           return Effect.asVoid(FiberHandle.run(restarting, restartFiber))
         case "InterruptRestart":
@@ -408,7 +412,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
             if (action.reply !== undefined) yield* Deferred.succeed(action.reply, action.pid)
           })
         case "RestartFailed":
-          return Effect.andThen(Effect.ignore(notify.ready), fail(action.reply, failure(action.failure)))
+          return Effect.andThen(Effect.ignore(notify.ready), fail(action.reply, failureReason(action.failure)))
         case "NotifyReloading":
           return Effect.ignore(notify.reloading)
         case "NotifyStopping":
@@ -425,15 +429,19 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
       }
     }
 
-    // One event at a time: the machine decides, the runtime carries out its actions in order.
+    // One event at a time: the machine decides, the runtime carries out its actions in order, in the supervisor's
+    // own context (its logger and tracer), whoever sent the event.
+    const services = yield* Effect.context<never>()
     const dispatch = (event: Machine.Event<Reply, Failure>): Effect.Effect<void> =>
-      lock.withPermits(1)(
-        Effect.suspend(() => {
-          const [next, actions] = Machine.transition(state, event, facts())
-          state = next
-          return Effect.forEach(actions, perform, { discard: true })
-        })
-      )
+      lock
+        .withPermits(1)(
+          Effect.suspend(() => {
+            const [next, actions] = Machine.transition(state, event, facts())
+            state = next
+            return Effect.forEach(actions, perform, { discard: true })
+          })
+        )
+        .pipe(Effect.provideContext(services))
 
     const restart: Effect.Effect<number, RestartError> = Effect.gen(function* () {
       const reply = yield* Deferred.make<number, RestartError>()
@@ -467,7 +475,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
         if (restartSignals.includes(signal)) {
           return Effect.andThen(
             logged("effect-grace: restart requested", { pid: os.pid, signal }),
-            Effect.ignore(Effect.forkIn(restart, scope))
+            FiberSet.run(requested, restart)
           )
         }
         lastSignal = signal
@@ -479,7 +487,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     )
 
     // The application: its servers listen once its layers are built, and drain when its scope closes.
-    const appScope = yield* Scope.fork(scope, "sequential")
+    const appScope = yield* Scope.fork(yield* Effect.scope, "sequential")
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         // A start-up that failed (or was interrupted) served nothing: there is nothing to drain or report.

@@ -285,7 +285,7 @@ const rawConnection = (port: number, tls: { readonly cert: Buffer } | undefined)
   ).pipe(
     Effect.map((socket) => {
       let received = ""
-      let closed = false
+      let serverDone = false
       const waiters = new Set<() => void>()
       const wake = () => {
         for (const waiter of waiters) waiter()
@@ -296,12 +296,12 @@ const rawConnection = (port: number, tls: { readonly cert: Buffer } | undefined)
       })
       socket.on("error", () => {})
       // The server's side is done: an end (a half-open client keeps its own side) or a close.
-      const done = () => {
-        closed = true
+      const ended = () => {
+        serverDone = true
         wake()
       }
-      socket.on("end", done)
-      socket.on("close", done)
+      socket.on("end", ended)
+      socket.on("close", ended)
       const answered = () => [...received.matchAll(/id=(\w+);/g)].map((match) => match[1]!)
       const until = (done: () => boolean, what: string) =>
         Effect.callback<void>((resume) => {
@@ -325,7 +325,7 @@ const rawConnection = (port: number, tls: { readonly cert: Buffer } | undefined)
         },
         answered,
         answer: (id: string) => until(() => answered().includes(id), `the answer to ${id}`),
-        closed: until(() => closed, "the server to close the connection")
+        closed: until(() => serverDone, "the server to close the connection")
       }
     })
   )

@@ -7,7 +7,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Sys from "../src/internal/sys.ts"
-import { request } from "./support/http.ts"
+import { keepAliveAgent, request } from "./support/http.ts"
 import type { Reply } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { certificateFiles, tlsConnect } from "./support/tls.ts"
@@ -94,15 +94,25 @@ const readyOf = (fixture: Spawned, pid: number): Effect.Effect<Generation> =>
 /** Sends the restart signal to a generation and waits for its successor to be ready. */
 const restart = (fixture: Spawned, generation: Generation) =>
   Effect.gen(function* () {
-    const before = fixture.lines.length
     process.kill(generation.pid, "SIGUSR2")
+    // Each generation hands off once: its "successor ready" line can only be this restart's.
     const match = yield* fixture.waitForLine(
       new RegExp(`"effect-grace: successor ready".*"pid":${generation.pid},"successor":(\\d+)`)
     )
-    assert.isAtLeast(fixture.lines.length, before)
     const successor = Number(match[1])
     return yield* readyOf(fixture, successor)
   })
+
+/** A request held on `generation` until `release` makes its file: a request in flight for as long as a test needs. */
+const hold = (port: number, dir: string, name: string) =>
+  Effect.gen(function* () {
+    const file = Path.join(dir, name)
+    const reply = yield* Effect.forkChild(get({ port }, `/hold?file=${encodeURIComponent(file)}`))
+    return { reply, release: Effect.sync(() => Fs.writeFileSync(file, "")) }
+  })
+
+const holding = (fixture: Spawned, generation: Generation) =>
+  fixture.waitForLine(new RegExp(`^holding ${generation.pid}$`))
 
 /** Waits until a generation has received a /sleep request (the fixture prints a line). */
 const sleeping = (fixture: Spawned, generation: Generation) =>
@@ -120,22 +130,25 @@ describe("Supervisor", () => {
     () =>
       Effect.gen(function* () {
         const port = yield* freePort()
+        const dir = yield* tempDir
         const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
         assert.strictEqual(pidOf(yield* get({ port }, "/")), first.pid)
 
-        const slow = yield* Effect.forkChild(get({ port }, "/sleep?ms=1500"))
-        yield* sleeping(fixture, first)
+        const slow = yield* hold(port, dir, "slow")
+        yield* holding(fixture, first)
         const second = yield* restart(fixture, first)
         assert.notStrictEqual(second.pid, first.pid)
 
         const quick = yield* get({ port }, "/")
         assert.strictEqual(pidOf(quick), second.pid)
-        // While its parent still drains, the successor refuses to restart.
+        // While its parent still drains (it holds the slow request), the successor refuses to restart.
+        assert.isTrue(isAlive(first.pid))
         const early = yield* get({ port }, "/restart", "POST")
         assert.strictEqual(early.body, "failed ParentStillRunning\n")
-        const slowReply = yield* Fiber.join(slow)
+        yield* slow.release
+        const slowReply = yield* Fiber.join(slow.reply)
         assert.strictEqual(slowReply.status, 200)
-        assert.strictEqual(slowReply.body, `slept 1500 from pid ${first.pid}\n`)
+        assert.strictEqual(slowReply.body, `held from pid ${first.pid}\n`)
 
         const exit = yield* fixture.exited()
         assert.deepStrictEqual(exit, { code: 0, signal: null })
@@ -189,14 +202,17 @@ describe("Supervisor", () => {
       Effect.gen(function* () {
         const port = yield* freePort()
         const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
-        const sentAt = Date.now()
         for (let i = 0; i < 5; i++) process.kill(first.pid, "SIGUSR2")
-        assert.isBelow(Date.now() - sentAt, 100)
         const match = yield* fixture.waitForLine(/"effect-grace: successor ready".*"successor":(\d+)/)
         const second = yield* readyOf(fixture, Number(match[1]))
         yield* fixture.exited()
-        const started = fixture.lines.filter((line) => line.includes('"effect-grace: restart started"'))
-        assert.strictEqual(started.length, 1)
+        const linesOf = (text: string) => fixture.lines.filter((line) => line.includes(text)).length
+        assert.strictEqual(linesOf('"effect-grace: restart started"'), 1)
+        // The kernel may merge signals that are pending together; each one delivered beyond the first is refused,
+        // and the refusal logged.
+        const requested = linesOf('"effect-grace: restart requested"')
+        assert.isAtLeast(requested, 1)
+        assert.strictEqual(linesOf('"reason":"AlreadyInProgress"'), requested - 1)
         assert.deepStrictEqual(processesTagged(tag), [second.pid])
         assert.strictEqual(pidOf(yield* get({ port }, "/")), second.pid)
       }),
@@ -215,9 +231,9 @@ describe("Supervisor", () => {
           env: { GRACE_PID_FILE: pidFile }
         })
         assert.strictEqual(Fs.readFileSync(pidFile, "utf8"), `${first.pid}\n`)
-        // A slow request keeps the old process draining after the hand-off, so the order below is observable.
-        const slow = yield* Effect.forkChild(get({ port }, "/sleep?ms=1500"))
-        yield* sleeping(fixture, first)
+        // A request held in flight keeps the old process draining after the hand-off, so the order is observable.
+        const slow = yield* hold(port, dir, "slow")
+        yield* holding(fixture, first)
         const replies = yield* Effect.all([get({ port }, "/restart", "POST"), get({ port }, "/restart", "POST")], {
           concurrency: 2
         })
@@ -228,9 +244,10 @@ describe("Supervisor", () => {
         // Written by the successor before its parent exits.
         assert.isTrue(isAlive(first.pid))
         assert.strictEqual(Fs.readFileSync(pidFile, "utf8"), `${successor}\n`)
-        assert.strictEqual((yield* Fiber.join(slow)).body, `slept 1500 from pid ${first.pid}\n`)
+        yield* slow.release
+        assert.strictEqual((yield* Fiber.join(slow.reply)).body, `held from pid ${first.pid}\n`)
         yield* fixture.exited()
-        assert.deepStrictEqual(Fs.readdirSync(dir), ["server.pid"], "no temporary file left behind")
+        assert.deepStrictEqual(Fs.readdirSync(dir).toSorted(), ["server.pid", "slow"], "no temporary file left behind")
         // A graceful termination removes the file it wrote.
         process.kill(successor, "SIGTERM")
         yield* gone(successor)
@@ -426,6 +443,91 @@ describe("Supervisor", () => {
         assert.strictEqual(count("effect-grace.restart.handoff", {}), 1)
         assert.strictEqual(count("effect-grace.drain.duration", { server: `127.0.0.1:${port}` }), 1)
         assert.strictEqual(count("effect-grace.drain.forced", { server: `127.0.0.1:${port}` }), 0)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "under NodeRuntime.runMain, keep-alive clients sending through three restarts lose no request",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const agents = yield* Effect.forEach(Array.from({ length: 4 }), () => keepAliveAgent())
+        const answers: Array<number> = []
+        const failures: Array<string> = []
+        const load = { sending: true }
+        const clients = yield* Effect.forEach(agents, (agent) =>
+          Effect.forkChild(
+            Effect.gen(function* () {
+              while (load.sending) {
+                const reply = yield* Effect.result(request(`http://127.0.0.1:${port}/`, { agent }))
+                if (reply._tag === "Success") answers.push(pidOf(reply.success))
+                else failures.push(reply.failure.message)
+              }
+            })
+          )
+        )
+        const generations = [first]
+        for (let i = 0; i < 3; i++) {
+          const answered = answers.length
+          yield* eventually(() => answers.length >= answered + 100, "load before the restart")
+          generations.push(yield* restart(fixture, generations.at(-1)!))
+          yield* eventually(() => answers.at(-1) === generations.at(-1)!.pid, "the successor answering")
+        }
+        yield* eventually(() => answers.length >= 100 + answers.lastIndexOf(generations.at(-2)!.pid), "load after")
+        load.sending = false
+        yield* Effect.forEach(clients, Fiber.join)
+        assert.deepStrictEqual(failures, [])
+        assert.deepStrictEqual(
+          [...new Set(answers)].toSorted(),
+          generations.map((g) => g.pid).toSorted(),
+          "every generation answered"
+        )
+        assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null }, "the first exits 0 after hand-off")
+        const last = generations.at(-1)!
+        process.kill(last.pid, "SIGTERM")
+        yield* gone(last.pid)
+        yield* fixture.waitForLine(new RegExp(`"effect-grace: stopped".*"pid":${last.pid},"reason":"terminate"`))
+        assert.deepStrictEqual(processesTagged(tag), [])
+      }),
+    { timeout: 60_000 }
+  )
+
+  it.live(
+    "SIGTERM during a restart: the successor is killed, the old process drains and exits 0, STOPPING=1 is last",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const modeFile = Path.join(dir, "mode")
+        const notifySocket = Path.join(dir, "notify.sock")
+        const bound = Sys.bindDatagram(notifySocket)
+        assert.isTrue(Result.isSuccess(bound))
+        const fd = (bound as Result.Success<number, never>).success
+        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+        const port = yield* freePort()
+        const { fixture, tag, first } = yield* start({
+          specs: (id) => [`${id}=127.0.0.1:${port}`],
+          env: { FIXTURE_MODE_FILE: modeFile, NOTIFY_SOCKET: notifySocket }
+        })
+        // The successor will never be ready.
+        Fs.writeFileSync(modeFile, "hang")
+        process.kill(first.pid, "SIGUSR2")
+        yield* fixture.waitForLine(/"effect-grace: restart started"/)
+        yield* eventually(() => processesTagged(tag).length === 2, "the successor to run")
+        process.kill(first.pid, "SIGTERM")
+        assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
+        yield* eventually(() => processesTagged(tag).length === 0, "no process of the run left")
+        const received: Array<string> = []
+        for (;;) {
+          const datagram = Sys.receiveDatagram(fd)
+          if (Result.isFailure(datagram) || datagram.success === undefined) break
+          received.push(datagram.success.toString())
+        }
+        assert.strictEqual(received.length, 3, received.join(" | "))
+        assert.strictEqual(received[0], "READY=1")
+        assert.match(received[1]!, /^RELOADING=1\nMONOTONIC_USEC=\d+$/)
+        assert.strictEqual(received[2], "STOPPING=1")
       }),
     { timeout: 30_000 }
   )

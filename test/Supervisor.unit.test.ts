@@ -1,0 +1,267 @@
+/**
+ * The supervisor over a fake operating system, under a TestClock: every
+ * transition and refusal, in milliseconds. `test/Supervisor.test.ts` checks
+ * the same guarantees with real processes.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as References from "effect/References"
+import * as TestClock from "effect/testing/TestClock"
+import * as Notify from "../src/Notify.ts"
+import * as Supervisor from "../src/Supervisor.ts"
+import * as Os from "../src/internal/os.ts"
+import * as FakeOs from "./support/os.ts"
+
+/** Yields to the other fibers until `check` holds: a bound on scheduler turns, not on time. */
+const until = (check: () => boolean, what: string) =>
+  Effect.gen(function* () {
+    for (let turn = 0; turn < 10_000; turn++) {
+      if (check()) return
+      yield* Effect.yieldNow
+    }
+    return yield* Effect.die(new Error(`never: ${what}`))
+  })
+
+/**
+ * Runs an application under the supervisor on a fake OS. The application records its drain; `gate`, if given, holds
+ * its start-up until opened, and `drainGate` its drain.
+ */
+const supervised = (
+  options: Supervisor.Options & {
+    readonly parentPid?: number
+    readonly spawnGate?: Deferred.Deferred<void>
+    readonly gate?: Deferred.Deferred<void>
+    readonly drainGate?: Deferred.Deferred<void>
+  } = {}
+) =>
+  Effect.gen(function* () {
+    const fake = yield* FakeOs.make(options)
+    const notes: Array<string> = []
+    const events: Array<string> = []
+    const warnings: Array<{ message: string; reason: unknown }> = []
+    const logs: Array<string> = []
+    let supervisor: Supervisor.Supervisor["Service"] | undefined
+    const App = Layer.effectDiscard(
+      Effect.gen(function* () {
+        supervisor = yield* Supervisor.Supervisor
+        yield* Effect.addFinalizer(() =>
+          Effect.andThen(
+            options.drainGate !== undefined ? Deferred.await(options.drainGate) : Effect.void,
+            Effect.sync(() => void events.push("drained"))
+          )
+        )
+        if (options.gate !== undefined) yield* Deferred.await(options.gate)
+      })
+    )
+    const logger = Logger.make(({ fiber, logLevel, message }) => {
+      const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+      logs.push(text)
+      if (logLevel !== "Warn") return
+      warnings.push({ message: text, reason: fiber.getRef(References.CurrentLogAnnotations).reason })
+    })
+    const fiber = yield* Effect.forkChild(
+      Supervisor.run(App, options).pipe(
+        Effect.provideService(Os.Os, fake.os),
+        Effect.provide(Notify.layerTest((message) => Effect.sync(() => void notes.push(message)))),
+        Effect.provide(Logger.layer([logger]))
+      )
+    )
+    yield* until(() => supervisor !== undefined, "the application built")
+    if (options.gate === undefined)
+      yield* until(() => notes.includes("READY=1") || options.parentPid !== undefined, "ready")
+    return { fake, notes, events, warnings, logs, fiber, supervisor: supervisor! }
+  })
+
+const reasonOf = (effect: Effect.Effect<number, Supervisor.RestartError>) =>
+  Effect.map(Effect.flip(effect), (error) => error.reason)
+
+describe("Supervisor, on a fake OS", () => {
+  it.effect("a restart signal: RELOADING, a successor, MAINPID with READY once it is ready, then the drain", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ pidFile: "/run/app.pid" })
+      assert.deepStrictEqual(s.fake.pidFile, ["write /run/app.pid"])
+      yield* s.fake.signal("SIGUSR2")
+      const successor = yield* s.fake.spawned
+      assert.deepStrictEqual(s.notes.slice(0, 1), ["READY=1"])
+      assert.match(s.notes[1]!, /^RELOADING=1\nMONOTONIC_USEC=\d+$/)
+      assert.deepStrictEqual(s.events, [], "still serving while the successor starts")
+      yield* Deferred.succeed(successor.ready, undefined)
+      yield* Fiber.join(s.fiber)
+      assert.strictEqual(s.notes[2], "MAINPID=200\nREADY=1")
+      assert.strictEqual(s.notes.length, 3)
+      assert.strictEqual(successor.state, "released")
+      assert.deepStrictEqual(s.events, ["drained"])
+      // The successor has written its own pid: the old process leaves the file alone.
+      assert.deepStrictEqual(s.fake.pidFile, ["write /run/app.pid"])
+    })
+  )
+
+  it.effect("a programmatic restart answers the successor's pid; one during it is refused, and one after it", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised()
+      const first = yield* Effect.forkChild(s.supervisor.restart)
+      const successor = yield* s.fake.spawned
+      assert.strictEqual((yield* reasonOf(s.supervisor.restart))._tag, "AlreadyInProgress")
+      yield* Deferred.succeed(successor.ready, undefined)
+      assert.strictEqual(yield* Fiber.join(first), 200)
+      const after = yield* reasonOf(s.supervisor.restart)
+      assert.deepStrictEqual([after._tag, (after as Supervisor.NotServing).state], ["NotServing", "draining"])
+      assert.strictEqual(s.fake.successors.length, 1, "one successor for all three")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a restart before ready is refused", () =>
+    Effect.gen(function* () {
+      const gate = yield* Deferred.make<void>()
+      const s = yield* supervised({ gate })
+      const early = yield* reasonOf(s.supervisor.restart)
+      assert.deepStrictEqual([early._tag, (early as Supervisor.NotServing).state], ["NotServing", "starting"])
+      assert.deepStrictEqual(s.notes, [])
+      yield* Deferred.succeed(gate, undefined)
+      yield* until(() => s.notes.includes("READY=1"), "ready")
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a successor refuses to restart while its parent drains, and restarts once it has exited", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ parentPid: 41 })
+      const refused = yield* reasonOf(s.supervisor.restart)
+      assert.deepStrictEqual(refused, new Supervisor.ParentStillRunning({ parentPid: 41 }))
+      assert.strictEqual(s.fake.successors.length, 0)
+      s.fake.parentExits()
+      const restart = yield* Effect.forkChild(s.supervisor.restart)
+      yield* Deferred.succeed((yield* s.fake.spawned).ready, undefined)
+      assert.strictEqual(yield* Fiber.join(restart), 200)
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a successor that exits before ready is killed, the error names its pid, READY=1 again; next works", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised()
+      const restart = yield* Effect.forkChild(Effect.flip(s.supervisor.restart))
+      const failed = yield* s.fake.spawned
+      yield* Deferred.fail(failed.ready, { _tag: "ExitedBeforeReady", pid: failed.pid, code: 1, signal: null })
+      const error = yield* Fiber.join(restart)
+      assert.deepStrictEqual(error.reason, new Supervisor.ExitedBeforeReady({ pid: failed.pid, code: 1, signal: null }))
+      assert.strictEqual(failed.state, "killed")
+      assert.strictEqual(s.notes.at(-1), "READY=1", "systemd hears the reload is over")
+      assert.isTrue(s.warnings.some((w) => w.reason === "ExitedBeforeReady"))
+      assert.deepStrictEqual(s.events, [], "still serving")
+      const next = yield* Effect.forkChild(s.supervisor.restart)
+      yield* Deferred.succeed((yield* s.fake.spawned).ready, undefined)
+      assert.strictEqual(yield* Fiber.join(next), 201)
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a successor not ready within readyTimeout is killed then, and not before (TestClock)", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ readyTimeout: "5 seconds" })
+      const restart = yield* Effect.forkChild(Effect.flip(s.supervisor.restart))
+      const hung = yield* s.fake.spawned
+      yield* TestClock.adjust("4999 millis")
+      assert.isUndefined(restart.pollUnsafe())
+      assert.strictEqual(hung.state, "running")
+      yield* TestClock.adjust("1 millis")
+      const error = yield* Fiber.join(restart)
+      assert.strictEqual(error.reason._tag, "NotReadyInTime")
+      assert.strictEqual(hung.state, "killed")
+      assert.strictEqual(s.notes.at(-1), "READY=1")
+      assert.isTrue(s.warnings.some((w) => w.reason === "NotReadyInTime"))
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("SIGTERM while the successor waits to be ready: killed, the caller refused, STOPPING, never MAINPID", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ pidFile: "/run/app.pid" })
+      const restart = yield* Effect.forkChild(Effect.flip(s.supervisor.restart))
+      const successor = yield* s.fake.spawned
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+      assert.strictEqual(successor.state, "killed")
+      assert.strictEqual((yield* Fiber.join(restart)).reason._tag, "NotServing")
+      // Ready too late: nothing is announced.
+      yield* Deferred.succeed(successor.ready, undefined)
+      yield* Effect.yieldNow
+      assert.deepStrictEqual(s.notes.slice(2), ["STOPPING=1"])
+      assert.deepStrictEqual(s.events, ["drained"])
+      assert.deepStrictEqual(s.fake.pidFile, ["write /run/app.pid", "remove /run/app.pid"])
+    })
+  )
+
+  it.effect("SIGTERM while the successor is being spawned: it is killed as soon as it exists", () =>
+    Effect.gen(function* () {
+      const spawnGate = yield* Deferred.make<void>()
+      const s = yield* supervised({ spawnGate })
+      yield* s.fake.signal("SIGUSR2")
+      yield* until(() => s.notes.length === 2, "RELOADING")
+      yield* s.fake.signal("SIGTERM")
+      yield* Deferred.succeed(spawnGate, undefined)
+      yield* Fiber.join(s.fiber)
+      assert.strictEqual(s.fake.successors[0]?.state, "killed")
+      assert.deepStrictEqual(s.notes.slice(2), ["STOPPING=1"])
+    })
+  )
+
+  it.effect("SIGTERM once the successor is ready: the hand-off stands, and the drain goes on", () =>
+    Effect.gen(function* () {
+      const drainGate = yield* Deferred.make<void>()
+      const s = yield* supervised({ drainGate })
+      yield* s.fake.signal("SIGUSR2")
+      const successor = yield* s.fake.spawned
+      yield* Deferred.succeed(successor.ready, undefined)
+      yield* until(() => s.notes.length === 3, "MAINPID")
+      yield* s.fake.signal("SIGTERM")
+      yield* until(() => s.logs.includes("effect-grace: termination requested"), "the signal handled")
+      yield* Deferred.succeed(drainGate, undefined)
+      yield* Fiber.join(s.fiber)
+      assert.strictEqual(successor.state, "released")
+      assert.deepStrictEqual(s.fake.forced, [], "one signal during a hand-off's drain does not force")
+      assert.notInclude(s.notes, "STOPPING=1")
+    })
+  )
+
+  it.effect("during a drain, SIGUSR2 is refused and logged; a second SIGTERM forces the exit", () =>
+    Effect.gen(function* () {
+      const drainGate = yield* Deferred.make<void>()
+      const s = yield* supervised({ drainGate })
+      yield* s.fake.signal("SIGTERM")
+      yield* until(() => s.notes.includes("STOPPING=1"), "STOPPING")
+      yield* s.fake.signal("SIGUSR2")
+      yield* until(() => s.warnings.some((w) => w.reason === "NotServing"), "the refusal logged")
+      assert.strictEqual(s.fake.successors.length, 0)
+      assert.deepStrictEqual(s.fake.forced, [])
+      yield* s.fake.signal("SIGTERM")
+      yield* until(() => s.fake.forced.length === 1, "the forced exit")
+      assert.deepStrictEqual(s.fake.forced, ["SIGTERM"])
+      yield* Deferred.succeed(drainGate, undefined)
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("layerTest gives an application a supervisor to test its own code against", () =>
+    Effect.gen(function* () {
+      const calls: Array<"restart" | "terminate"> = []
+      const refused = new Supervisor.RestartError({ reason: new Supervisor.AlreadyInProgress() })
+      const supervisor = yield* Effect.provide(
+        Effect.gen(function* () {
+          return yield* Supervisor.Supervisor
+        }),
+        Supervisor.layerTest({ restart: Effect.fail(refused), calls })
+      )
+      assert.strictEqual(yield* Effect.flip(supervisor.restart), refused)
+      yield* supervisor.terminate
+      assert.deepStrictEqual(calls, ["restart", "terminate"])
+    })
+  )
+})
