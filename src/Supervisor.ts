@@ -3,17 +3,26 @@
  * of the same program (new code, new configuration, new certificates) without
  * refusing or dropping a connection, and terminates gracefully.
  *
- * `run(app)` builds the application's layers (its servers) on Listeners, says
- * it is ready, and waits. On the restart signal (`SIGUSR2` by default) or a
- * call to `restart`, it starts a successor with every active listener as fds
- * 3.. (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`), waits until the
- * successor's own servers listen, and only then closes its application scope:
- * the servers drain as finalizers, and `run` returns. On `SIGTERM` or `SIGINT`
- * it drains the same way.
+ * `layer(app)` is what a program launches (`Layer.launch(Supervisor.layer(App))`
+ * with `NodeRuntime.runMain({ teardown: Supervisor.teardown })`). It builds the
+ * application's layers (its servers) on Listeners, says it is ready, and
+ * waits. On the restart signal (`SIGUSR2` by default) or a call to `restart`,
+ * it starts a successor with every active listener as fds 3.. (`LISTEN_FDS`,
+ * `LISTEN_FDNAMES`, `LISTEN_PID`), waits until the successor's own servers
+ * listen, and only then drains: the servers drain as finalizers of the
+ * application's scope, and the program ends. On `SIGTERM` or `SIGINT` it
+ * drains the same way.
+ *
+ * Its life is a small state machine (internal/machine.ts), and what it asks
+ * of the operating system (signals, the successor, the PID file) goes through
+ * one service, which tests replace.
  *
  * Invariants, as cloudflare/tableflip keeps them:
  * - One restart at a time; none before this process is ready, none while its
- *   own parent is still draining, none once it is draining itself.
+ *   own parent is still draining, none once it is draining itself. Every
+ *   refusal is logged, whoever asked.
+ * - A termination wins over a restart under way: the successor is killed and
+ *   reaped, and systemd hears nothing after `STOPPING=1`.
  * - The old process stops accepting only after the successor is ready, and
  *   the two share one listening socket, so no connection is refused.
  * - A failed restart (spawn failure, early exit, readiness timeout) leaves

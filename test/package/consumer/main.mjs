@@ -1,4 +1,5 @@
 // A plain Node program using effect-grace as a user installs it: `PORT=8080 node main.mjs`.
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Effect, Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { Server, Supervisor } from "effect-grace"
@@ -26,4 +27,4 @@ const App = HttpRouter.serve(Routes, { disableListenLog: true, disableLogger: tr
   Layer.provide(Server.layer(`127.0.0.1:${process.env.PORT}`))
 )
 
-Supervisor.run(App).pipe(Supervisor.runMain)
+Layer.launch(Supervisor.layer(App)).pipe(NodeRuntime.runMain({ teardown: Supervisor.teardown }))

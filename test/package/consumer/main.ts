@@ -1,4 +1,5 @@
 // A TypeScript program using effect-grace as a user installs it, typechecked with strict NodeNext settings.
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Duration, Effect, Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { Listeners, Server, Supervisor } from "effect-grace"
@@ -49,8 +50,17 @@ const banner: Effect.Effect<void, never, Listeners.Listeners> = Effect.gen(funct
   for (const listener of yield* listeners.active) console.log(Listeners.formatAddress(listener.address))
 })
 
-export const main: Effect.Effect<void, unknown> = Supervisor.run(
+export const App: Layer.Layer<never, unknown> = Supervisor.layer(
   Layer.mergeAll(Public, Admin, Layer.effectDiscard(banner))
+)
+
+export const main = (): void =>
+  Layer.launch(App).pipe(NodeRuntime.runMain({ teardown: Supervisor.teardown, disableErrorReporting: false }))
+
+// The application's own tests get a supervisor without processes.
+export const tested: Effect.Effect<string, never, never> = restart.pipe(
+  Effect.map((response) => String(response.status)),
+  Effect.provide(Supervisor.layerTest({ restart: Effect.succeed(42) }))
 )
 
 // Internals are closed, for the type checker as for Node.
