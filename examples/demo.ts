@@ -4,7 +4,9 @@
  *
  *   node examples/demo.ts [--a0 :48567] [--a1 :48568] [--a2 :48569]
  *
- * `GET /sleep/?duration=20s` waits, then answers with the pid that served it.
+ * `GET /sleep/?duration=20s` waits, then answers with the pid that served it;
+ * `GET /readyz` and `GET /livez` answer the probes. `GRACE_SHUTDOWN_DELAY`
+ * (say `5 seconds`) keeps it serving, unready, for that long after SIGTERM.
  * `kill -USR2 <pid>` restarts it gracefully; `kill -TERM <pid>` or Ctrl-C
  * stops it gracefully. Under `systemd-socket-activate -l ... -l ... -l ...`
  * it serves on the inherited sockets.
@@ -18,7 +20,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Listeners, Server, Supervisor } from "../src/index.ts"
+import { Health, Listeners, Server, Supervisor } from "../src/index.ts"
 
 const { values: flags } = parseArgs({
   options: {
@@ -64,6 +66,8 @@ const sleep = HttpRouter.add("GET", "/sleep/", (request) =>
 
 const Routes = Layer.mergeAll(
   sleep,
+  // GET /readyz and GET /livez, for the probes: unready from the moment a termination begins.
+  Health.routes,
   HttpRouter.add(
     "GET",
     "/",

@@ -340,6 +340,7 @@ export const make = (
     const settings = yield* Drain.resolveSettings(options)
     const ticketKeys = yield* TicketKeys
     const tracker = new Drain.Tracker()
+    yield* Drain.followClosing(tracker)
     const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
     const server = yield* Effect.try({
       try: (): NodeServer => {

@@ -124,6 +124,7 @@ export const make = (
           // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
           const handlers = Scope.forkUnsafe(scope, "parallel")
           const tracker = new Drain.Tracker()
+          yield* Drain.followClosing(tracker)
           const services = Context.add(
             Context.omit(Scope.Scope)(yield* Effect.context<R>()) as Context.Context<R>,
             Draining,

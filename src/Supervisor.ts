@@ -60,6 +60,8 @@ import * as Listeners from "./Listeners.ts"
 import * as Notify from "./Notify.ts"
 import * as Variables from "./internal/config.ts"
 import * as Drain from "./Drain.ts"
+import * as Health from "./Health.ts"
+import * as DrainInternal from "./internal/drain.ts"
 import * as Report from "./internal/report.ts"
 import * as Machine from "./internal/machine.ts"
 import * as Os from "./internal/os.ts"
@@ -158,9 +160,11 @@ export class NotServing extends Data.TaggedError("NotServing")<{
 }
 
 /**
- * This platform cannot restart in place: handing the listeners to a
+ * This process cannot restart in place: handing the listeners to a
  * successor needs native calls that are not available (not Linux, or koffi
- * not installed). `detail` says which. Stop and start the program instead.
+ * not installed), or the process is PID 1 (a container's init), whose exit
+ * ends its successor too. `detail` says which. Stop and start the program
+ * (or replace the container) instead.
  *
  * @since 0.1.0
  * @category errors
@@ -170,7 +174,7 @@ export class Unsupported extends Data.TaggedError("Unsupported")<{
   readonly detail: string
 }> {
   override get message(): string {
-    return `restarting in place needs native calls that are not available here: ${this.detail}; stop and start the program instead`
+    return `restarting in place is not possible here: ${this.detail}; stop and start the program instead`
   }
 }
 
@@ -214,21 +218,29 @@ export interface Options {
   readonly readyTimeout?: Duration.Input | undefined
   /** A PID file, rewritten atomically by each generation once it is ready (for `kill -USR2 $(cat ...)`, `PIDFile=`). */
   readonly pidFile?: string | undefined
+  /**
+   * On termination, how long to go on serving, unready, before the drain: every response says
+   * `Connection: close` (HTTP/2 gets a GOAWAY) so that clients move to other instances while load balancers and
+   * kube-proxy stop sending new connections. Default 0.
+   */
+  readonly shutdownDelay?: Duration.Input | undefined
 }
 
 /**
  * The defaults of `Options`, read through `Config`: `GRACE_READY_TIMEOUT`
- * (a duration such as `30 seconds`) and `GRACE_PID_FILE`. Values given in
- * `Options` win.
+ * and `GRACE_SHUTDOWN_DELAY` (durations such as `30 seconds`) and
+ * `GRACE_PID_FILE`. Values given in `Options` win.
  *
  * @since 0.1.0
  * @category config
  */
 export const config: Config.Config<{
   readonly readyTimeout: Option.Option<Duration.Duration>
+  readonly shutdownDelay: Option.Option<Duration.Duration>
   readonly pidFile: Option.Option<string>
 }> = Config.all({
   readyTimeout: Variables.duration("GRACE_READY_TIMEOUT"),
+  shutdownDelay: Variables.duration("GRACE_SHUTDOWN_DELAY"),
   pidFile: Config.option(Config.String("GRACE_PID_FILE"))
 })
 
@@ -264,7 +276,9 @@ export class Supervisor extends Context.Service<
  * `AlreadyInProgress`, ...), and `effect-grace.restart.handoff`, the time from
  * spawning a successor to its being ready. Each attempt is also a span,
  * `effect-grace.restart`, with `effect-grace.outcome` and, once spawned,
- * `effect-grace.successor.pid`. The servers' drains have their own
+ * `effect-grace.successor.pid`; the work of a restart that goes ahead (spawn,
+ * wait for ready) is the span `effect-grace.restart.successor`. The servers'
+ * drains have their own
  * (`effect-grace.drain`, see `Drain`).
  *
  * @since 0.1.0
@@ -310,6 +324,9 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
         resolve(p)
       )
     )
+    const shutdownDelay = Duration.fromInputUnsafe(
+      options.shutdownDelay ?? Option.getOrElse(configured.shutdownDelay, () => Duration.zero)
+    )
     const restartSignals = options.restartSignals ?? ["SIGUSR2"]
     // Signals: handled from here on, before anything else, so that none takes its default action (SIGUSR2 would
     // kill the process) and a termination during start-up is not lost.
@@ -324,6 +341,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     const ticketKeys = (parent !== undefined ? yield* parent.ticketKeys : undefined) ?? (yield* Tickets.TicketKeys)
 
     const stopped = yield* Deferred.make<"terminate" | "handoff">()
+    const closing = yield* Deferred.make<void>()
+    const health = Health.make("starting")
     const lock = yield* Semaphore.make(1)
     const restarting = yield* FiberHandle.make<void, never>()
     // Restarts asked for by a signal; made before the drain's finalizer, so a signal during the drain is refused.
@@ -331,9 +350,10 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     let state: Machine.State<Reply> = { _tag: "Starting" }
     let lastSignal: NodeJS.Signals = "SIGTERM"
 
+    // As PID 1 (a container's init), exiting ends the PID namespace, successor and all: no restart in place.
     const facts = (): Machine.Facts => ({
       parentPid: parent !== undefined && parent.isAlive() ? parent.pid : undefined,
-      canHandOff: os.native().available
+      canHandOff: os.native().available && os.pid !== 1
     })
 
     const fail = (reply: Reply | undefined, reason: RestartErrorReason) => {
@@ -358,7 +378,10 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
           const native = os.native()
           return new Unsupported({
             platform: native.available ? process.platform : native.platform,
-            detail: native.available ? "the native calls are available" : native.reason
+            detail: native.available
+              ? "this process is PID 1 (a container's init), and when it exits the kernel ends every process of its " +
+                "PID namespace, the successor too; replace the container instead (a rolling update)"
+              : native.reason
           })
         }
       }
@@ -427,7 +450,10 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
         case "NotifyStopping":
           return Effect.ignore(notify.stopping)
         case "Stop":
-          return Effect.asVoid(Deferred.succeed(stopped, action.reason))
+          return Effect.sync(() => health.setPhase(action.reason === "terminate" ? "stopping" : "handed off")).pipe(
+            Effect.andThen(Deferred.succeed(stopped, action.reason)),
+            Effect.asVoid
+          )
         case "ForceExit":
           return Effect.andThen(
             Effect.logWarning("effect-grace: a second termination signal; exiting at once").pipe(
@@ -505,6 +531,12 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
         yield* dispatch({ _tag: "Terminate", source: "scope" })
         yield* FiberHandle.clear(restarting)
         const reason = state._tag === "Draining" ? state.reason : "terminate"
+        if (reason === "terminate" && Duration.isGreaterThan(shutdownDelay, Duration.zero)) {
+          // Unready already; the servers go on serving, every response saying Connection: close.
+          yield* Deferred.succeed(closing, undefined)
+          yield* logged("effect-grace: shutdown delay", { pid: os.pid, millis: Duration.toMillis(shutdownDelay) })
+          yield* Effect.sleep(shutdownDelay)
+        }
         yield* logged("effect-grace: draining", { pid: os.pid, reason })
         const started = yield* Clock.currentTimeMillis
         yield* Scope.close(appScope, Exit.void)
@@ -519,9 +551,11 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
         Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
         Layer.provide(Layer.succeed(Supervisor)(supervisor)),
         Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
+        Layer.provide(Layer.succeed(Health.Health)(health.health)),
+        Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(closing))),
         // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
         Layer.provide(Drain.layerConfig)
-      ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor>>,
+      ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>>,
       appScope
     )
 
@@ -531,6 +565,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     else yield* Effect.ignore(notify.ready)
     const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
     yield* dispatch({ _tag: "Ready" })
+    // Unless a termination came first (the state moves under the other fibers' events).
+    if ((state as Machine.State<Reply>)._tag === "Serving") health.setPhase("serving")
     yield* logged("effect-grace: ready", { pid: os.pid, listeners: addresses.join(", ") })
     return { stopped }
   })
@@ -545,7 +581,7 @@ type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.Conf
  * Layer.launch(Supervisor.layer(App)).pipe(NodeRuntime.runMain({ teardown: Supervisor.teardown }))
  * ```
  *
- * It builds `app` with `Listeners` and `Supervisor` provided, says it is
+ * It builds `app` with `Listeners`, `Supervisor` and `Health` provided, says it is
  * ready once every layer of `app` is built, restarts on the restart signals
  * (`SIGUSR2`) and on `restart`, and drains on `SIGTERM`, `SIGINT`, a call to
  * `terminate`, or a hand-off, then ends the program by interrupting the fiber
@@ -564,6 +600,12 @@ type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.Conf
  * - A termination during a restart wins: the successor is killed and reaped,
  *   and systemd hears `STOPPING=1`, never `MAINPID=` after it.
  * - A second termination signal during a drain ends the process at once.
+ * - `Health` turns unready when a termination begins; with `shutdownDelay`
+ *   the servers go on serving for that long, every response saying
+ *   `Connection: close`, before the drain.
+ * - As PID 1 (a container's init) a restart is refused (`Unsupported`):
+ *   when PID 1 exits, the kernel ends its successor with it. Termination
+ *   drains and exits 0 there as anywhere.
  *
  * **Gotchas**
  *
@@ -580,7 +622,7 @@ type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.Conf
 export const layer = <A, E, R>(
   app: Layer.Layer<A, E, R>,
   options: Options = {}
-): Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>> =>
+): Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>> =>
   Layer.effectDiscard(
     Effect.withFiber((main) =>
       Report.startupFailure(
@@ -596,7 +638,7 @@ export const layer = <A, E, R>(
         })
       )
     )
-  ) as Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>>
+  ) as Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>>
 
 /**
  * Runs `app` under the supervisor as an Effect that returns once the drain
@@ -609,10 +651,10 @@ export const layer = <A, E, R>(
 export const run = <A, E, R>(
   app: Layer.Layer<A, E, R>,
   options: Options = {}
-): Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>> =>
+): Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>> =>
   Report.startupFailure(
     Effect.scoped(Effect.flatMap(supervise(app, options), ({ stopped }) => Effect.asVoid(Deferred.await(stopped))))
-  ) as Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor>>
+  ) as Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>>
 
 /**
  * The teardown for `NodeRuntime.runMain` (or any `Runtime.makeRunMain`): exit

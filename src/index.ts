@@ -6,6 +6,7 @@
  * - `Server`: HTTP and HTTPS servers for `effect/http` apps that drain when their scope closes.
  * - `SocketServer`: raw TCP and unix socket servers that drain the same way.
  * - `Drain`: the drain's knobs and the signal a handler sees.
+ * - `Health`: readiness and liveness, and the probe routes.
  * - `Supervisor`: zero-downtime restarts on a signal, graceful termination, systemd notify.
  * - `Notify`: the sd_notify client.
  *
@@ -16,6 +17,11 @@
  * @since 0.1.0
  */
 export * as Drain from "./Drain.ts"
+
+/**
+ * @since 0.1.0
+ */
+export * as Health from "./Health.ts"
 
 /**
  * @since 0.1.0

@@ -11,8 +11,10 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as References from "effect/References"
 import * as TestClock from "effect/testing/TestClock"
+import * as Health from "../src/Health.ts"
 import * as Notify from "../src/Notify.ts"
 import * as Supervisor from "../src/Supervisor.ts"
+import * as DrainInternal from "../src/internal/drain.ts"
 import * as Os from "../src/internal/os.ts"
 import * as FakeOs from "./support/os.ts"
 
@@ -32,6 +34,7 @@ const until = (check: () => boolean, what: string) =>
  */
 const supervised = (
   options: Supervisor.Options & {
+    readonly pid?: number
     readonly parentPid?: number
     readonly spawnGate?: Deferred.Deferred<void>
     readonly gate?: Deferred.Deferred<void>
@@ -45,9 +48,19 @@ const supervised = (
     const warnings: Array<{ message: string; reason: unknown }> = []
     const logs: Array<string> = []
     let supervisor: Supervisor.Supervisor["Service"] | undefined
+    let health: Health.Health["Service"] | undefined
     const App = Layer.effectDiscard(
       Effect.gen(function* () {
         supervisor = yield* Supervisor.Supervisor
+        health = yield* Health.Health
+        // What a server does when the shutdown delay begins.
+        const closing = yield* DrainInternal.Closing
+        yield* Effect.forkScoped(
+          Effect.andThen(
+            closing,
+            Effect.sync(() => void events.push("closing"))
+          )
+        )
         yield* Effect.addFinalizer(() =>
           Effect.andThen(
             options.drainGate !== undefined ? Deferred.await(options.drainGate) : Effect.void,
@@ -73,7 +86,7 @@ const supervised = (
     yield* until(() => supervisor !== undefined, "the application built")
     if (options.gate === undefined)
       yield* until(() => notes.includes("READY=1") || options.parentPid !== undefined, "ready")
-    return { fake, notes, events, warnings, logs, fiber, supervisor: supervisor! }
+    return { fake, notes, events, warnings, logs, fiber, supervisor: supervisor!, health: health! }
   })
 
 const reasonOf = (effect: Effect.Effect<number, Supervisor.RestartError>) =>
@@ -246,6 +259,73 @@ describe("Supervisor, on a fake OS", () => {
       assert.deepStrictEqual(s.fake.forced, ["SIGTERM"])
       yield* Deferred.succeed(drainGate, undefined)
       yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("with a shutdown delay, SIGTERM: unready at once, the servers closing, the drain once it has passed", () =>
+    Effect.gen(function* () {
+      const drainGate = yield* Deferred.make<void>()
+      const s = yield* supervised({ shutdownDelay: "2 seconds", drainGate })
+      assert.deepStrictEqual(yield* s.health.status, { ready: true, live: true, reasons: [] })
+      yield* s.fake.signal("SIGTERM")
+      yield* until(() => s.events.includes("closing"), "the servers closing")
+      assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["stopping"] })
+      assert.deepStrictEqual(s.notes.slice(1), ["STOPPING=1"])
+      yield* TestClock.adjust("1999 millis")
+      assert.notInclude(s.logs, "effect-grace: draining")
+      yield* TestClock.adjust("1 millis")
+      yield* until(() => s.logs.includes("effect-grace: draining"), "the drain")
+      assert.isTrue((yield* s.health.status).live, "live until the process exits")
+      yield* Deferred.succeed(drainGate, undefined)
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["closing", "drained"])
+    })
+  )
+
+  it.effect("without a delay the drain begins at once; a hand-off has no delay either", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ shutdownDelay: "2 seconds" })
+      yield* s.fake.signal("SIGUSR2")
+      yield* Deferred.succeed((yield* s.fake.spawned).ready, undefined)
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["drained"], "a hand-off leaves the successor serving: no delay")
+      assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["handed off"] })
+      const t = yield* supervised()
+      yield* t.fake.signal("SIGTERM")
+      yield* Fiber.join(t.fiber)
+      assert.deepStrictEqual(t.events, ["drained"])
+    })
+  )
+
+  it.effect("readiness: starting, then ready; the application marks itself unready and ready again", () =>
+    Effect.gen(function* () {
+      const gate = yield* Deferred.make<void>()
+      const s = yield* supervised({ gate })
+      assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["starting"] })
+      yield* Deferred.succeed(gate, undefined)
+      yield* until(() => s.notes.includes("READY=1"), "ready")
+      assert.isTrue((yield* s.health.status).ready)
+      yield* s.health.unready("database")
+      assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["database"] })
+      yield* s.health.ready("database")
+      assert.isTrue((yield* s.health.status).ready)
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("as PID 1 a restart is refused, with the reason, and logged; termination drains as anywhere", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ pid: 1 })
+      const refused = yield* reasonOf(s.supervisor.restart)
+      assert.strictEqual(refused._tag, "Unsupported")
+      assert.include((refused as Supervisor.Unsupported).detail, "PID 1")
+      yield* s.fake.signal("SIGUSR2")
+      yield* until(() => s.warnings.filter((w) => w.reason === "Unsupported").length === 2, "both refusals logged")
+      assert.strictEqual(s.fake.successors.length, 0)
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["drained"])
     })
   )
 

@@ -140,7 +140,9 @@ describe("without the native calls", () => {
         const refused = yield* request(`${url}/restart`, { method: "POST" })
         assert.strictEqual(refused.status, 409)
         assert.strictEqual(refused.body, "failed Unsupported\n")
-        yield* fixture.waitForLine(/restarting in place needs native calls.*"level":"WARN".*"reason":"Unsupported"/)
+        yield* fixture.waitForLine(
+          /restarting in place is not possible here: .*GRACE_NATIVE=off.*"level":"WARN".*"reason":"Unsupported"/
+        )
         assert.strictEqual((yield* request(`${url}/`)).body, `pid ${fixture.pid}\n`)
 
         // A request in flight when SIGTERM arrives completes; then the process exits 0.

@@ -24,6 +24,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import { DrainTimeout, Draining, IdleGrace, metrics } from "../Drain.ts"
 import type { DrainSignal } from "../Drain.ts"
 
@@ -66,6 +67,34 @@ export const provideSignal =
     Effect.updateContext(effect, (context: Context.Context<R>) =>
       Context.merge(context, Context.make(Draining, signal))
     )
+
+// -----------------------------------------------------------------------------
+// The shutdown delay
+// -----------------------------------------------------------------------------
+
+/**
+ * Completes when the supervisor's shutdown delay begins: each server then
+ * says `Connection: close` on every response (`Tracker.beginClosing`) and goes
+ * on accepting until its drain. Outside a supervisor (or without a delay) it
+ * never completes before the drain, which closes the same way.
+ */
+export const Closing: Context.Reference<Effect.Effect<void>> = Context.Reference<Effect.Effect<void>>(
+  "effect-grace/Closing",
+  { defaultValue: () => Effect.never }
+)
+
+/** Follows `Closing` for `tracker`, for as long as the current scope lives. */
+export const followClosing = (tracker: Tracker): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.flatMap(Effect.service(Closing), (closing) =>
+    Effect.asVoid(
+      Effect.forkScoped(
+        Effect.andThen(
+          closing,
+          Effect.sync(() => tracker.beginClosing())
+        )
+      )
+    )
+  )
 
 // -----------------------------------------------------------------------------
 // Reporting
@@ -234,7 +263,8 @@ const END_GRACE_MS = 1000
 export class Tracker {
   private readonly connections = new Map<Net.Socket, Connection>()
   private readonly clock = new ActivityClock()
-  private state: "serving" | "draining" | "done" = "serving"
+  // `closing`: the shutdown delay, when every response says Connection: close while the server goes on accepting.
+  private state: "serving" | "closing" | "draining" | "done" = "serving"
   private idleGraceMs = 0
   private readonly hooks: Array<() => void> = []
   private readonly started = Deferred.makeUnsafe<void>()
@@ -372,6 +402,24 @@ export class Tracker {
     connection.socket.destroySoon()
   }
 
+  /**
+   * The shutdown delay begins (or the drain, without one): the drain signal
+   * fires, long-lived connections are told to go away, and every response
+   * from now on says `Connection: close`, so that clients move to other
+   * servers; new connections are still accepted. Once only.
+   */
+  beginClosing(): void {
+    if (this.state !== "serving") return
+    this.state = "closing"
+    Deferred.doneUnsafe(this.started, Effect.void)
+    for (const hook of this.hooks.splice(0)) hook()
+    for (const connection of this.connections.values()) {
+      const session = connection.session
+      if (session !== undefined) this.goAway(() => session.close())
+      if (connection.response !== undefined) closeAfter(connection.response)
+    }
+  }
+
   /** Says goodbye to a long-lived connection (a WebSocket close, a GOAWAY), counted in the report. */
   goAway(f: () => void): void {
     this.toldToGoAway++
@@ -429,19 +477,15 @@ export class Tracker {
    */
   drain(settings: Settings): Effect.Effect<DrainReport> {
     return Effect.suspend(() => {
-      if (this.state !== "serving") return Effect.die(new Error("effect-grace: a server drains only once"))
+      if (this.state === "draining" || this.state === "done") {
+        return Effect.die(new Error("effect-grace: a server drains only once"))
+      }
       const started = performance.now()
+      this.beginClosing()
       this.state = "draining"
       this.idleGraceMs = Duration.toMillis(settings.idleGrace)
       this.requests = this.inFlight
-      Deferred.doneUnsafe(this.started, Effect.void)
-      for (const hook of this.hooks.splice(0)) hook()
-      for (const connection of this.connections.values()) {
-        const session = connection.session
-        if (session !== undefined) this.goAway(() => session.close())
-        if (connection.response !== undefined) closeAfter(connection.response)
-        this.arm(connection)
-      }
+      for (const connection of this.connections.values()) this.arm(connection)
       const emptied = Effect.callback<void>((resume) => {
         if (this.connections.size === 0) return resume(Effect.void)
         this.onEmpty = () => resume(Effect.void)

@@ -18,7 +18,9 @@ export interface FakeSuccessor {
   state: "running" | "killed" | "released"
 }
 
-export const make = (options: { readonly parentPid?: number; readonly spawnGate?: Deferred.Deferred<void> } = {}) =>
+export const make = (
+  options: { readonly pid?: number; readonly parentPid?: number; readonly spawnGate?: Deferred.Deferred<void> } = {}
+) =>
   Effect.gen(function* () {
     const signals = yield* Queue.unbounded<NodeJS.Signals>()
     const spawns = yield* Queue.unbounded<FakeSuccessor>()
@@ -37,7 +39,7 @@ export const make = (options: { readonly parentPid?: number; readonly spawnGate?
             isAlive: () => parentAlive
           }
     const os: Os.Os = {
-      pid: 100,
+      pid: options.pid ?? 100,
       signals: () => Effect.succeed(Stream.fromQueue(signals)),
       spawn: () =>
         Effect.gen(function* () {

@@ -1,0 +1,122 @@
+/**
+ * Readiness and liveness, as Kubernetes (and load balancers) probe them.
+ *
+ * Invariants:
+ * - Not ready until the supervisor is ready: every server listens.
+ * - Unready from the moment a termination begins (or the process has handed
+ *   off to a successor), before anything stops accepting: with a shutdown
+ *   delay, the servers go on serving while the probes take the process out of
+ *   rotation.
+ * - The application can mark itself unready for a reason of its own (a
+ *   database it depends on is down), and ready again; it is ready only when
+ *   no such reason remains.
+ * - Live until the process exits.
+ *
+ * `routes` answers `GET /readyz` and `GET /livez` with 200 or 503 and a short
+ * body, on any server the application mounts them on (a public port or an
+ * admin port).
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as Layer from "effect/Layer"
+
+/**
+ * What a probe is told.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Status {
+  readonly ready: boolean
+  readonly live: boolean
+  /** Why not ready: `starting`, `stopping`, `handed off`, or the application's own reasons. */
+  readonly reasons: ReadonlyArray<string>
+}
+
+/**
+ * Readiness and liveness of this process. `Supervisor.layer` provides it to
+ * the application; `layer` does outside a supervisor.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export class Health extends Context.Service<
+  Health,
+  {
+    readonly status: Effect.Effect<Status>
+    /** Marks the process unready for `reason` (a dependency that is down), until `ready(reason)`. */
+    readonly unready: (reason: string) => Effect.Effect<void>
+    /** Takes back an `unready(reason)`. */
+    readonly ready: (reason: string) => Effect.Effect<void>
+  }
+>()("effect-grace/Health") {}
+
+/** The life of the process, as the supervisor sets it. */
+export type Phase = "starting" | "serving" | "stopping" | "handed off"
+
+/**
+ * A `Health` service and the hand that sets its phase (the supervisor's).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (
+  phase: Phase = "starting"
+): { readonly health: Health["Service"]; readonly setPhase: (phase: Phase) => void } => {
+  let current = phase
+  const reasons = new Set<string>()
+  return {
+    setPhase: (next) => {
+      current = next
+    },
+    health: Health.of({
+      status: Effect.sync(() => {
+        const why = [...(current === "serving" ? [] : [current]), ...reasons]
+        return { ready: why.length === 0, live: true, reasons: why }
+      }),
+      unready: (reason) => Effect.sync(() => void reasons.add(reason)),
+      ready: (reason) => Effect.sync(() => void reasons.delete(reason))
+    })
+  }
+}
+
+/**
+ * A `Health` that is serving from the start, for an application run without
+ * the supervisor.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<Health> = Layer.sync(Health)(() => make("serving").health)
+
+const respond = (ok: boolean, text: string) => HttpServerResponse.text(`${text}\n`, { status: ok ? 200 : 503 })
+
+/**
+ * `GET /readyz` (200 `ready`, or 503 `not ready: <reasons>`) and `GET /livez`
+ * (200 `live`), for the probes; mount them on any of the application's
+ * servers (`HttpRouter.serve(Layer.mergeAll(App, Health.routes))`).
+ *
+ * @since 0.1.0
+ * @category routes
+ */
+export const routes: Layer.Layer<never, never, HttpRouter.HttpRouter | Health> = Layer.unwrap(
+  Effect.gen(function* () {
+    const health = yield* Health
+    return Layer.mergeAll(
+      HttpRouter.add(
+        "GET",
+        "/readyz",
+        Effect.map(health.status, (s) => respond(s.ready, s.ready ? "ready" : `not ready: ${s.reasons.join(", ")}`))
+      ),
+      HttpRouter.add(
+        "GET",
+        "/livez",
+        Effect.map(health.status, (s) => respond(s.live, s.live ? "live" : "not live"))
+      )
+    )
+  })
+)
