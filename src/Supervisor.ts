@@ -331,6 +331,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     // Signals: handled from here on, before anything else, so that none takes its default action (SIGUSR2 would
     // kill the process) and a termination during start-up is not lost.
     const signals = yield* os.signals([...restartSignals, "SIGTERM", "SIGINT"])
+    yield* os.reapOrphans
     const parent = yield* os.parent
     const inherited = yield* ListenFds.make()
     const listeners = yield* Listeners.make(inherited)

@@ -47,6 +47,29 @@ const loadOn = (ports: ReadonlyArray<number>) =>
     return { answers, failures, stop }
   })
 
+/** The pid, outside, of the init of the PID namespace that `unshare` made: its child. */
+const initOf = (unshare: number) =>
+  eventually(() => {
+    const children = Fs.readFileSync(`/proc/${unshare}/task/${unshare}/children`, "utf8").trim()
+    return children === "" ? undefined : Number(children.split(" ")[0])
+  }, "the namespace's init")
+
+/** The children of `pid` that are zombies. */
+const zombiesOf = (pid: number): Array<number> =>
+  Fs.readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+    .trim()
+    .split(" ")
+    .filter(Boolean)
+    .map(Number)
+    .filter((child) => {
+      try {
+        const stat = Fs.readFileSync(`/proc/${child}/stat`, "utf8")
+        return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")
+      } catch {
+        return false
+      }
+    })
+
 describe("Kubernetes and containers", () => {
   it.live(
     "SIGTERM with GRACE_SHUTDOWN_DELAY: /readyz turns 503 at once, the ports serve with Connection: close for the delay, then drain; exit 0",
@@ -107,6 +130,33 @@ describe("Kubernetes and containers", () => {
   )
 
   it.live(
+    "as PID 1 of a PID namespace, orphans left behind are reaped",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const fixture = new URL("./fixtures/supervised.ts", import.meta.url).pathname
+        const namespace = yield* spawnProcess("/usr/bin/unshare", [
+          "--pid",
+          "--fork",
+          "--mount-proc",
+          nodePath,
+          fixture,
+          `127.0.0.1:${port}`
+        ])
+        yield* namespace.waitForLine(/"effect-grace: ready"/)
+        const init = yield* initOf(namespace.pid)
+        // A shell's background job, orphaned once the shell exits: the kernel makes it PID 1's child.
+        const orphan = Number((yield* request(`http://127.0.0.1:${port}/orphan`)).body.trim())
+        assert.isAbove(orphan, 1)
+        yield* eventually(() => zombiesOf(init).length > 0, "the orphan to exit, a zombie")
+        yield* eventually(() => zombiesOf(init).length === 0, "the zombie to be reaped", "10 seconds")
+        process.kill(init, "SIGTERM")
+        assert.deepStrictEqual(yield* namespace.exited(), { code: 0, signal: null })
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "as PID 1 of a PID namespace: SIGUSR2 is refused and the container serves on; SIGTERM ends it with 0",
     () =>
       Effect.gen(function* () {
@@ -121,11 +171,7 @@ describe("Kubernetes and containers", () => {
         ])
         const banner = yield* namespace.waitForLine(/^Serving .* with pid (\d+)\.$/)
         assert.strictEqual(banner[1], "1", "the program is PID 1 inside")
-        // Its pid outside the namespace: the child of unshare.
-        const outside = yield* eventually(() => {
-          const children = Fs.readFileSync(`/proc/${namespace.pid}/task/${namespace.pid}/children`, "utf8").trim()
-          return children === "" ? undefined : Number(children.split(" ")[0])
-        }, "the namespace's init")
+        const outside = yield* initOf(namespace.pid)
         const load = yield* loadOn(ports)
         yield* eventually(() => load.answers.length >= 100, "load")
         process.kill(outside, "SIGUSR2")

@@ -5,13 +5,14 @@
  * The real implementation is the reference's default; tests provide a fake
  * and drive the supervisor in milliseconds under a `TestClock`.
  */
-import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Successor from "./successor.ts"
@@ -38,6 +39,8 @@ export interface Os {
   readonly removePidFile: (path: string) => Effect.Effect<void>
   /** Ends the process at once, as `signal` does by default. */
   readonly forceExit: (signal: NodeJS.Signals) => Effect.Effect<void>
+  /** As PID 1 (a container's init), reaps the orphans the kernel hands it, for as long as the scope lives. */
+  readonly reapOrphans: Effect.Effect<void, never, Scope.Scope>
 }
 
 const signals = (names: ReadonlyArray<NodeJS.Signals>) =>
@@ -82,6 +85,33 @@ const forceExit = (signal: NodeJS.Signals) =>
     process.kill(process.pid, signal)
   })
 
+// This process's children that are zombies now.
+const zombieChildren = (): Array<number> =>
+  readdirSync("/proc").flatMap((entry) => {
+    if (!/^\d+$/.test(entry)) return []
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8")
+      const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+      return state === "Z" && Number(ppid) === process.pid ? [Number(entry)] : []
+    } catch {
+      return []
+    }
+  })
+
+// An orphan of a container becomes PID 1's child, and a zombie once it exits, until PID 1 waits for it. Node's own
+// children are reaped by libuv at once, on SIGCHLD, and it must get their status: so only a child that is still a
+// zombie a sweep later, which no one is waiting for, is reaped here, by its pid.
+const reapOrphans: Effect.Effect<void, never, Scope.Scope> = Effect.suspend(() => {
+  if (process.pid !== 1 || !Sys.native().available) return Effect.void
+  let seen = new Set<number>()
+  const sweep = Effect.sync(() => {
+    const zombies = zombieChildren()
+    for (const pid of zombies) if (seen.has(pid)) Sys.reap(pid)
+    seen = new Set(zombies)
+  })
+  return Effect.asVoid(Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced("1 second"))))
+})
+
 let parent: Effect.Effect<Successor.ParentChannel | undefined, Config.ConfigError> | undefined
 
 const readParent: Effect.Effect<Successor.ParentChannel | undefined, Config.ConfigError> = Effect.gen(function* () {
@@ -106,7 +136,8 @@ export const live = (): Os => ({
   native: Sys.native,
   writePidFile,
   removePidFile,
-  forceExit
+  forceExit,
+  reapOrphans
 })
 
 /** The operating system the supervisor uses: the real one unless a test provides another. */

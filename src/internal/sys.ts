@@ -61,6 +61,7 @@ interface Libc {
   readonly recv: (fd: number, buf: Buffer, len: number, flags: number) => number
   readonly connect: (fd: number, addr: Buffer, len: number) => number
   readonly fcntl: (fd: number, cmd: number, ...args: Array<unknown>) => number
+  readonly waitpid: (pid: number, status: Array<number>, options: number) => number
   readonly errno: () => number
 }
 
@@ -106,6 +107,7 @@ const probe = (): NonNullable<typeof loaded> => {
       recv: lib.func("intptr_t recv(int, _Out_ uint8_t *buf, size_t len, int flags)"),
       connect: lib.func("int connect(int, const uint8_t *addr, uint32_t len)"),
       fcntl: lib.func("int fcntl(int, int, ...)"),
+      waitpid: lib.func("int waitpid(int, _Out_ int *status, int options)"),
       errno: () => koffi.errno()
     }
   }
@@ -356,6 +358,16 @@ export const unixPathAccepts = (path: string): Result.Result<boolean, SysError> 
     })
   })
 }
+
+const WNOHANG = 1
+
+/**
+ * Reaps the child `pid` if it has exited (`waitpid(pid, WNOHANG)`): whether it
+ * was reaped. Only for children no one else waits for: Node's own are reaped
+ * by libuv, which must get their status.
+ */
+export const reap = (pid: number): Result.Result<boolean, SysError> =>
+  withLibc("waitpid", (lib) => check(lib, "waitpid", lib.waitpid(pid, [0], WNOHANG)).pipe(Result.map((n) => n === pid)))
 
 /** A readable description of a system call failure. */
 export const formatSysError = (error: SysError): string =>

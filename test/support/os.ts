@@ -66,7 +66,8 @@ export const make = (
       native: () => ({ available: true }),
       writePidFile: (path) => Effect.sync(() => void pidFile.push(`write ${path}`)),
       removePidFile: (path) => Effect.sync(() => void pidFile.push(`remove ${path}`)),
-      forceExit: (signal) => Effect.sync(() => void forced.push(signal))
+      forceExit: (signal) => Effect.sync(() => void forced.push(signal)),
+      reapOrphans: Effect.void
     }
     return {
       os,
