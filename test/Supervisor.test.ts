@@ -7,7 +7,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Sys from "../src/internal/sys.ts"
-import { keepAliveAgent, request } from "./support/http.ts"
+import { keepAliveLoad, request } from "./support/http.ts"
 import type { Reply } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { certificateFiles, tlsConnect } from "./support/tls.ts"
@@ -453,34 +453,24 @@ describe("Supervisor", () => {
       Effect.gen(function* () {
         const port = yield* freePort()
         const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
-        const agents = yield* Effect.forEach(Array.from({ length: 4 }), () => keepAliveAgent())
-        const answers: Array<number> = []
-        const failures: Array<string> = []
-        const load = { sending: true }
-        const clients = yield* Effect.forEach(agents, (agent) =>
-          Effect.forkChild(
-            Effect.gen(function* () {
-              while (load.sending) {
-                const reply = yield* Effect.result(request(`http://127.0.0.1:${port}/`, { agent }))
-                if (reply._tag === "Success") answers.push(pidOf(reply.success))
-                else failures.push(reply.failure.message)
-              }
-            })
-          )
-        )
+        const load = yield* keepAliveLoad(Array.from({ length: 4 }, () => `http://127.0.0.1:${port}/`))
+        const lastPid = () => {
+          const last = load.answers.at(-1)
+          return last === undefined ? undefined : pidOf(last)
+        }
         const generations = [first]
         for (let i = 0; i < 3; i++) {
-          const answered = answers.length
-          yield* eventually(() => answers.length >= answered + 100, "load before the restart")
+          const answered = load.answers.length
+          yield* eventually(() => load.answers.length >= answered + 100, "load before the restart")
           generations.push(yield* restart(fixture, generations.at(-1)!))
-          yield* eventually(() => answers.at(-1) === generations.at(-1)!.pid, "the successor answering")
+          yield* eventually(() => lastPid() === generations.at(-1)!.pid, "the successor answering")
         }
-        yield* eventually(() => answers.length >= 100 + answers.lastIndexOf(generations.at(-2)!.pid), "load after")
-        load.sending = false
-        yield* Effect.forEach(clients, Fiber.join)
-        assert.deepStrictEqual(failures, [])
+        const answered = load.answers.length
+        yield* eventually(() => load.answers.length >= answered + 100, "load after the last restart")
+        yield* load.stop
+        assert.deepStrictEqual(load.failures, [])
         assert.deepStrictEqual(
-          [...new Set(answers)].toSorted(),
+          [...new Set(load.answers.map(pidOf))].toSorted(),
           generations.map((g) => g.pid).toSorted(),
           "every generation answered"
         )

@@ -7,8 +7,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Fs from "node:fs"
-import { keepAliveAgent, request } from "./support/http.ts"
-import type { Reply } from "./support/http.ts"
+import { keepAliveLoad, request } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { eventually, isAlive, nodePath, spawnProcess } from "./support/process.ts"
 
@@ -19,33 +18,6 @@ const threePorts = Effect.gen(function* () {
   const ports = [yield* freePort(), yield* freePort(), yield* freePort()]
   return { ports, flags: ports.map((port, i) => `--a${i}=127.0.0.1:${port}`) }
 })
-
-/** Keep-alive clients, one per port, sending until `load.sending` is false; what they got. */
-const loadOn = (ports: ReadonlyArray<number>) =>
-  Effect.gen(function* () {
-    const load = { sending: true }
-    const answers: Array<Reply> = []
-    const failures: Array<string> = []
-    const agents = yield* Effect.forEach(ports, () => keepAliveAgent())
-    const fibers = yield* Effect.forEach(agents, (agent, i) =>
-      Effect.forkChild(
-        Effect.gen(function* () {
-          while (load.sending) {
-            const reply = yield* Effect.result(request(`http://127.0.0.1:${ports[i]}/`, { agent }))
-            if (reply._tag === "Success") answers.push(reply.success)
-            else failures.push(reply.failure.message)
-          }
-        })
-      )
-    )
-    const stop = Effect.andThen(
-      Effect.sync(() => {
-        load.sending = false
-      }),
-      Effect.forEach(fibers, Fiber.join)
-    )
-    return { answers, failures, stop }
-  })
 
 /** The pid, outside, of the init of the PID namespace that `unshare` made: its child. */
 const initOf = (unshare: number) =>
@@ -80,7 +52,7 @@ describe("Kubernetes and containers", () => {
           env: { GRACE_SHUTDOWN_DELAY: "2 seconds" }
         })
         yield* program.waitForLine(/^Serving /)
-        const load = yield* loadOn(ports)
+        const load = yield* keepAliveLoad(ports.map((port) => `http://127.0.0.1:${port}/`))
         yield* eventually(() => load.answers.length >= 300, "load on the three ports")
         // Probes on a new connection each time, as kubelet makes them.
         const probes: Array<{ at: number; status: number | string }> = []
@@ -172,7 +144,7 @@ describe("Kubernetes and containers", () => {
         const banner = yield* namespace.waitForLine(/^Serving .* with pid (\d+)\.$/)
         assert.strictEqual(banner[1], "1", "the program is PID 1 inside")
         const outside = yield* initOf(namespace.pid)
-        const load = yield* loadOn(ports)
+        const load = yield* keepAliveLoad(ports.map((port) => `http://127.0.0.1:${port}/`))
         yield* eventually(() => load.answers.length >= 100, "load")
         process.kill(outside, "SIGUSR2")
         yield* namespace.waitForErrorLine(

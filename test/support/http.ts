@@ -7,6 +7,7 @@ import * as Https from "node:https"
 import * as Net from "node:net"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import { connectOptions } from "./net.ts"
 import type { Target } from "./net.ts"
@@ -124,4 +125,34 @@ export const untilRefused = (target: Target, timeout: Duration.Input = Duration.
         return yield* Effect.die(new Error(`${JSON.stringify(target)} still answers: ${outcome}`))
       yield* Effect.sleep(Duration.millis(10))
     }
+  })
+
+/**
+ * Keep-alive clients, one per URL, each sending request after request on its own agent until `stop`; the replies
+ * and the failures, as they come. Every request is bounded in time (`request`).
+ */
+export const keepAliveLoad = (urls: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const load = { sending: true }
+    const answers: Array<Reply> = []
+    const failures: Array<string> = []
+    const agents = yield* Effect.forEach(urls, () => keepAliveAgent())
+    const fibers = yield* Effect.forEach(agents, (agent, i) =>
+      Effect.forkChild(
+        Effect.gen(function* () {
+          while (load.sending) {
+            const reply = yield* Effect.result(request(urls[i]!, { agent }))
+            if (reply._tag === "Success") answers.push(reply.success)
+            else failures.push(reply.failure.message)
+          }
+        })
+      )
+    )
+    const stop = Effect.andThen(
+      Effect.sync(() => {
+        load.sending = false
+      }),
+      Effect.forEach(fibers, Fiber.join, { discard: true })
+    )
+    return { answers, failures, stop }
   })
