@@ -807,6 +807,40 @@ describe("Server", () => {
     })
   )
 
+  it.live(
+    "the shutdown delay: responses say Connection: close, HTTP/2 sessions get a GOAWAY, new connections are served",
+    () =>
+      Effect.gen(function* () {
+        const closing = Deferred.makeUnsafe<void>()
+        const delayed = Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(closing)))
+        const { ports } = yield* start(
+          Layer.mergeAll(
+            serve(routes(), { name: "h1", address: "127.0.0.1:0" }),
+            serve(routes(), { name: "h2", address: "127.0.0.1:0" }, { createServer: () => Http2.createServer() })
+          ).pipe(delayed)
+        )
+        const agent = yield* keepAliveAgent()
+        const before = yield* get(`http://127.0.0.1:${ports.h1}/fast`, { agent })
+        assert.notStrictEqual(before.headers.connection, "close")
+        const session = Http2.connect(`http://127.0.0.1:${ports.h2}`)
+        yield* Effect.addFinalizer(() => Effect.sync(() => session.destroy()))
+        yield* Effect.callback<void>((resume) => void session.once("connect", () => resume(Effect.void)))
+        const goaway = Deferred.makeUnsafe<void>()
+        session.on("goaway", () => Deferred.doneUnsafe(goaway, Effect.void))
+
+        yield* Deferred.succeed(closing, undefined)
+        yield* Deferred.await(goaway)
+        // The kept-alive connection's next response says close; a new connection is accepted and told the same.
+        const next = yield* get(`http://127.0.0.1:${ports.h1}/fast`, { agent })
+        assert.deepStrictEqual([next.status, next.headers.connection, next.localPort], [200, "close", before.localPort])
+        const fresh = yield* get(`http://127.0.0.1:${ports.h1}/fast`)
+        assert.deepStrictEqual([fresh.status, fresh.headers.connection], [200, "close"])
+        const h2 = Http2.connect(`http://127.0.0.1:${ports.h2}`)
+        yield* Effect.addFinalizer(() => Effect.sync(() => h2.destroy()))
+        yield* Effect.callback<void>((resume) => void h2.once("goaway", () => resume(Effect.void)))
+      })
+  )
+
   it.live("a drain with nothing in flight completes fast, with or without a connection before", () => {
     const logs = captureLogs()
     return Effect.gen(function* () {
