@@ -111,6 +111,8 @@ describe("Kubernetes and containers", () => {
           "--pid",
           "--fork",
           "--mount-proc",
+          // If the test ends early, the namespace ends with unshare: its init is killed, and every process in it.
+          "--kill-child",
           nodePath,
           fixture,
           `127.0.0.1:${port}`
@@ -137,6 +139,8 @@ describe("Kubernetes and containers", () => {
           "--pid",
           "--fork",
           "--mount-proc",
+          // If the test ends early, the namespace ends with unshare: its init is killed, and every process in it.
+          "--kill-child",
           nodePath,
           demo,
           ...flags
