@@ -343,6 +343,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
 
     const stopped = yield* Deferred.make<"terminate" | "handoff">()
     const closing = yield* Deferred.make<void>()
+    // A second termination signal: every drain (and the shutdown delay) ends now.
+    const forced = yield* Deferred.make<void>()
     const health = Health.make("starting")
     const lock = yield* Semaphore.make(1)
     const restarting = yield* FiberHandle.make<void, never>()
@@ -456,11 +458,11 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
             Effect.asVoid
           )
         case "ForceExit":
-          return Effect.andThen(
-            Effect.logWarning("effect-grace: a second termination signal; exiting at once").pipe(
-              Effect.annotateLogs({ pid: os.pid, signal: lastSignal })
-            ),
-            os.forceExit(lastSignal)
+          return Effect.logWarning("effect-grace: a second termination signal; exiting at once").pipe(
+            Effect.annotateLogs({ pid: os.pid, signal: lastSignal }),
+            // Where a signal can end the process it does so here; as PID 1, the forced drain ends the program.
+            Effect.andThen(os.forceExit(lastSignal)),
+            Effect.andThen(Deferred.succeed(forced, undefined))
           )
       }
     }
@@ -536,13 +538,13 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
           // Unready already; the servers go on serving, every response saying Connection: close.
           yield* Deferred.succeed(closing, undefined)
           yield* logged("effect-grace: shutdown delay", { pid: os.pid, millis: Duration.toMillis(shutdownDelay) })
-          yield* Effect.sleep(shutdownDelay)
+          yield* Effect.raceFirst(Effect.sleep(shutdownDelay), Deferred.await(forced))
         }
         yield* logged("effect-grace: draining", { pid: os.pid, reason })
         const started = yield* Clock.currentTimeMillis
         yield* Scope.close(appScope, Exit.void)
         if (reason === "terminate" && pidFile !== undefined) yield* os.removePidFile(pidFile)
-        stoppedGracefully = true
+        stoppedGracefully = !(yield* Deferred.isDone(forced))
         const drainMillis = (yield* Clock.currentTimeMillis) - started
         yield* logged("effect-grace: stopped", { pid: os.pid, reason, drainMillis })
       })
@@ -554,6 +556,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
         Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
         Layer.provide(Layer.succeed(Health.Health)(health.health)),
         Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(closing))),
+        Layer.provide(Layer.succeed(DrainInternal.Forced)(Deferred.await(forced))),
         // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
         Layer.provide(Drain.layerConfig)
       ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>>,
@@ -600,7 +603,9 @@ type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.Conf
  *   reason, is a span (`effect-grace.restart`) and counts in `metrics`.
  * - A termination during a restart wins: the successor is killed and reaped,
  *   and systemd hears `STOPPING=1`, never `MAINPID=` after it.
- * - A second termination signal during a drain ends the process at once.
+ * - A second termination signal during a drain ends the process at once: by
+ *   its default action, or, as PID 1 (which no signal ends), by cutting every
+ *   drain and the shutdown delay, so that the program finishes.
  * - `Health` turns unready when a termination begins; with `shutdownDelay`
  *   the servers go on serving for that long, every response saying
  *   `Connection: close`, before the drain.

@@ -508,6 +508,27 @@ describe("Server", () => {
 
   it.live("the same over HTTPS", () => Effect.flatMap(certificate, (tls) => raceTheDrain(40, tls)))
 
+  it.live("a forced drain ends at once, as at its deadline", () => {
+    const logs = captureLogs()
+    return Effect.gen(function* () {
+      const started = Deferred.makeUnsafe<void>()
+      const forced = Deferred.makeUnsafe<void>()
+      const { ports, close } = yield* start(
+        serve(routes(started), "127.0.0.1:0").pipe(
+          Layer.provide(Layer.succeed(DrainInternal.Forced)(Deferred.await(forced)))
+        )
+      )
+      const stuck = yield* Effect.forkChild(Effect.result(get(`http://127.0.0.1:${ports.unknown}/never`)))
+      yield* Deferred.await(started)
+      const closing = yield* Effect.forkChild(close)
+      yield* Deferred.succeed(forced, undefined)
+      yield* Fiber.join(closing)
+      assert.isTrue(Result.isFailure(yield* Fiber.join(stuck)), "the request in flight was cut")
+      const [drain] = logs.drains()
+      assert.include(drain?.annotations, { forced: 1, cut: 1 })
+    }).pipe(Effect.provide(logs.layer))
+  })
+
   it.effect("the deadline is an Effect timer: a TestClock cuts a handler that never finishes at drainTimeout", () => {
     const logs = captureLogs()
     return Effect.gen(function* () {

@@ -53,8 +53,9 @@ const supervised = (
       Effect.gen(function* () {
         supervisor = yield* Supervisor.Supervisor
         health = yield* Health.Health
-        // What a server does when the shutdown delay begins.
+        // What a server does when the shutdown delay begins, and when its drain is forced.
         const closing = yield* DrainInternal.Closing
+        const forced = yield* DrainInternal.Forced
         yield* Effect.forkScoped(
           Effect.andThen(
             closing,
@@ -63,7 +64,13 @@ const supervised = (
         )
         yield* Effect.addFinalizer(() =>
           Effect.andThen(
-            options.drainGate !== undefined ? Deferred.await(options.drainGate) : Effect.void,
+            Effect.raceFirst(
+              options.drainGate !== undefined ? Deferred.await(options.drainGate) : Effect.void,
+              Effect.andThen(
+                forced,
+                Effect.sync(() => void events.push("forced"))
+              )
+            ),
             Effect.sync(() => void events.push("drained"))
           )
         )
@@ -326,6 +333,20 @@ describe("Supervisor, on a fake OS", () => {
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
       assert.deepStrictEqual(s.events, ["drained"])
+    })
+  )
+
+  it.effect("as PID 1, a second SIGTERM ends the drain and the shutdown delay at once", () =>
+    Effect.gen(function* () {
+      const drainGate = yield* Deferred.make<void>()
+      const s = yield* supervised({ pid: 1, drainGate, shutdownDelay: "10 seconds" })
+      yield* s.fake.signal("SIGTERM")
+      yield* until(() => s.events.includes("closing"), "the shutdown delay")
+      yield* s.fake.signal("SIGTERM")
+      // Neither the delay's ten seconds nor the drain's gate are waited for: the program ends by itself.
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["closing", "forced", "drained"])
+      assert.deepStrictEqual(s.fake.forced, ["SIGTERM"])
     })
   )
 

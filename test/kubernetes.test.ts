@@ -102,6 +102,38 @@ describe("Kubernetes and containers", () => {
   )
 
   it.live(
+    "as PID 1 of a PID namespace, a second SIGTERM during the drain ends the container at once",
+    () =>
+      Effect.gen(function* () {
+        const port = yield* freePort()
+        const fixture = new URL("./fixtures/supervised.ts", import.meta.url).pathname
+        const namespace = yield* spawnProcess("/usr/bin/unshare", [
+          "--pid",
+          "--fork",
+          "--mount-proc",
+          "--kill-child",
+          nodePath,
+          fixture,
+          `127.0.0.1:${port}`
+        ])
+        yield* namespace.waitForLine(/"effect-grace: ready"/)
+        const init = yield* initOf(namespace.pid)
+        // A request that would hold the drain for 20 seconds (the fixture's drain timeout is 10).
+        const stuck = yield* Effect.forkChild(Effect.result(request(`http://127.0.0.1:${port}/sleep?ms=20000`)))
+        yield* namespace.waitForLine(/^sleeping 1$/)
+        process.kill(init, "SIGTERM")
+        yield* namespace.waitForLine(/"effect-grace: draining"/)
+        const secondAt = Date.now()
+        process.kill(init, "SIGTERM")
+        const exit = yield* namespace.exited("10 seconds")
+        assert.isBelow(Date.now() - secondAt, 5000, "well before the request's 20 seconds, or the drain's 10")
+        assert.notStrictEqual(exit.code, 0, "a forced end is not a graceful one")
+        assert.strictEqual((yield* Fiber.join(stuck))._tag, "Failure", "the request in flight was cut")
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "as PID 1 of a PID namespace, orphans left behind are reaped",
     () =>
       Effect.gen(function* () {

@@ -36,6 +36,8 @@ import type { DrainSignal } from "../Drain.ts"
 export interface Settings {
   readonly timeout: Duration.Duration
   readonly idleGrace: Duration.Duration
+  /** Completes when the drain must end now, as at its deadline (a second termination signal). */
+  readonly forced: Effect.Effect<void>
 }
 
 export const resolveSettings = (options: {
@@ -46,7 +48,8 @@ export const resolveSettings = (options: {
     return {
       timeout:
         options.drainTimeout !== undefined ? Duration.fromInputUnsafe(options.drainTimeout) : yield* DrainTimeout,
-      idleGrace: options.idleGrace !== undefined ? Duration.fromInputUnsafe(options.idleGrace) : yield* IdleGrace
+      idleGrace: options.idleGrace !== undefined ? Duration.fromInputUnsafe(options.idleGrace) : yield* IdleGrace,
+      forced: yield* Forced
     }
   })
 
@@ -80,6 +83,16 @@ export const provideSignal =
  */
 export const Closing: Context.Reference<Effect.Effect<void>> = Context.Reference<Effect.Effect<void>>(
   "effect-grace/Closing",
+  { defaultValue: () => Effect.never }
+)
+
+/**
+ * Completes when every drain must end now, as at its deadline: the
+ * supervisor's answer to a second termination signal. A program then ends by
+ * finishing, which works even as PID 1, where no signal ends the process.
+ */
+export const Forced: Context.Reference<Effect.Effect<void>> = Context.Reference<Effect.Effect<void>>(
+  "effect-grace/Forced",
   { defaultValue: () => Effect.never }
 )
 
@@ -493,7 +506,9 @@ export class Tracker {
           this.onEmpty = undefined
         })
       })
-      return Effect.map(Effect.timeoutOption(emptied, settings.timeout), (done) => {
+      const deadline = Effect.raceFirst(Effect.sleep(settings.timeout), settings.forced)
+      const ended = Effect.raceFirst(Effect.as(emptied, Option.some(true)), Effect.as(deadline, Option.none()))
+      return Effect.map(ended, (done) => {
         const cut = Option.isNone(done) ? this.inFlight : 0
         const forced = Option.isNone(done) ? this.destroyAll() : 0
         this.clock.stop()

@@ -37,7 +37,7 @@ export interface Os {
   readonly native: () => Sys.Native
   readonly writePidFile: (path: string) => Effect.Effect<void>
   readonly removePidFile: (path: string) => Effect.Effect<void>
-  /** Ends the process at once, as `signal` does by default. */
+  /** Ends the process at once, as `signal` does by default; as PID 1 nothing can, and the forced drain does. */
   readonly forceExit: (signal: NodeJS.Signals) => Effect.Effect<void>
   /** As PID 1 (a container's init), reaps the orphans the kernel hands it, for as long as the scope lives. */
   readonly reapOrphans: Effect.Effect<void, never, Scope.Scope>
@@ -78,9 +78,11 @@ const removePidFile = (path: string) =>
     }
   })
 
-// Every other handler of the signal is removed first (`NodeRuntime.runMain`'s too), so the default action runs.
+// Every other handler of the signal is removed first (`NodeRuntime.runMain`'s too), so the default action runs. PID 1
+// has no default action: there the forced drain ends the program, which ends the process.
 const forceExit = (signal: NodeJS.Signals) =>
   Effect.sync(() => {
+    if (process.pid === 1) return
     process.removeAllListeners(signal)
     process.kill(process.pid, signal)
   })
