@@ -100,6 +100,8 @@ const restart = (fixture: Spawned, generation: Generation) =>
       new RegExp(`"effect-grace: successor ready".*"pid":${generation.pid},"successor":(\\d+)`)
     )
     const successor = Number(match[1])
+    // The old process has stopped accepting: every new connection goes to the successor from here on.
+    yield* fixture.waitForLine(new RegExp(`"effect-grace: drain started".*"pid":${generation.pid}\\b`))
     return yield* readyOf(fixture, successor)
   })
 

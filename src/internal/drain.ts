@@ -114,7 +114,8 @@ export const followClosing = (tracker: Tracker): Effect.Effect<void, never, Scop
 // -----------------------------------------------------------------------------
 
 /**
- * Drains and reports it: the span `effect-grace.drain` (attributes
+ * Drains and reports it: a debug line `effect-grace: drain started` once the
+ * server has stopped accepting, the span `effect-grace.drain` (attributes
  * `effect-grace.server` and one `effect-grace.<count>` per count of the
  * report), the drain metrics, and the log line `effect-grace: drain
  * finished` (a warning when something was forced). `omit` names counts that
@@ -127,6 +128,8 @@ export const drainReported = (
   omit: ReadonlyArray<keyof DrainReport> = []
 ): Effect.Effect<DrainReport> =>
   Effect.gen(function* () {
+    // The caller has stopped accepting: from here on, new connections go to a successor, or are refused.
+    yield* Effect.logDebug("effect-grace: drain started").pipe(Effect.annotateLogs({ server, pid: process.pid }))
     const report = yield* tracker.drain(settings)
     const counts = Object.fromEntries(
       Object.entries(report).filter(([key]) => !omit.includes(key as keyof DrainReport))
