@@ -42,6 +42,24 @@ const zombiesOf = (pid: number): Array<number> =>
       }
     })
 
+/** The supervised fixture as PID 1 of a PID namespace of its own, ready; `init` is its pid outside. */
+const fixtureAsInit = Effect.gen(function* () {
+  const port = yield* freePort()
+  const fixture = new URL("./fixtures/supervised.ts", import.meta.url).pathname
+  const namespace = yield* spawnProcess("/usr/bin/unshare", [
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    // If the test ends early, the namespace ends with unshare: its init is killed, and every process in it.
+    "--kill-child",
+    nodePath,
+    fixture,
+    `127.0.0.1:${port}`
+  ])
+  yield* namespace.waitForLine(/"effect-grace: ready"/)
+  return { port, namespace, init: yield* initOf(namespace.pid) }
+})
+
 describe("Kubernetes and containers", () => {
   it.live(
     "SIGTERM with GRACE_SHUTDOWN_DELAY: /readyz turns 503 at once, the ports serve with Connection: close for the delay, then drain; exit 0",
@@ -105,19 +123,7 @@ describe("Kubernetes and containers", () => {
     "as PID 1 of a PID namespace, a second SIGTERM during the drain ends the container at once",
     () =>
       Effect.gen(function* () {
-        const port = yield* freePort()
-        const fixture = new URL("./fixtures/supervised.ts", import.meta.url).pathname
-        const namespace = yield* spawnProcess("/usr/bin/unshare", [
-          "--pid",
-          "--fork",
-          "--mount-proc",
-          "--kill-child",
-          nodePath,
-          fixture,
-          `127.0.0.1:${port}`
-        ])
-        yield* namespace.waitForLine(/"effect-grace: ready"/)
-        const init = yield* initOf(namespace.pid)
+        const { port, namespace, init } = yield* fixtureAsInit
         // A request that would hold the drain for 20 seconds (the fixture's drain timeout is 10).
         const stuck = yield* Effect.forkChild(Effect.result(request(`http://127.0.0.1:${port}/sleep?ms=20000`)))
         yield* namespace.waitForLine(/^sleeping 1$/)
@@ -137,20 +143,7 @@ describe("Kubernetes and containers", () => {
     "as PID 1 of a PID namespace, orphans left behind are reaped",
     () =>
       Effect.gen(function* () {
-        const port = yield* freePort()
-        const fixture = new URL("./fixtures/supervised.ts", import.meta.url).pathname
-        const namespace = yield* spawnProcess("/usr/bin/unshare", [
-          "--pid",
-          "--fork",
-          "--mount-proc",
-          // If the test ends early, the namespace ends with unshare: its init is killed, and every process in it.
-          "--kill-child",
-          nodePath,
-          fixture,
-          `127.0.0.1:${port}`
-        ])
-        yield* namespace.waitForLine(/"effect-grace: ready"/)
-        const init = yield* initOf(namespace.pid)
+        const { port, namespace, init } = yield* fixtureAsInit
         // A shell's background job, orphaned once the shell exits: the kernel makes it PID 1's child.
         const orphan = Number((yield* request(`http://127.0.0.1:${port}/orphan`)).body.trim())
         assert.isAbove(orphan, 1)
