@@ -353,10 +353,24 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     let state: Machine.State<Reply> = { _tag: "Starting" }
     let lastSignal: NodeJS.Signals = "SIGTERM"
 
-    // As PID 1 (a container's init), exiting ends the PID namespace, successor and all: no restart in place.
+    // Why listeners cannot be handed on here, if they cannot: one answer for the machine and for the refusal.
+    const handOffBlocked = (): Unsupported | undefined => {
+      const native = os.native()
+      if (!native.available) return new Unsupported({ platform: native.platform, detail: native.reason })
+      // As PID 1 (a container's init), exiting ends the PID namespace, successor and all.
+      if (os.pid === 1) {
+        return new Unsupported({
+          platform: process.platform,
+          detail:
+            "this process is PID 1 (a container's init), and when it exits the kernel ends every process of its " +
+            "PID namespace, the successor too; replace the container instead (a rolling update)"
+        })
+      }
+      return undefined
+    }
     const facts = (): Machine.Facts => ({
       parentPid: parent !== undefined && parent.isAlive() ? parent.pid : undefined,
-      canHandOff: os.native().available && os.pid !== 1
+      canHandOff: handOffBlocked() === undefined
     })
 
     const fail = (reply: Reply | undefined, reason: RestartErrorReason) => {
@@ -377,16 +391,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
           return new NotServing({ state: refusal.state })
         case "ParentStillRunning":
           return new ParentStillRunning({ parentPid: refusal.parentPid })
-        case "Unsupported": {
-          const native = os.native()
-          return new Unsupported({
-            platform: native.available ? process.platform : native.platform,
-            detail: native.available
-              ? "this process is PID 1 (a container's init), and when it exits the kernel ends every process of its " +
-                "PID namespace, the successor too; replace the container instead (a rolling update)"
-              : native.reason
-          })
-        }
+        case "Unsupported":
+          return handOffBlocked() ?? new Unsupported({ platform: process.platform, detail: "no hand-off is possible" })
       }
     }
 
