@@ -6,18 +6,13 @@ import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as ListenFds from "../src/ListenFds.ts"
 import * as Listeners from "../src/Listeners.ts"
 import * as Sys from "../src/internal/sys.ts"
 import { exchange, freePort } from "./support/net.ts"
 import { nodePath, spawnProcess } from "./support/process.ts"
-
-const tempDir = Effect.acquireRelease(
-  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-"))),
-  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-)
+import { tempDir } from "./support/fs.ts"
 
 /** A listening socket bound here, standing in for one passed by a service manager. */
 const passedFd = (address: string, name: string) =>

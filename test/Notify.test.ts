@@ -6,10 +6,10 @@ import * as Result from "effect/Result"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Notify from "../src/Notify.ts"
 import * as Sys from "../src/internal/sys.ts"
+import { tempDir } from "./support/fs.ts"
 
 const configWith = (env: Record<string, string>) =>
   Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromUnknown(env))
@@ -21,11 +21,6 @@ const reasonOf = <A>(effect: Effect.Effect<A, Notify.NotifyError | unknown>) =>
     assert.instanceOf(error, Notify.NotifyError)
     return (error as Notify.NotifyError).reason
   })
-
-const tempDir: Effect.Effect<string, never, Scope.Scope> = Effect.acquireRelease(
-  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-notify-"))),
-  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-)
 
 const unwrap = <A>(result: Result.Result<A, Sys.SysError>): A => {
   if (Result.isFailure(result)) throw new Error(Sys.formatSysError(result.failure))

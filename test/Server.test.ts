@@ -23,8 +23,6 @@ import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Http2 from "node:http2"
 import * as Net from "node:net"
-import * as Os from "node:os"
-import * as Path from "node:path"
 import * as Tls from "node:tls"
 import { Client } from "undici"
 import { WebSocket } from "ws"
@@ -38,6 +36,7 @@ import { closed, get, keepAliveAgent, untilRefused } from "./support/http.ts"
 import { eventually } from "./support/process.ts"
 import { certificateFiles, tlsConnect } from "./support/tls.ts"
 import type { Reply } from "./support/http.ts"
+import { tempDir } from "./support/fs.ts"
 
 // -----------------------------------------------------------------------------
 // Support
@@ -114,11 +113,6 @@ const routes = (started = Deferred.makeUnsafe<void>()) =>
     ),
     HttpRouter.add("GET", "/never", Effect.andThen(Deferred.succeed(started, undefined), Effect.never))
   )
-
-const tempDir = Effect.acquireRelease(
-  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-"))),
-  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-)
 
 /** A self-signed certificate for localhost, made now. */
 const certificate = Effect.gen(function* () {

@@ -13,7 +13,6 @@ import * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Listeners from "../src/Listeners.ts"
 import * as Drain from "../src/Drain.ts"
@@ -21,6 +20,7 @@ import * as SocketServer from "../src/SocketServer.ts"
 import { connectOptions, exchange } from "./support/net.ts"
 import type { Target } from "./support/net.ts"
 import { untilRefused } from "./support/http.ts"
+import { tempDir } from "./support/fs.ts"
 
 /** Drain reports logged by the server: level and annotations. */
 const captureDrains = () => {
@@ -93,11 +93,6 @@ const received = (socket: Net.Socket) =>
     socket.on("error", (e) => (error = e))
     socket.on("close", () => resume(Effect.succeed({ data, error })))
   })
-
-const tempDir = Effect.acquireRelease(
-  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-"))),
-  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-)
 
 describe("SocketServer", () => {
   it.live("an exchange in flight when the scope closes completes; new connections are refused", () => {

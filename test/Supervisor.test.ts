@@ -4,7 +4,6 @@ import * as Fiber from "effect/Fiber"
 import * as Result from "effect/Result"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Sys from "../src/internal/sys.ts"
 import { keepAliveLoad, request } from "./support/http.ts"
@@ -13,6 +12,7 @@ import { freePort } from "./support/net.ts"
 import { certificateFiles, tlsConnect } from "./support/tls.ts"
 import { eventually, isAlive, openFds, spawnFixture } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
+import { tempDir } from "./support/fs.ts"
 
 // -----------------------------------------------------------------------------
 // Helpers
@@ -31,11 +31,6 @@ const pidOf = (reply: Reply): number => {
   assert.isNotNull(match, `a pid in ${JSON.stringify(reply.body)}`)
   return Number(match![1])
 }
-
-const tempDir = Effect.acquireRelease(
-  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-"))),
-  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-)
 
 /** Every process of this test (all generations) carries the tag in its arguments. */
 const processesTagged = (tag: string): Array<number> =>

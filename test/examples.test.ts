@@ -6,7 +6,7 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import { request } from "./support/http.ts"
+import { answeredBy, request } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { eventually, isAlive, nodePath, spawnProcess } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
@@ -39,17 +39,6 @@ const banner = (spawned: Spawned, after = 0) =>
       }, "a banner line")
     )
   )
-
-/** Requests `url` on new connections until one is answered by `pid` (bounded). */
-const answeredBy = (url: string, pid: number, options: { readonly ca?: Buffer } = {}) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + 15_000
-    while (Date.now() < deadline) {
-      if (pidIn((yield* request(url, options)).body) === pid) return
-      yield* Effect.sleep("10 millis")
-    }
-    return yield* Effect.die(new Error(`no answer from pid ${pid} at ${url} within 15 s`))
-  })
 
 describe("examples", () => {
   it.live(

@@ -13,7 +13,6 @@ import * as Fiber from "effect/Fiber"
 import * as NetAddress from "effect/net/NetAddress"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as ListenFds from "../src/ListenFds.ts"
 import * as Listeners from "../src/Listeners.ts"
@@ -22,11 +21,7 @@ import * as Sys from "../src/internal/sys.ts"
 import { request } from "./support/http.ts"
 import { exchange, freePort } from "./support/net.ts"
 import { spawnFixture } from "./support/process.ts"
-
-const tempDir = Effect.acquireRelease(
-  Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-grace-"))),
-  (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
-)
+import { tempDir } from "./support/fs.ts"
 
 const withEnv = (env: Record<string, string>) => Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env)))
 

@@ -14,7 +14,7 @@ import type { ExecFileSyncOptions } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import { request } from "../support/http.ts"
+import { answeredBy, request } from "../support/http.ts"
 import { freePort } from "../support/net.ts"
 import { eventually, isAlive, spawnProcess } from "../support/process.ts"
 
@@ -95,17 +95,6 @@ const start = (p: Project, env: Record<string, string> = {}) =>
 
 const pidOf = (body: string): number => Number(body.match(/^pid (\d+)$/m)?.[1])
 
-/** Requests `url` on new connections until one is answered by `pid` (bounded). */
-const answeredBy = (url: string, pid: number) =>
-  Effect.gen(function* () {
-    const deadline = Date.now() + 15_000
-    while (Date.now() < deadline) {
-      if (pidOf((yield* request(`${url}/`)).body) === pid) return
-      yield* Effect.sleep("10 millis")
-    }
-    return yield* Effect.die(new Error(`no answer from pid ${pid} within 15 s`))
-  })
-
 describe.each(versions)("the packed package on Node %s", (major) => {
   let p: Project
   beforeAll(() => {
@@ -126,7 +115,7 @@ describe.each(versions)("the packed package on Node %s", (major) => {
       )
       const second = Number(ready[1])
       // The old process stops accepting once the hand-off has begun: soon, every new connection is the successor's.
-      yield* answeredBy(url, second)
+      yield* answeredBy(`${url}/`, second)
       assert.isTrue(isAlive(second))
       // The first generation drains and exits 0 on its own.
       assert.deepStrictEqual(yield* program.exited("30 seconds"), { code: 0, signal: null })

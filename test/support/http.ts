@@ -156,3 +156,17 @@ export const keepAliveLoad = (urls: ReadonlyArray<string>) =>
     )
     return { answers, failures, stop }
   })
+
+/**
+ * Requests `url` on new connections until one is answered from `pid` (a body saying `pid <n>`), bounded: once a
+ * successor is ready the old process stops accepting soon, but until then the kernel may give either a connection.
+ */
+export const answeredBy = (url: string, pid: number, options: RequestOptions = {}) =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + 15_000
+    while (Date.now() < deadline) {
+      if (Number((yield* request(url, options)).body.match(/pid (\d+)/)?.[1]) === pid) return
+      yield* Effect.sleep("10 millis")
+    }
+    return yield* Effect.die(new Error(`no answer from pid ${pid} at ${url} within 15 s`))
+  })
