@@ -19,7 +19,6 @@ import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Health, Listeners, Server, Supervisor } from "../src/index.ts"
 
 const { values: flags } = parseArgs({
@@ -92,5 +91,5 @@ const Banner = Layer.effectDiscard(
 // Operator logs (ready, restart, drain), one logfmt line each, go to stderr; stdout has the banner alone.
 Layer.launch(Supervisor.layer(Banner)).pipe(
   Effect.provide(Logger.layer([Logger.withConsoleError(Logger.formatLogFmt)])),
-  NodeRuntime.runMain({ teardown: Supervisor.teardown })
+  Supervisor.runMain
 )

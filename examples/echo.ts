@@ -10,7 +10,6 @@ import { parseArgs } from "node:util"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import type * as Socket from "effect/socket/Socket"
 import { Drain, Listeners, SocketServer, Supervisor } from "../src/index.ts"
 
@@ -39,7 +38,4 @@ const Banner = Layer.effectDiscard(
   })
 ).pipe(Layer.provide(Echo))
 
-Layer.launch(Supervisor.layer(Banner)).pipe(
-  Effect.provideService(Logger.LogToStderr, true),
-  NodeRuntime.runMain({ teardown: Supervisor.teardown })
-)
+Layer.launch(Supervisor.layer(Banner)).pipe(Effect.provideService(Logger.LogToStderr, true), Supervisor.runMain)

@@ -18,7 +18,6 @@ import * as HttpRouter from "effect/http/HttpRouter"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Listeners, Server, Supervisor } from "../src/index.ts"
 
 const { values: flags } = parseArgs({
@@ -70,8 +69,5 @@ if (flags.key === undefined || flags.cert === undefined) {
     })
   ).pipe(Layer.provide(Layer.mergeAll(Public, Admin)))
 
-  Layer.launch(Supervisor.layer(Banner)).pipe(
-    Effect.provideService(Logger.LogToStderr, true),
-    NodeRuntime.runMain({ teardown: Supervisor.teardown })
-  )
+  Layer.launch(Supervisor.layer(Banner)).pipe(Effect.provideService(Logger.LogToStderr, true), Supervisor.runMain)
 }

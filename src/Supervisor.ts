@@ -45,15 +45,19 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberHandle from "effect/FiberHandle"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import { dual } from "effect/Function"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Ref from "effect/Ref"
 import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
-import * as Semaphore from "effect/Semaphore"
 import * as Stream from "effect/Stream"
+import { constants } from "node:os"
 import { resolve } from "node:path"
 import * as ListenFds from "./ListenFds.ts"
 import * as Listeners from "./Listeners.ts"
@@ -65,7 +69,8 @@ import * as DrainInternal from "./internal/drain.ts"
 import * as Report from "./internal/report.ts"
 import * as Machine from "./internal/machine.ts"
 import * as Os from "./internal/os.ts"
-import type * as Successor from "./internal/successor.ts"
+import * as Program from "./internal/program.ts"
+import * as Successor from "./internal/successor.ts"
 import * as Tickets from "./internal/tickets.ts"
 
 // -----------------------------------------------------------------------------
@@ -201,6 +206,34 @@ export class RestartError extends Data.TaggedError("RestartError")<{
   }
 }
 
+/**
+ * The supervisor cannot run as the program is composed; `problem` says why,
+ * and the message what to write instead.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class LaunchError extends Data.TaggedError("LaunchError")<{
+  readonly problem: "NoRunMain" | "ForeignSignalHandlers" | "TwoSupervisors"
+}> {
+  override get message(): string {
+    switch (this.problem) {
+      case "NoRunMain":
+        return (
+          "Supervisor.layer ends the program after a hand-off, which only Supervisor.runMain lets it do; " +
+          "write Layer.launch(Supervisor.layer(App)).pipe(Supervisor.runMain)"
+        )
+      case "ForeignSignalHandlers":
+        return (
+          "another handler of SIGTERM or SIGINT is installed (NodeRuntime.runMain installs one), and it would stop " +
+          "the program in the middle of the supervisor's drain; run the program with Supervisor.runMain"
+        )
+      case "TwoSupervisors":
+        return "this program already has a supervisor; run one Supervisor.layer (or run) per program"
+    }
+  }
+}
+
 // -----------------------------------------------------------------------------
 // Options
 // -----------------------------------------------------------------------------
@@ -291,311 +324,504 @@ export const metrics = {
   })
 }
 
-const logged = (message: string, annotations: Record<string, unknown>) =>
-  Effect.logInfo(message).pipe(Effect.annotateLogs(annotations))
-
 // -----------------------------------------------------------------------------
 // The runtime
 // -----------------------------------------------------------------------------
 
 /** How a programmatic restart is answered. */
 type Reply = Deferred.Deferred<number, RestartError>
+type Failure = Os.SpawnFailure | Successor.EarlyExit | { readonly _tag: "NotReadyInTime" }
+type Event = Machine.Event<Reply, Successor.Successor, Failure>
+type Action = Machine.Action<Reply, Successor.Successor, Failure>
 
-type Failure = Successor.SpawnFailure | Successor.EarlyExit | { readonly _tag: "NotReadyInTime" }
+/** How the supervision ended: after a termination or a hand-off, or a start-up that failed; forced or not. */
+interface Outcome {
+  readonly reason: Machine.Reason | "failed"
+  readonly forced: boolean
+}
 
-// Whether this process has drained after a termination or a hand-off, for `teardown`.
-let stoppedGracefully = false
+/** The options, with the environment's values where the options say nothing. */
+interface Settings {
+  readonly readyTimeout: Duration.Duration
+  readonly shutdownDelay: Duration.Duration
+  readonly pidFile: string | undefined
+  readonly restartSignals: ReadonlyArray<NodeJS.Signals>
+}
 
-/**
- * Supervises `app` in the current scope: builds it on Listeners with
- * Supervisor provided, announces readiness, and follows the state machine.
- * Closing the scope terminates (interrupting a restart under way) and drains.
- * `stopped` completes once a termination or a hand-off has begun.
- */
-const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
+const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigError> =>
+  Effect.map(
+    Effect.gen(function* () {
+      return yield* config
+    }),
+    (configured) => ({
+      readyTimeout: Duration.fromInputUnsafe(
+        options.readyTimeout ?? Option.getOrElse(configured.readyTimeout, () => Duration.seconds(60))
+      ),
+      shutdownDelay: Duration.fromInputUnsafe(
+        options.shutdownDelay ?? Option.getOrElse(configured.shutdownDelay, () => Duration.zero)
+      ),
+      pidFile: Option.getOrUndefined(
+        Option.map(Option.fromUndefinedOr(options.pidFile).pipe(Option.orElse(() => configured.pidFile)), (p) =>
+          resolve(p)
+        )
+      ),
+      restartSignals: options.restartSignals ?? ["SIGUSR2"]
+    })
+  )
+
+/** What the supervisor holds for the life of the process. */
+interface Resources {
+  readonly os: Os.Os
+  readonly signals: Stream.Stream<NodeJS.Signals>
+  readonly parent: Successor.ParentLink | undefined
+  readonly listeners: Listeners.Listeners["Service"]
+  readonly notify: Notify.Notify["Service"]
+  readonly ticketKeys: Buffer
+  /** Why listeners cannot be handed on here, if they cannot. */
+  readonly handOffBlocked: Unsupported | undefined
+}
+
+const TERMINATION_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGTERM", "SIGINT"]
+
+// Why listeners cannot be handed on here, if they cannot: one answer for the machine and for the refusal.
+const handOffBlocked = (os: Os.Os): Unsupported | undefined => {
+  const native = os.native()
+  if (!native.available) return new Unsupported({ platform: native.platform, detail: native.reason })
+  // As PID 1 (a container's init), exiting ends the PID namespace, successor and all.
+  if (os.pid !== 1) return undefined
+  return new Unsupported({
+    platform: process.platform,
+    detail:
+      "this process is PID 1 (a container's init), and when it exits the kernel ends every process of its " +
+      "PID namespace, the successor too; replace the container instead (a rolling update)"
+  })
+}
+
+// The ticket keys travel as base64 on the channel; anything else is ignored, and this process makes its own.
+const decodeTicketKeys = (text: string | undefined): Buffer | undefined => {
+  const decoded = text === undefined ? undefined : Buffer.from(text, "base64")
+  return decoded?.length === Tickets.TICKET_KEYS_BYTES ? decoded : undefined
+}
+
+/** Signals first, so that none takes its default action (SIGUSR2 would kill the process) and none is lost. */
+const acquire = (settings: Settings) =>
   Effect.gen(function* () {
     const os = yield* Os.Os
-    const configured = yield* config
-    const readyTimeout = Duration.fromInputUnsafe(
-      options.readyTimeout ?? Option.getOrElse(configured.readyTimeout, () => Duration.seconds(60))
-    )
-    const pidFile = Option.getOrUndefined(
-      Option.map(Option.fromUndefinedOr(options.pidFile).pipe(Option.orElse(() => configured.pidFile)), (p) =>
-        resolve(p)
-      )
-    )
-    const shutdownDelay = Duration.fromInputUnsafe(
-      options.shutdownDelay ?? Option.getOrElse(configured.shutdownDelay, () => Duration.zero)
-    )
-    const restartSignals = options.restartSignals ?? ["SIGUSR2"]
-    // Signals: handled from here on, before anything else, so that none takes its default action (SIGUSR2 would
-    // kill the process) and a termination during start-up is not lost.
-    const signals = yield* os.signals([...restartSignals, "SIGTERM", "SIGINT"])
+    const signals = yield* os.signals([...settings.restartSignals, ...TERMINATION_SIGNALS])
     yield* os.reapOrphans
-    const parent = yield* os.parent
-    const inherited = yield* ListenFds.make()
-    const listeners = yield* Listeners.make(inherited)
+    const { parent, values } = yield* os.parent([Successor.TICKET_KEYS_VARIABLE])
+    const link = parent === undefined ? undefined : yield* Successor.connect(parent, values)
+    const listeners = yield* Listeners.make(yield* ListenFds.make())
     // A Notify given by the caller (a test's) wins over the one NOTIFY_SOCKET names.
     const given = yield* Effect.serviceOption(Notify.Notify)
     const notify = Option.isSome(given) ? given.value : yield* Notify.make
     // TLS sessions resume across restarts: the keys of the first generation, handed down.
-    const ticketKeys = (parent !== undefined ? yield* parent.ticketKeys : undefined) ?? (yield* Tickets.TicketKeys)
+    const inherited = link === undefined ? undefined : decodeTicketKeys(yield* link.ticketKey)
+    const ticketKeys = inherited ?? (yield* Tickets.TicketKeys)
+    return { os, signals, parent: link, listeners, notify, ticketKeys, handOffBlocked: handOffBlocked(os) }
+  })
 
-    const stopped = yield* Deferred.make<"terminate" | "handoff">()
-    const closing = yield* Deferred.make<void>()
-    // A second termination signal: every drain (and the shutdown delay) ends now.
-    const forced = yield* Deferred.make<void>()
-    const health = Health.make("starting")
-    const lock = yield* Semaphore.make(1)
-    const restarting = yield* FiberHandle.make<void, never>()
-    // Restarts asked for by a signal; made before the drain's finalizer, so a signal during the drain is refused.
+/** Everything the interpreter of the machine's actions works with. */
+interface Runtime {
+  readonly settings: Settings
+  readonly resources: Resources
+  readonly events: Queue.Queue<Event, Cause.Done>
+  /** The machine's state as its owner last left it: read, never written, by others. */
+  readonly state: Ref.Ref<Machine.State<Reply>>
+  readonly health: ReturnType<typeof Health.make>
+  /** The application's scope: closing it is the drain. */
+  readonly appScope: Scope.Closeable
+  readonly startup: FiberHandle.FiberHandle
+  readonly restarting: FiberHandle.FiberHandle
+  readonly delaying: FiberHandle.FiberHandle
+  readonly draining: FiberHandle.FiberHandle
+  /** The shutdown delay has begun: the servers answer `Connection: close`. */
+  readonly closing: Deferred.Deferred<void>
+  /** A second termination signal: every drain (and the shutdown delay) ends now. */
+  readonly forced: Deferred.Deferred<void>
+  /** The application is ready (or its start-up was cut by a termination), or failed to start. */
+  readonly started: Deferred.Deferred<void, unknown>
+  readonly stopped: Deferred.Deferred<Outcome>
+}
+
+const makeRuntime = (settings: Settings, resources: Resources) =>
+  Effect.gen(function* () {
+    const runtime: Runtime = {
+      settings,
+      resources,
+      events: yield* Queue.unbounded<Event, Cause.Done>(),
+      state: yield* Ref.make(Machine.initial<Reply>(resources.parent?.pid)),
+      health: Health.make("starting"),
+      appScope: yield* Scope.fork(yield* Effect.scope, "sequential"),
+      startup: yield* FiberHandle.make(),
+      restarting: yield* FiberHandle.make(),
+      delaying: yield* FiberHandle.make(),
+      draining: yield* FiberHandle.make(),
+      closing: yield* Deferred.make<void>(),
+      forced: yield* Deferred.make<void>(),
+      started: yield* Deferred.make<void, unknown>(),
+      stopped: yield* Deferred.make<Outcome>()
+    }
+    // Once the owner has gone, no event is taken: a restart still asked for is refused, and later ones too.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        yield* Queue.end(runtime.events)
+        for (const event of yield* Queue.collect(runtime.events)) {
+          if (event._tag === "RestartRequested" && event.reply !== undefined) {
+            yield* Deferred.fail(event.reply, new RestartError({ reason: new NotServing({ state: "draining" }) }))
+          }
+        }
+      })
+    )
+    return runtime
+  })
+
+const send = (runtime: Runtime, event: Event) => Queue.offer(runtime.events, event)
+
+const logged = (runtime: Runtime, message: string, annotations: Readonly<Record<string, unknown>> = {}) =>
+  Effect.logInfo(message).pipe(Effect.annotateLogs({ pid: runtime.resources.os.pid, ...annotations }))
+
+// The restart: spawn, wait for ready (an Effect timer: a TestClock drives it), tell the machine. The successor is
+// the machine's once it is ready and told; one that fails, times out or is interrupted before that is killed here.
+const restartWork = (runtime: Runtime) =>
+  Effect.gen(function* () {
+    const { os, listeners, ticketKeys } = runtime.resources
+    const passed = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
+    yield* logged(runtime, "effect-grace: restart started", { listeners: passed.length })
+    const spawned = yield* Clock.currentTimeMillis
+    const outcome = yield* Effect.acquireUseRelease(
+      Successor.start(os, { passed, ticketKey: ticketKeys.toString("base64") }),
+      (successor) =>
+        successor.ready.pipe(
+          Effect.timeoutOrElse({
+            duration: runtime.settings.readyTimeout,
+            orElse: () => Effect.fail({ _tag: "NotReadyInTime" } as const)
+          }),
+          Effect.andThen(Clock.currentTimeMillis),
+          Effect.flatMap((now) => Metric.update(metrics.handOff, Duration.millis(now - spawned))),
+          Effect.andThen(send(runtime, { _tag: "SuccessorReady", successor, pid: successor.pid }))
+        ),
+      (successor, exit) => (Exit.isSuccess(exit) ? Effect.void : successor.kill)
+    ).pipe(Effect.result)
+    if (outcome._tag === "Failure") yield* send(runtime, { _tag: "RestartFailed", failure: outcome.failure })
+  }).pipe(Effect.withSpan("effect-grace.restart.successor"))
+
+const refusalReason = (runtime: Runtime, refusal: Machine.Refusal): RestartErrorReason => {
+  switch (refusal._tag) {
+    case "AlreadyInProgress":
+      return new AlreadyInProgress()
+    case "NotServing":
+      return new NotServing({ state: refusal.state })
+    case "ParentStillRunning":
+      return new ParentStillRunning({ parentPid: refusal.parentPid })
+    case "Unsupported":
+      return runtime.resources.handOffBlocked ?? new Unsupported({ platform: process.platform, detail: "unknown" })
+  }
+}
+
+const failureReason = (runtime: Runtime, failure: Failure): RestartErrorReason => {
+  switch (failure._tag) {
+    case "SpawnFailed":
+      return new SpawnFailed({ cause: failure.cause })
+    case "ExitedBeforeReady":
+      return new ExitedBeforeReady({ pid: failure.pid, code: failure.code, signal: failure.signal })
+    case "NotReadyInTime":
+      return new NotReadyInTime({ timeout: runtime.settings.readyTimeout })
+  }
+}
+
+// Every refusal and failure is logged, whoever asked; a caller is answered.
+const refuse = (runtime: Runtime, reply: Reply | undefined, reason: RestartErrorReason) => {
+  const error = new RestartError({ reason })
+  return Effect.andThen(
+    Effect.logWarning(`effect-grace: ${error.message}`).pipe(
+      Effect.annotateLogs({ pid: runtime.resources.os.pid, reason: reason._tag })
+    ),
+    reply === undefined ? Effect.void : Deferred.fail(reply, error)
+  )
+}
+
+// Ready means every server listens: only then are unclaimed inherited fds closed, the PID file written, and the
+// parent (after a restart) or systemd told.
+const announceReady = (runtime: Runtime) =>
+  Effect.gen(function* () {
+    const { os, listeners, parent, notify } = runtime.resources
+    yield* listeners.closeUnclaimed
+    if (runtime.settings.pidFile !== undefined) yield* os.writePidFile(runtime.settings.pidFile)
+    yield* parent !== undefined ? parent.signalReady : Effect.ignore(notify.ready)
+    runtime.health.setPhase("serving")
+    const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
+    yield* logged(runtime, "effect-grace: ready", { listeners: addresses.join(", ") })
+    yield* Deferred.succeed(runtime.started, undefined)
+  })
+
+const handOff = (runtime: Runtime, reply: Reply | undefined, pid: number) =>
+  Effect.gen(function* () {
+    // From here on the successor serves too: this process must not unlink what it hands on.
+    yield* runtime.resources.listeners.handOff
+    yield* Effect.ignore(runtime.resources.notify.mainPid(pid, { ready: true }))
+    yield* logged(runtime, "effect-grace: successor ready", { successor: pid })
+    if (reply !== undefined) yield* Deferred.succeed(reply, pid)
+  })
+
+// Unready already; the servers go on serving for the delay, every response saying Connection: close.
+const beginDelay = (runtime: Runtime) => {
+  const delay = runtime.settings.shutdownDelay
+  const over = Effect.andThen(
+    Effect.raceFirst(Effect.sleep(delay), Deferred.await(runtime.forced)),
+    send(runtime, { _tag: "DelayOver" })
+  )
+  return Effect.all([
+    Deferred.succeed(runtime.closing, undefined),
+    logged(runtime, "effect-grace: shutdown delay", { millis: Duration.toMillis(delay) }),
+    FiberHandle.run(runtime.delaying, over)
+  ])
+}
+
+// The servers drain as the finalizers of the application's scope.
+const beginDrain = (runtime: Runtime, reason: Machine.Reason) => {
+  const drain = Effect.gen(function* () {
+    yield* logged(runtime, "effect-grace: draining", { reason })
+    const started = yield* Clock.currentTimeMillis
+    yield* Scope.close(runtime.appScope, Exit.void)
+    yield* send(runtime, { _tag: "Drained", millis: (yield* Clock.currentTimeMillis) - started })
+  })
+  return FiberHandle.run(runtime.draining, drain)
+}
+
+const forceExit = (runtime: Runtime, signal: string) =>
+  Effect.logWarning("effect-grace: a second termination signal; exiting at once").pipe(
+    Effect.annotateLogs({ pid: runtime.resources.os.pid, signal }),
+    // Where the runtime allows, the process ends here; elsewhere every drain is cut, and the program finishes.
+    Effect.andThen(runtime.resources.os.forceExit(signal)),
+    Effect.andThen(Deferred.succeed(runtime.forced, undefined))
+  )
+
+const finish = (runtime: Runtime, action: Extract<Action, { readonly _tag: "Finish" }>) =>
+  Effect.gen(function* () {
+    const { reason, forced, millis } = action
+    const pidFile = runtime.settings.pidFile
+    if (reason === "terminate" && pidFile !== undefined) yield* runtime.resources.os.removePidFile(pidFile)
+    if (reason !== "failed") yield* logged(runtime, "effect-grace: stopped", { reason, drainMillis: millis })
+    // A start-up cut by a termination is over too: whoever waits for it goes on to the end.
+    yield* Deferred.succeed(runtime.started, undefined)
+    yield* Deferred.succeed(runtime.stopped, { reason, forced })
+  })
+
+/** Carries out one action of the machine, in the supervisor's own context. */
+const perform =
+  (runtime: Runtime) =>
+  (action: Action): Effect.Effect<void> => {
+    const { notify } = runtime.resources
+    switch (action._tag) {
+      case "Log":
+        return logged(runtime, action.message, action.annotations)
+      case "AnnounceReady":
+        return announceReady(runtime)
+      case "Refuse":
+        return refuse(runtime, action.reply, refusalReason(runtime, action.refusal))
+      case "NotifyReloading":
+        return Effect.ignore(notify.reloading)
+      case "StartRestart":
+        return Effect.asVoid(FiberHandle.run(runtime.restarting, restartWork(runtime)))
+      case "InterruptRestart":
+        return FiberHandle.clear(runtime.restarting)
+      case "ReleaseSuccessor":
+        return action.successor.release
+      case "KillSuccessor":
+        return action.successor.kill
+      case "HandOff":
+        return handOff(runtime, action.reply, action.pid)
+      case "RestartFailed":
+        return Effect.andThen(
+          Effect.ignore(notify.ready),
+          refuse(runtime, action.reply, failureReason(runtime, action.failure))
+        )
+      case "NotifyStopping":
+        return Effect.ignore(notify.stopping)
+      case "Unready":
+        return Effect.sync(() => runtime.health.setPhase(action.why))
+      case "InterruptStartup":
+        return FiberHandle.clear(runtime.startup)
+      case "BeginDelay":
+        return Effect.asVoid(beginDelay(runtime))
+      case "BeginDrain":
+        return Effect.asVoid(beginDrain(runtime, action.reason))
+      case "ForceExit":
+        return forceExit(runtime, action.signal)
+      case "CloseApplication":
+        return Scope.close(runtime.appScope, Exit.void)
+      case "Finish":
+        return finish(runtime, action)
+    }
+  }
+
+/** The one owner of the state: takes each event, follows the machine, carries out its actions in order. */
+const follow = (runtime: Runtime): Effect.Effect<void> => {
+  const rules: Machine.Rules = {
+    canHandOff: runtime.resources.handOffBlocked === undefined,
+    shutdownDelay: Duration.isGreaterThan(runtime.settings.shutdownDelay, Duration.zero)
+  }
+  const step = (event: Event) =>
+    Effect.gen(function* () {
+      const [next, actions] = Machine.transition(yield* Ref.get(runtime.state), event, rules)
+      yield* Ref.set(runtime.state, next)
+      yield* Effect.forEach(actions, perform(runtime), { discard: true })
+    })
+  // Until the events end, when the supervisor's scope closes.
+  return Effect.forever(Effect.flatMap(Queue.take(runtime.events), step)).pipe(Effect.catch(() => Effect.void))
+}
+
+// -----------------------------------------------------------------------------
+// The service, the events from outside, the application
+// -----------------------------------------------------------------------------
+
+// The channel's close tells that the parent has gone, but a restart asked for at the same moment may be seen first:
+// the kernel says so at once, by adopting this process.
+const noticeParentExit = (runtime: Runtime) => {
+  const { os, parent } = runtime.resources
+  return parent !== undefined && os.ppid() !== parent.pid ? send(runtime, { _tag: "ParentExited" }) : Effect.void
+}
+
+/** A restart asked for by `signal` or a call: one span and one count per attempt, whatever its outcome. */
+const requestRestart = (runtime: Runtime, signal: string | undefined): Effect.Effect<number, RestartError> =>
+  Effect.gen(function* () {
+    const reply = yield* Deferred.make<number, RestartError>()
+    yield* noticeParentExit(runtime)
+    if (!(yield* send(runtime, { _tag: "RestartRequested", reply, signal }))) {
+      return yield* new RestartError({ reason: new NotServing({ state: "draining" }) })
+    }
+    return yield* Deferred.await(reply)
+  }).pipe(
+    Effect.onExit((exit) => {
+      const outcome = Exit.isSuccess(exit)
+        ? "ready"
+        : Option.match(Cause.findErrorOption(exit.cause), { onNone: () => "interrupted", onSome: (e) => e.reason._tag })
+      return Effect.all([
+        Effect.annotateCurrentSpan("effect-grace.outcome", outcome),
+        Exit.isSuccess(exit) ? Effect.annotateCurrentSpan("effect-grace.successor.pid", exit.value) : Effect.void,
+        Metric.update(Metric.withAttributes(metrics.restarts, { outcome }), 1)
+      ])
+    }),
+    Effect.withSpan("effect-grace.restart", { attributes: { "effect-grace.pid": runtime.resources.os.pid } })
+  )
+
+const serviceOf = (runtime: Runtime): Supervisor["Service"] =>
+  Supervisor.of({
+    restart: requestRestart(runtime, undefined),
+    terminate: send(runtime, { _tag: "Terminate", source: "call", signal: undefined }),
+    parentPid: Effect.map(Ref.get(runtime.state), (state) => Option.fromUndefinedOr(state.parentPid))
+  })
+
+/** Signals and the parent's exit, as events; restarts asked by a signal run in a set owned by the scope. */
+const listen = (runtime: Runtime) =>
+  Effect.gen(function* () {
     const requested = yield* FiberSet.make<number, RestartError>()
-    let state: Machine.State<Reply> = { _tag: "Starting" }
-    let lastSignal: NodeJS.Signals = "SIGTERM"
+    const { signals, parent } = runtime.resources
+    yield* Effect.forkScoped(
+      Stream.runForEach(signals, (signal) =>
+        runtime.settings.restartSignals.includes(signal)
+          ? Effect.asVoid(FiberSet.run(requested, requestRestart(runtime, signal)))
+          : send(runtime, { _tag: "Terminate", source: "signal", signal })
+      )
+    )
+    if (parent !== undefined)
+      yield* Effect.forkScoped(Effect.andThen(parent.exited, send(runtime, { _tag: "ParentExited" })))
+  })
 
-    // Why listeners cannot be handed on here, if they cannot: one answer for the machine and for the refusal.
-    const handOffBlocked = (): Unsupported | undefined => {
-      const native = os.native()
-      if (!native.available) return new Unsupported({ platform: native.platform, detail: native.reason })
-      // As PID 1 (a container's init), exiting ends the PID namespace, successor and all.
-      if (os.pid === 1) {
-        return new Unsupported({
-          platform: process.platform,
-          detail:
-            "this process is PID 1 (a container's init), and when it exits the kernel ends every process of its " +
-            "PID namespace, the successor too; replace the container instead (a rolling update)"
-        })
+type Provided = Listeners.Listeners | Supervisor | Health.Health
+
+/** Builds the application in its own scope, on a fiber the machine can interrupt; tells the machine how it went. */
+const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) => {
+  const { listeners, ticketKeys } = runtime.resources
+  const provided = app.pipe(
+    Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
+    Layer.provide(Layer.succeed(Supervisor)(serviceOf(runtime))),
+    Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
+    Layer.provide(Layer.succeed(Health.Health)(runtime.health.health)),
+    Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(runtime.closing))),
+    Layer.provide(Layer.succeed(DrainInternal.Forced)(Deferred.await(runtime.forced))),
+    // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
+    Layer.provide(Drain.layerConfig)
+  ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Provided>>
+  const build = Layer.buildWithScope(provided, runtime.appScope).pipe(
+    Effect.matchCauseEffect({
+      onSuccess: () => send(runtime, { _tag: "Started" }),
+      onFailure: (cause) =>
+        Effect.andThen(Deferred.failCause(runtime.started, cause), send(runtime, { _tag: "StartupFailed" }))
+    })
+  )
+  return FiberHandle.run(runtime.startup, build)
+}
+
+/**
+ * Supervises `app` in the current scope: takes the process's resources, starts the machine's owner, builds `app`,
+ * and answers when it has started and when the supervision is over. Closing the scope terminates (interrupting a
+ * start-up or a restart under way) and drains.
+ */
+const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
+  Effect.gen(function* () {
+    const settings = yield* settingsOf(options)
+    const resources = yield* acquire(settings)
+    const runtime = yield* makeRuntime(settings, resources)
+    yield* Effect.forkScoped(follow(runtime))
+    yield* listen(runtime)
+    // Runs before the owner is interrupted (finalizers run last-added first): the scope closing is a termination.
+    yield* Effect.addFinalizer(() =>
+      Effect.andThen(
+        send(runtime, { _tag: "Terminate", source: "scope", signal: undefined }),
+        Deferred.await(runtime.stopped)
+      )
+    )
+    yield* startApplication(runtime, app)
+    const started = Deferred.await(runtime.started) as Effect.Effect<void, E | Config.ConfigError>
+    return { started, stopped: Deferred.await(runtime.stopped) }
+  })
+
+// -----------------------------------------------------------------------------
+// Running
+// -----------------------------------------------------------------------------
+
+type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError
+
+// How the program runs the supervisor: under Supervisor.runMain (which it ends) or on its own. Another handler of the
+// termination signals would race the supervisor's drain (NodeRuntime.runMain's interrupts the program, exit 130).
+const claimProgram = (as: "layer" | "run") =>
+  Effect.gen(function* () {
+    const program = yield* Program.Program
+    if (program === undefined) {
+      if (as === "layer") return yield* new LaunchError({ problem: "NoRunMain" })
+      const os = yield* Os.Os
+      if ((yield* os.foreignHandlers(TERMINATION_SIGNALS)) > 0) {
+        return yield* new LaunchError({ problem: "ForeignSignalHandlers" })
       }
       return undefined
     }
-    const facts = (): Machine.Facts => ({
-      parentPid: parent !== undefined && parent.isAlive() ? parent.pid : undefined,
-      canHandOff: handOffBlocked() === undefined
-    })
-
-    const fail = (reply: Reply | undefined, reason: RestartErrorReason) => {
-      const error = new RestartError({ reason })
-      return Effect.gen(function* () {
-        yield* Effect.logWarning(`effect-grace: ${error.message}`).pipe(
-          Effect.annotateLogs({ pid: os.pid, reason: reason._tag })
-        )
-        if (reply !== undefined) yield* Deferred.fail(reply, error)
-      })
-    }
-
-    const refusalReason = (refusal: Machine.Refusal): RestartErrorReason => {
-      switch (refusal._tag) {
-        case "AlreadyInProgress":
-          return new AlreadyInProgress()
-        case "NotServing":
-          return new NotServing({ state: refusal.state })
-        case "ParentStillRunning":
-          return new ParentStillRunning({ parentPid: refusal.parentPid })
-        case "Unsupported":
-          return handOffBlocked() ?? new Unsupported({ platform: process.platform, detail: "no hand-off is possible" })
-      }
-    }
-
-    const failureReason = (failure: Failure): RestartErrorReason => {
-      switch (failure._tag) {
-        case "SpawnFailed":
-          return new SpawnFailed({ cause: failure.cause })
-        case "ExitedBeforeReady":
-          return new ExitedBeforeReady({ pid: failure.pid, code: failure.code, signal: failure.signal })
-        case "NotReadyInTime":
-          return new NotReadyInTime({ timeout: readyTimeout })
-      }
-    }
-
-    // The restart: spawn, wait for ready (an Effect timer: a TestClock drives it), tell the machine. A successor
-    // that is not handed off (failure, timeout, interruption by a termination) is killed and reaped.
-    const restartFiber = Effect.gen(function* () {
-      const passed = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
-      yield* logged("effect-grace: restart started", { pid: os.pid, listeners: passed.length })
-      const started = yield* Clock.currentTimeMillis
-      const outcome = yield* Effect.acquireUseRelease(
-        os.spawn({ passed, ticketKeys }),
-        (successor) =>
-          successor.ready.pipe(
-            Effect.timeoutOrElse({
-              duration: readyTimeout,
-              orElse: () => Effect.fail({ _tag: "NotReadyInTime" } as const)
-            }),
-            Effect.andThen(
-              Effect.gen(function* () {
-                yield* Metric.update(metrics.handOff, Duration.millis((yield* Clock.currentTimeMillis) - started))
-                yield* dispatch({ _tag: "SuccessorReady", pid: successor.pid })
-              })
-            )
-          ),
-        (successor, exit) =>
-          Exit.isSuccess(exit) && state._tag === "Draining" && state.reason === "handoff"
-            ? successor.release
-            : successor.kill
-      ).pipe(Effect.result)
-      if (outcome._tag === "Failure") yield* dispatch({ _tag: "RestartFailed", failure: outcome.failure })
-    }).pipe(Effect.withSpan("effect-grace.restart.successor"))
-
-    const perform = (action: Machine.Action<Reply, Failure>): Effect.Effect<void> => {
-      switch (action._tag) {
-        case "Refuse":
-          return fail(action.reply, refusalReason(action.refusal))
-        case "StartRestart":
-          return Effect.asVoid(FiberHandle.run(restarting, restartFiber))
-        case "InterruptRestart":
-          return FiberHandle.clear(restarting)
-        case "HandOff":
-          return Effect.gen(function* () {
-            // From here on the successor serves too: this process must not unlink what it hands on.
-            yield* listeners.handOff
-            yield* Effect.ignore(notify.mainPid(action.pid, { ready: true }))
-            yield* logged("effect-grace: successor ready", { pid: os.pid, successor: action.pid })
-            if (action.reply !== undefined) yield* Deferred.succeed(action.reply, action.pid)
-          })
-        case "RestartFailed":
-          return Effect.andThen(Effect.ignore(notify.ready), fail(action.reply, failureReason(action.failure)))
-        case "NotifyReloading":
-          return Effect.ignore(notify.reloading)
-        case "NotifyStopping":
-          return Effect.ignore(notify.stopping)
-        case "Stop":
-          return Effect.sync(() => health.setPhase(action.reason === "terminate" ? "stopping" : "handed off")).pipe(
-            Effect.andThen(Deferred.succeed(stopped, action.reason)),
-            Effect.asVoid
-          )
-        case "ForceExit":
-          return Effect.logWarning("effect-grace: a second termination signal; exiting at once").pipe(
-            Effect.annotateLogs({ pid: os.pid, signal: lastSignal }),
-            // Where a signal can end the process it does so here; as PID 1, the forced drain ends the program.
-            Effect.andThen(os.forceExit(lastSignal)),
-            Effect.andThen(Deferred.succeed(forced, undefined))
-          )
-      }
-    }
-
-    // One event at a time: the machine decides, the runtime carries out its actions in order, in the supervisor's
-    // own context (its logger and tracer), whoever sent the event.
-    const services = yield* Effect.context<never>()
-    const dispatch = (event: Machine.Event<Reply, Failure>): Effect.Effect<void> =>
-      lock
-        .withPermits(1)(
-          Effect.suspend(() => {
-            const [next, actions] = Machine.transition(state, event, facts())
-            state = next
-            return Effect.forEach(actions, perform, { discard: true })
-          })
-        )
-        .pipe(Effect.provideContext(services))
-
-    const restart: Effect.Effect<number, RestartError> = Effect.gen(function* () {
-      const reply = yield* Deferred.make<number, RestartError>()
-      yield* dispatch({ _tag: "RestartRequested", reply })
-      return yield* Deferred.await(reply)
-    }).pipe(
-      Effect.onExit((exit) => {
-        const outcome = Exit.isSuccess(exit)
-          ? "ready"
-          : Option.match(Cause.findErrorOption(exit.cause), {
-              onNone: () => "interrupted",
-              onSome: (e) => e.reason._tag
-            })
-        return Effect.all([
-          Effect.annotateCurrentSpan("effect-grace.outcome", outcome),
-          Exit.isSuccess(exit) ? Effect.annotateCurrentSpan("effect-grace.successor.pid", exit.value) : Effect.void,
-          Metric.update(Metric.withAttributes(metrics.restarts, { outcome }), 1)
-        ])
-      }),
-      Effect.withSpan("effect-grace.restart", { attributes: { "effect-grace.pid": os.pid } })
-    )
-
-    const supervisor = Supervisor.of({
-      restart,
-      terminate: dispatch({ _tag: "Terminate", source: "call" }),
-      parentPid: Effect.sync(() => Option.fromUndefinedOr(facts().parentPid))
-    })
-
-    yield* Effect.forkScoped(
-      Stream.runForEach(signals, (signal) => {
-        if (restartSignals.includes(signal)) {
-          return Effect.andThen(
-            logged("effect-grace: restart requested", { pid: os.pid, signal }),
-            FiberSet.run(requested, restart)
-          )
-        }
-        lastSignal = signal
-        return Effect.andThen(
-          logged("effect-grace: termination requested", { pid: os.pid, signal }),
-          dispatch({ _tag: "Terminate", source: "signal" })
-        )
-      })
-    )
-
-    // The application: its servers listen once its layers are built, and drain when its scope closes.
-    const appScope = yield* Scope.fork(yield* Effect.scope, "sequential")
-    yield* Effect.addFinalizer(() =>
-      Effect.gen(function* () {
-        // A start-up that failed (or was interrupted) served nothing: there is nothing to drain or report.
-        if (state._tag === "Starting") return yield* Scope.close(appScope, Exit.void)
-        // The scope closing (the runtime stopping the program) terminates like a call: a restart is interrupted.
-        yield* dispatch({ _tag: "Terminate", source: "scope" })
-        yield* FiberHandle.clear(restarting)
-        const reason = state._tag === "Draining" ? state.reason : "terminate"
-        if (reason === "terminate" && Duration.isGreaterThan(shutdownDelay, Duration.zero)) {
-          // Unready already; the servers go on serving, every response saying Connection: close.
-          yield* Deferred.succeed(closing, undefined)
-          yield* logged("effect-grace: shutdown delay", { pid: os.pid, millis: Duration.toMillis(shutdownDelay) })
-          yield* Effect.raceFirst(Effect.sleep(shutdownDelay), Deferred.await(forced))
-        }
-        yield* logged("effect-grace: draining", { pid: os.pid, reason })
-        const started = yield* Clock.currentTimeMillis
-        yield* Scope.close(appScope, Exit.void)
-        if (reason === "terminate" && pidFile !== undefined) yield* os.removePidFile(pidFile)
-        stoppedGracefully = !(yield* Deferred.isDone(forced))
-        const drainMillis = (yield* Clock.currentTimeMillis) - started
-        yield* logged("effect-grace: stopped", { pid: os.pid, reason, drainMillis })
-      })
-    )
-    yield* Layer.buildWithScope(
-      app.pipe(
-        Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
-        Layer.provide(Layer.succeed(Supervisor)(supervisor)),
-        Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
-        Layer.provide(Layer.succeed(Health.Health)(health.health)),
-        Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(closing))),
-        Layer.provide(Layer.succeed(DrainInternal.Forced)(Deferred.await(forced))),
-        // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
-        Layer.provide(Drain.layerConfig)
-      ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>>,
-      appScope
-    )
-
-    yield* listeners.closeUnclaimed
-    if (pidFile !== undefined) yield* os.writePidFile(pidFile)
-    if (parent !== undefined) yield* parent.signalReady
-    else yield* Effect.ignore(notify.ready)
-    const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
-    yield* dispatch({ _tag: "Ready" })
-    // Unless a termination came first (the state moves under the other fibers' events).
-    if ((state as Machine.State<Reply>)._tag === "Serving") health.setPhase("serving")
-    yield* logged("effect-grace: ready", { pid: os.pid, listeners: addresses.join(", ") })
-    return { stopped }
+    if (!program.claimSignals()) return yield* new LaunchError({ problem: "TwoSupervisors" })
+    yield* Effect.addFinalizer(() => Effect.sync(() => program.releaseSignals()))
+    return program
   })
-
-type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError
 
 /**
  * The application `app` under the supervisor, as the layer a program
- * launches:
+ * launches, with `Supervisor.runMain`:
  *
  * ```ts
- * Layer.launch(Supervisor.layer(App)).pipe(NodeRuntime.runMain({ teardown: Supervisor.teardown }))
+ * Layer.launch(Supervisor.layer(App)).pipe(Supervisor.runMain)
  * ```
  *
  * It builds `app` with `Listeners`, `Supervisor` and `Health` provided, says it is
  * ready once every layer of `app` is built, restarts on the restart signals
  * (`SIGUSR2`) and on `restart`, and drains on `SIGTERM`, `SIGINT`, a call to
- * `terminate`, or a hand-off, then ends the program by interrupting the fiber
- * that built it.
+ * `terminate`, or a hand-off; once drained, it ends the program, whose other
+ * layers then finalize, and the process exits 0.
+ *
+ * **When to use**
+ *
+ * The way to run a server program. Compose it as any layer: merged beside
+ * other layers (`Layer.mergeAll(Supervisor.layer(App), Reporter)`), provided
+ * with telemetry or configuration (`Effect.provide(Otel)` on the launch).
+ * `run` is the same supervisor as an Effect.
  *
  * **Details**
  *
@@ -607,11 +833,12 @@ type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.Conf
  *   `app`, so clients resume their TLS sessions across a restart.
  * - Every restart attempt, refused or failed ones too, is logged with its
  *   reason, is a span (`effect-grace.restart`) and counts in `metrics`.
- * - A termination during a restart wins: the successor is killed and reaped,
- *   and systemd hears `STOPPING=1`, never `MAINPID=` after it.
- * - A second termination signal during a drain ends the process at once: by
- *   its default action, or, as PID 1 (which no signal ends), by cutting every
- *   drain and the shutdown delay, so that the program finishes.
+ * - A termination at any moment ends the same way, during start-up too (the
+ *   application's layers built so far are closed): `STOPPING=1`, never
+ *   `READY=1` or `MAINPID=` after it, the PID file removed, exit code 0. A
+ *   restart under way is interrupted: its successor is killed and reaped.
+ * - A second termination signal during a drain ends the process at once, with
+ *   a non-zero code (128 + the signal's number).
  * - `Health` turns unready when a termination begins; with `shutdownDelay`
  *   the servers go on serving for that long, every response saying
  *   `Connection: close`, before the drain.
@@ -621,9 +848,9 @@ type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.Conf
  *
  * **Gotchas**
  *
- * - Launch this layer itself, with everything of the application inside
- *   `app`: merged beside other layers, it is built on a fiber of its own, and
- *   ending that fiber does not end the program.
+ * - It needs `Supervisor.runMain` to end the program: under another runtime
+ *   (`NodeRuntime.runMain`) it fails at start with a `LaunchError` that says
+ *   so. Two supervisors in one program fail the same way.
  * - The successor is `process.execPath` with `process.execArgv` and
  *   `process.argv`: start the program as `node main.ts`, not through
  *   `npm run`, or `LISTEN_PID` names npm.
@@ -634,28 +861,27 @@ type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.Conf
 export const layer = <A, E, R>(
   app: Layer.Layer<A, E, R>,
   options: Options = {}
-): Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>> =>
+): Layer.Layer<never, Errors<E>, Exclude<R, Provided>> =>
   Layer.effectDiscard(
-    Effect.withFiber((main) =>
-      Report.startupFailure(
-        Effect.gen(function* () {
-          const { stopped } = yield* supervise(app, options)
-          // Once stopping, the program ends: the launching fiber's scope closing is the drain.
-          yield* Effect.forkScoped(
-            Effect.andThen(
-              Deferred.await(stopped),
-              Effect.sync(() => main.interruptUnsafe())
-            )
-          )
-        })
-      )
+    Report.startupFailure(
+      Effect.gen(function* () {
+        const program = (yield* claimProgram("layer"))!
+        const { started, stopped } = yield* supervise(app, options)
+        yield* started
+        // Drained: the program ends, and its other layers finalize.
+        yield* Effect.forkScoped(Effect.flatMap(stopped, (outcome) => Effect.sync(() => program.end(!outcome.forced))))
+      })
     )
-  ) as Layer.Layer<never, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>>
+  ) as Layer.Layer<never, Errors<E>, Exclude<R, Provided>>
 
 /**
  * Runs `app` under the supervisor as an Effect that returns once the drain
  * after a termination or a hand-off is done: the same supervisor as `layer`,
- * for a program that does more after it, or a test.
+ * for a program that does more after it, or a test. Under
+ * `Supervisor.runMain` the process then exits 0; under another runtime, the
+ * program must not have handlers of its own for `SIGTERM` or `SIGINT`
+ * (`NodeRuntime.runMain` installs some): it fails at start with a
+ * `LaunchError` if it does.
  *
  * @since 0.1.0
  * @category running
@@ -663,23 +889,120 @@ export const layer = <A, E, R>(
 export const run = <A, E, R>(
   app: Layer.Layer<A, E, R>,
   options: Options = {}
-): Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>> =>
+): Effect.Effect<void, Errors<E>, Exclude<R, Provided>> =>
   Report.startupFailure(
-    Effect.scoped(Effect.flatMap(supervise(app, options), ({ stopped }) => Effect.asVoid(Deferred.await(stopped))))
-  ) as Effect.Effect<void, Errors<E>, Exclude<R, Listeners.Listeners | Supervisor | Health.Health>>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const program = yield* claimProgram("run")
+        const { started, stopped } = yield* supervise(app, options)
+        yield* started
+        const outcome = yield* stopped
+        if (!outcome.forced) program?.stoppedGracefully()
+      })
+    )
+  ) as Effect.Effect<void, Errors<E>, Exclude<R, Provided>>
 
 /**
- * The teardown for `NodeRuntime.runMain` (or any `Runtime.makeRunMain`): exit
- * code 0 once the supervisor has drained after a termination or a hand-off
- * (the main fiber then ends interrupted, which the default teardown counts as
- * 130), 1 for a failure, and the default teardown's codes otherwise.
+ * Runs a program as the process's main program, as `NodeRuntime.runMain`
+ * does, for a program with a supervisor (`Supervisor.layer` or `run`):
+ *
+ * ```ts
+ * Layer.launch(Supervisor.layer(App)).pipe(Supervisor.runMain)
+ * ```
+ *
+ * **Details**
+ *
+ * - The supervisor takes `SIGTERM` and `SIGINT` while it runs; before it
+ *   starts (while layers provided around it build) they interrupt the
+ *   program, and every finalizer runs.
+ * - A hand-off or a termination ends the program once the supervisor has
+ *   drained: every finalizer runs (a tracer flushes its last spans), then the
+ *   process exits 0. A failure exits 1, a start-up failure after one line
+ *   through the application's logger. A second termination signal exits at
+ *   once with 128 + its number.
+ * - `teardown`, if given, decides the code of every other ending.
  *
  * @since 0.1.0
  * @category running
  */
-export const teardown: Runtime.Teardown = (exit, onExit) => {
-  if (stoppedGracefully && (Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause))) return onExit(0)
-  return Runtime.defaultTeardown(exit, onExit)
+export const runMain: {
+  (options?: RunMainOptions): <E, A>(effect: Effect.Effect<A, E>) => void
+  <E, A>(effect: Effect.Effect<A, E>, options?: RunMainOptions): void
+} = dual(
+  (args) => Effect.isEffect(args[0]),
+  <E, A>(effect: Effect.Effect<A, E>, options: RunMainOptions = {}): void => {
+    const program = makeProgram()
+    const exitCodeOf: Runtime.Teardown = (exit, onExit) =>
+      program.graceful() && (Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause))
+        ? onExit(0)
+        : (options.teardown ?? Runtime.defaultTeardown)(exit, onExit)
+    const launch = Runtime.makeRunMain(({ fiber, teardown }) => {
+      program.attach(fiber)
+      fiber.addObserver((exit) => {
+        program.detach()
+        // The program is over, every finalizer run: nothing it left behind keeps the process alive.
+        teardown(exit, exitProcess)
+      })
+    })
+    launch(Effect.provideService(effect, Program.Program, program.program), {
+      disableErrorReporting: options.disableErrorReporting,
+      teardown: exitCodeOf
+    })
+  }
+)
+
+// The runtime ends the process, as NodeRuntime.runMain does; nowhere else in the library.
+// oxlint-disable-next-line unicorn/no-process-exit
+const exitProcess = (code: number): never => process.exit(code)
+
+const signalExitCode = (signal: NodeJS.Signals) => 128 + (constants.signals[signal] ?? constants.signals.SIGTERM)
+
+/**
+ * The program of `runMain`: its main fiber, whether it stopped gracefully, and the termination signals, which
+ * interrupt it until a supervisor claims them (a second one exits at once).
+ */
+const makeProgram = () => {
+  let claimed = false
+  let graceful = false
+  let main: Fiber.Fiber<unknown, unknown> | undefined
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (claimed) return
+    if (graceful) exitProcess(signalExitCode(signal))
+    graceful = true
+    main?.interruptUnsafe()
+  }
+  const program: Program.Program = {
+    claimSignals: () => (claimed ? false : (claimed = true)),
+    releaseSignals: () => void (claimed = false),
+    end: (isGraceful) => {
+      graceful ||= isGraceful
+      main?.interruptUnsafe()
+    },
+    stoppedGracefully: () => void (graceful = true),
+    exitNow: (signal) => exitProcess(signalExitCode(signal))
+  }
+  return {
+    program,
+    graceful: () => graceful,
+    attach: (fiber: Fiber.Fiber<unknown, unknown>) => {
+      main = fiber
+      for (const signal of TERMINATION_SIGNALS) process.on(signal, onSignal)
+    },
+    detach: () => {
+      for (const signal of TERMINATION_SIGNALS) process.off(signal, onSignal)
+    }
+  }
+}
+
+/**
+ * The options of `runMain`, as `NodeRuntime.runMain` takes them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RunMainOptions {
+  readonly disableErrorReporting?: boolean | undefined
+  readonly teardown?: Runtime.Teardown | undefined
 }
 
 /**

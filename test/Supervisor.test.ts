@@ -117,6 +117,18 @@ const sleeping = (fixture: Spawned, generation: Generation) =>
 
 const gone = (pid: number) => eventually(() => !isAlive(pid), `pid ${pid} to exit`)
 
+const parentOf = (pid: number): number => {
+  const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
+}
+
+/**
+ * Until the kernel has moved `child` away from `parent`: the parent has exited for good. A process whose memory is
+ * gone (not `isAlive`) may still be closing its fds; a restart asked of its successor then is rightly refused.
+ */
+const orphaned = (child: number, parent: number) =>
+  eventually(() => parentOf(child) !== parent, `pid ${child} to lose its parent ${parent}`)
+
 // -----------------------------------------------------------------------------
 // Tests
 // -----------------------------------------------------------------------------
@@ -265,6 +277,7 @@ describe("Supervisor", () => {
           const next = yield* restart(fixture, current)
           assert.strictEqual(pidOf(yield* get({ port }, "/")), next.pid, `generation ${i + 2}`)
           yield* gone(current.pid)
+          yield* orphaned(next.pid, current.pid)
           current = next
         }
         assert.deepStrictEqual(processesTagged(tag), [current.pid])
@@ -405,8 +418,15 @@ describe("Supervisor", () => {
         const restarted = replies.map((reply) => reply.body).find((body) => body.startsWith("restarted"))
         const successor = Number(restarted?.match(/\d+/)?.[0])
         assert.isTrue(isAlive(successor))
-        yield* fixture.exited()
+        assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
         const metricsLine = yield* fixture.waitForLine(/^metrics (.*)$/)
+        // The exporter writes its batch only when its layer closes: every span of the hand-off reached it.
+        const stoppedAt = fixture.lines.findIndex((line) =>
+          new RegExp(`"effect-grace: stopped".*"pid":${first.pid}\\b`).test(line)
+        )
+        const firstSpan = fixture.lines.findIndex((line) => line.startsWith("span "))
+        assert.isAbove(stoppedAt, -1)
+        assert.isAbove(firstSpan, stoppedAt, "spans flushed at the program's end, after the drain")
 
         const spans = fixture.lines
           .filter((line) => line.startsWith("span "))
@@ -445,11 +465,14 @@ describe("Supervisor", () => {
   )
 
   it.live(
-    "under NodeRuntime.runMain, keep-alive clients sending through three restarts lose no request",
+    "merged beside another layer, keep-alive clients sending through three restarts lose no request",
     () =>
       Effect.gen(function* () {
         const port = yield* freePort()
-        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const { fixture, tag, first } = yield* start({
+          specs: (id) => [`${id}=127.0.0.1:${port}`],
+          env: { FIXTURE_COMPOSE: "merged" }
+        })
         const load = yield* keepAliveLoad(Array.from({ length: 4 }, () => `http://127.0.0.1:${port}/`))
         const lastPid = () => {
           const last = load.answers.at(-1)
@@ -473,6 +496,18 @@ describe("Supervisor", () => {
         )
         assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null }, "the first exits 0 after hand-off")
         const last = generations.at(-1)!
+        for (const old of generations.slice(0, -1)) {
+          yield* gone(old.pid)
+          // The program's own layer closes after the supervisor has drained: the program ended, not just its servers.
+          const stopped = fixture.lines.findIndex((line) =>
+            new RegExp(`"effect-grace: stopped".*"pid":${old.pid}\\b`).test(line)
+          )
+          const closed = fixture.lines.indexOf(`reporter closed ${old.pid}`)
+          assert.isAbove(stopped, -1, `generation ${old.pid} drained`)
+          assert.isAbove(closed, stopped, `generation ${old.pid} closed its other layers after the drain`)
+        }
+        const after = yield* Effect.all(Array.from({ length: 10 }, () => get({ port }, "/")))
+        assert.deepStrictEqual([...new Set(after.map(pidOf))], [last.pid], "only the newest generation answers")
         process.kill(last.pid, "SIGTERM")
         yield* gone(last.pid)
         yield* fixture.waitForLine(new RegExp(`"effect-grace: stopped".*"pid":${last.pid},"reason":"terminate"`))
@@ -538,8 +573,42 @@ describe("Supervisor", () => {
         process.kill(again.first.pid, "SIGTERM")
         yield* again.fixture.waitForLine(/"effect-grace: draining"/)
         process.kill(again.first.pid, "SIGTERM")
-        assert.deepStrictEqual(yield* again.fixture.exited("5 seconds"), { code: null, signal: "SIGTERM" })
+        // At once, with the code of death by SIGTERM (128 + 15), as a shell would report it.
+        assert.deepStrictEqual(yield* again.fixture.exited("5 seconds"), { code: 143, signal: null })
         assert.isTrue(Result.isFailure(yield* Fiber.join(stuck)))
+      }),
+    { timeout: 30_000 }
+  )
+  it.live(
+    "SIGTERM during a slow start-up: exit 0, STOPPING=1 and never READY=1",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const modeFile = Path.join(dir, "mode")
+        Fs.writeFileSync(modeFile, "hang")
+        const notifySocket = Path.join(dir, "notify.sock")
+        const bound = Sys.bindDatagram(notifySocket)
+        assert.isTrue(Result.isSuccess(bound))
+        const fd = (bound as Result.Success<number, never>).success
+        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+        const port = yield* freePort()
+        const tag = `t${process.pid}x${Math.random().toString(36).slice(2, 10)}`
+        const fixture = yield* spawnFixture("supervised", [`${tag}=127.0.0.1:${port}`], {
+          env: { FIXTURE_MODE_FILE: modeFile, NOTIFY_SOCKET: notifySocket }
+        })
+        // Its application is being built, and will not be ready by itself.
+        yield* fixture.waitForLine(new RegExp(`^starting ${fixture.pid}$`))
+        process.kill(fixture.pid, "SIGTERM")
+        assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
+        const received: Array<string> = []
+        for (;;) {
+          const datagram = Sys.receiveDatagram(fd)
+          if (Result.isFailure(datagram) || datagram.success === undefined) break
+          received.push(datagram.success.toString())
+        }
+        assert.deepStrictEqual(received, ["STOPPING=1"])
+        assert.isTrue(fixture.lines.some((line) => line.includes('"effect-grace: termination requested"')))
+        assert.deepStrictEqual(processesTagged(tag), [])
       }),
     { timeout: 30_000 }
   )

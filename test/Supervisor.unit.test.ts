@@ -6,16 +6,20 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as Option from "effect/Option"
 import * as References from "effect/References"
 import * as TestClock from "effect/testing/TestClock"
 import * as Health from "../src/Health.ts"
 import * as Notify from "../src/Notify.ts"
+import * as Server from "../src/Server.ts"
 import * as Supervisor from "../src/Supervisor.ts"
 import * as DrainInternal from "../src/internal/drain.ts"
 import * as Os from "../src/internal/os.ts"
+import * as Program from "../src/internal/program.ts"
 import * as FakeOs from "./support/os.ts"
 
 /** Yields to the other fibers until `check` holds: a bound on scheduler turns, not on time. */
@@ -23,6 +27,16 @@ const until = (check: () => boolean, what: string) =>
   Effect.gen(function* () {
     for (let turn = 0; turn < 10_000; turn++) {
       if (check()) return
+      yield* Effect.yieldNow
+    }
+    return yield* Effect.die(new Error(`never: ${what}`))
+  })
+
+/** As `until`, for a check that is an Effect. */
+const untilEffect = (check: Effect.Effect<boolean>, what: string) =>
+  Effect.gen(function* () {
+    for (let turn = 0; turn < 10_000; turn++) {
+      if (yield* check) return
       yield* Effect.yieldNow
     }
     return yield* Effect.die(new Error(`never: ${what}`))
@@ -36,23 +50,32 @@ const supervised = (
   options: Supervisor.Options & {
     readonly pid?: number
     readonly parentPid?: number
+    readonly parentValues?: Readonly<Record<string, string>>
     readonly spawnGate?: Deferred.Deferred<void>
     readonly gate?: Deferred.Deferred<void>
     readonly drainGate?: Deferred.Deferred<void>
+    /** The parent sends these ticket keys on the channel, or goes before it sends any. */
+    readonly keysFrom?: Buffer
+    readonly parentGone?: boolean
   } = {}
 ) =>
   Effect.gen(function* () {
     const fake = yield* FakeOs.make(options)
+    if (options.keysFrom !== undefined)
+      yield* fake.parent!.channel.send(`ticket-keys ${options.keysFrom.toString("base64")}`)
+    if (options.parentGone === true) yield* fake.parent!.exits
     const notes: Array<string> = []
     const events: Array<string> = []
     const warnings: Array<{ message: string; reason: unknown }> = []
     const logs: Array<string> = []
     let supervisor: Supervisor.Supervisor["Service"] | undefined
     let health: Health.Health["Service"] | undefined
+    let ticketKeys: Buffer | undefined
     const App = Layer.effectDiscard(
       Effect.gen(function* () {
         supervisor = yield* Supervisor.Supervisor
         health = yield* Health.Health
+        ticketKeys = yield* Server.TicketKeys
         // What a server does when the shutdown delay begins, and when its drain is forced.
         const closing = yield* DrainInternal.Closing
         const forced = yield* DrainInternal.Forced
@@ -90,10 +113,19 @@ const supervised = (
         Effect.provide(Logger.layer([logger]))
       )
     )
-    yield* until(() => supervisor !== undefined, "the application built")
-    if (options.gate === undefined)
-      yield* until(() => notes.includes("READY=1") || options.parentPid !== undefined, "ready")
-    return { fake, notes, events, warnings, logs, fiber, supervisor: supervisor!, health: health! }
+    yield* until(() => supervisor !== undefined, "the application building")
+    if (options.gate === undefined) yield* until(() => logs.includes("effect-grace: ready"), "ready")
+    return {
+      fake,
+      notes,
+      events,
+      warnings,
+      logs,
+      fiber,
+      supervisor: supervisor!,
+      health: health!,
+      ticketKeys: () => ticketKeys!
+    }
   })
 
 const reasonOf = (effect: Effect.Effect<number, Supervisor.RestartError>) =>
@@ -109,7 +141,7 @@ describe("Supervisor, on a fake OS", () => {
       assert.deepStrictEqual(s.notes.slice(0, 1), ["READY=1"])
       assert.match(s.notes[1]!, /^RELOADING=1\nMONOTONIC_USEC=\d+$/)
       assert.deepStrictEqual(s.events, [], "still serving while the successor starts")
-      yield* Deferred.succeed(successor.ready, undefined)
+      yield* successor.sayReady
       yield* Fiber.join(s.fiber)
       assert.strictEqual(s.notes[2], "MAINPID=200\nREADY=1")
       assert.strictEqual(s.notes.length, 3)
@@ -126,11 +158,11 @@ describe("Supervisor, on a fake OS", () => {
       const first = yield* Effect.forkChild(s.supervisor.restart)
       const successor = yield* s.fake.spawned
       assert.strictEqual((yield* reasonOf(s.supervisor.restart))._tag, "AlreadyInProgress")
-      yield* Deferred.succeed(successor.ready, undefined)
+      yield* successor.sayReady
       assert.strictEqual(yield* Fiber.join(first), 200)
       const after = yield* reasonOf(s.supervisor.restart)
       assert.deepStrictEqual([after._tag, (after as Supervisor.NotServing).state], ["NotServing", "draining"])
-      assert.strictEqual(s.fake.successors.length, 1, "one successor for all three")
+      assert.strictEqual(s.fake.children.length, 1, "one successor for all three")
       yield* Fiber.join(s.fiber)
     })
   )
@@ -154,10 +186,11 @@ describe("Supervisor, on a fake OS", () => {
       const s = yield* supervised({ parentPid: 41 })
       const refused = yield* reasonOf(s.supervisor.restart)
       assert.deepStrictEqual(refused, new Supervisor.ParentStillRunning({ parentPid: 41 }))
-      assert.strictEqual(s.fake.successors.length, 0)
-      s.fake.parentExits()
+      assert.strictEqual(s.fake.children.length, 0)
+      yield* s.fake.parent!.exits
+      yield* untilEffect(Effect.map(s.supervisor.parentPid, Option.isNone), "the parent's exit seen")
       const restart = yield* Effect.forkChild(s.supervisor.restart)
-      yield* Deferred.succeed((yield* s.fake.spawned).ready, undefined)
+      yield* (yield* s.fake.spawned).sayReady
       assert.strictEqual(yield* Fiber.join(restart), 200)
       yield* Fiber.join(s.fiber)
     })
@@ -168,15 +201,15 @@ describe("Supervisor, on a fake OS", () => {
       const s = yield* supervised()
       const restart = yield* Effect.forkChild(Effect.flip(s.supervisor.restart))
       const failed = yield* s.fake.spawned
-      yield* Deferred.fail(failed.ready, { _tag: "ExitedBeforeReady", pid: failed.pid, code: 1, signal: null })
+      yield* failed.exit({ code: 1, signal: null })
       const error = yield* Fiber.join(restart)
       assert.deepStrictEqual(error.reason, new Supervisor.ExitedBeforeReady({ pid: failed.pid, code: 1, signal: null }))
-      assert.strictEqual(failed.state, "killed")
+      assert.strictEqual(failed.state, "exited")
       assert.strictEqual(s.notes.at(-1), "READY=1", "systemd hears the reload is over")
       assert.isTrue(s.warnings.some((w) => w.reason === "ExitedBeforeReady"))
       assert.deepStrictEqual(s.events, [], "still serving")
       const next = yield* Effect.forkChild(s.supervisor.restart)
-      yield* Deferred.succeed((yield* s.fake.spawned).ready, undefined)
+      yield* (yield* s.fake.spawned).sayReady
       assert.strictEqual(yield* Fiber.join(next), 201)
       yield* Fiber.join(s.fiber)
     })
@@ -211,7 +244,7 @@ describe("Supervisor, on a fake OS", () => {
       assert.strictEqual(successor.state, "killed")
       assert.strictEqual((yield* Fiber.join(restart)).reason._tag, "NotServing")
       // Ready too late: nothing is announced.
-      yield* Deferred.succeed(successor.ready, undefined)
+      yield* successor.sayReady
       yield* Effect.yieldNow
       assert.deepStrictEqual(s.notes.slice(2), ["STOPPING=1"])
       assert.deepStrictEqual(s.events, ["drained"])
@@ -228,7 +261,7 @@ describe("Supervisor, on a fake OS", () => {
       yield* s.fake.signal("SIGTERM")
       yield* Deferred.succeed(spawnGate, undefined)
       yield* Fiber.join(s.fiber)
-      assert.strictEqual(s.fake.successors[0]?.state, "killed")
+      assert.strictEqual(s.fake.children[0]?.state, "killed")
       assert.deepStrictEqual(s.notes.slice(2), ["STOPPING=1"])
     })
   )
@@ -239,7 +272,7 @@ describe("Supervisor, on a fake OS", () => {
       const s = yield* supervised({ drainGate })
       yield* s.fake.signal("SIGUSR2")
       const successor = yield* s.fake.spawned
-      yield* Deferred.succeed(successor.ready, undefined)
+      yield* successor.sayReady
       yield* until(() => s.notes.length === 3, "MAINPID")
       yield* s.fake.signal("SIGTERM")
       yield* until(() => s.logs.includes("effect-grace: termination requested"), "the signal handled")
@@ -259,7 +292,7 @@ describe("Supervisor, on a fake OS", () => {
       yield* until(() => s.notes.includes("STOPPING=1"), "STOPPING")
       yield* s.fake.signal("SIGUSR2")
       yield* until(() => s.warnings.some((w) => w.reason === "NotServing"), "the refusal logged")
-      assert.strictEqual(s.fake.successors.length, 0)
+      assert.strictEqual(s.fake.children.length, 0)
       assert.deepStrictEqual(s.fake.forced, [])
       yield* s.fake.signal("SIGTERM")
       yield* until(() => s.fake.forced.length === 1, "the forced exit")
@@ -293,7 +326,7 @@ describe("Supervisor, on a fake OS", () => {
     Effect.gen(function* () {
       const s = yield* supervised({ shutdownDelay: "2 seconds" })
       yield* s.fake.signal("SIGUSR2")
-      yield* Deferred.succeed((yield* s.fake.spawned).ready, undefined)
+      yield* (yield* s.fake.spawned).sayReady
       yield* Fiber.join(s.fiber)
       assert.deepStrictEqual(s.events, ["drained"], "a hand-off leaves the successor serving: no delay")
       assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["handed off"] })
@@ -329,7 +362,7 @@ describe("Supervisor, on a fake OS", () => {
       assert.include((refused as Supervisor.Unsupported).detail, "PID 1")
       yield* s.fake.signal("SIGUSR2")
       yield* until(() => s.warnings.filter((w) => w.reason === "Unsupported").length === 2, "both refusals logged")
-      assert.strictEqual(s.fake.successors.length, 0)
+      assert.strictEqual(s.fake.children.length, 0)
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
       assert.deepStrictEqual(s.events, ["drained"])
@@ -363,6 +396,225 @@ describe("Supervisor, on a fake OS", () => {
       assert.strictEqual(yield* Effect.flip(supervisor.restart), refused)
       yield* supervisor.terminate
       assert.deepStrictEqual(calls, ["restart", "terminate"])
+    })
+  )
+
+  it.effect("SIGTERM during start-up: the start-up is cut, what it built closed, STOPPING=1, never READY=1", () =>
+    Effect.gen(function* () {
+      const gate = yield* Deferred.make<void>()
+      const s = yield* supervised({ gate, pidFile: "/run/app.pid" })
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["drained"], "the layers built so far are closed")
+      assert.deepStrictEqual(s.notes, ["STOPPING=1"])
+      // Opening the gate now builds nothing more and announces nothing.
+      yield* Deferred.succeed(gate, undefined)
+      yield* Effect.yieldNow
+      assert.deepStrictEqual(s.notes, ["STOPPING=1"])
+      assert.deepStrictEqual(s.fake.pidFile, ["remove /run/app.pid"], "no PID file written, none left")
+      assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["stopping"] })
+      assert.deepStrictEqual(
+        s.logs.filter((line) => line.startsWith("effect-grace:")),
+        ["effect-grace: termination requested", "effect-grace: draining", "effect-grace: stopped"]
+      )
+    })
+  )
+
+  it.effect("a termination called during start-up ends it the same way; a restart then is refused", () =>
+    Effect.gen(function* () {
+      const gate = yield* Deferred.make<void>()
+      const s = yield* supervised({ gate })
+      yield* s.supervisor.terminate
+      yield* Fiber.join(s.fiber)
+      const refused = yield* reasonOf(s.supervisor.restart)
+      assert.deepStrictEqual([refused._tag, (refused as Supervisor.NotServing).state], ["NotServing", "draining"])
+      assert.deepStrictEqual(s.notes, ["STOPPING=1"])
+    })
+  )
+
+  it.effect("a start-up that fails: the error for whoever runs it, nothing drained or announced", () =>
+    Effect.gen(function* () {
+      const fake = yield* FakeOs.make()
+      const notes: Array<string> = []
+      const logs: Array<string> = []
+      const closed: Array<string> = []
+      const App = Layer.effectDiscard(
+        Effect.andThen(
+          Effect.addFinalizer(() => Effect.sync(() => void closed.push("pool"))),
+          Effect.fail("no database" as const)
+        )
+      )
+      const exit = yield* Supervisor.run(App).pipe(
+        Effect.provideService(Os.Os, fake.os),
+        Effect.provide(Notify.layerTest((message) => Effect.sync(() => void notes.push(message)))),
+        Effect.provide(Logger.layer([Logger.make(({ message }) => void logs.push(String(message)))])),
+        Effect.exit
+      )
+      assert.deepStrictEqual(exit, Exit.fail("no database"))
+      assert.deepStrictEqual(closed, ["pool"], "what it built is closed")
+      assert.deepStrictEqual(notes, [])
+      assert.notInclude(logs, "effect-grace: draining")
+      assert.notInclude(logs, "effect-grace: stopped")
+    })
+  )
+
+  it.effect("the successor protocol, parent side: the child gets the listeners and the ticket keys first", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised()
+      yield* s.fake.signal("SIGUSR2")
+      const child = yield* s.fake.spawned
+      assert.strictEqual(child.env.EFFECT_GRACE_TICKET_KEYS, "channel")
+      const line = yield* child.channel.receive
+      assert.strictEqual(line, `ticket-keys ${s.ticketKeys().toString("base64")}`)
+      yield* child.sayReady
+      yield* Fiber.join(s.fiber)
+      assert.strictEqual(child.state, "released")
+    })
+  )
+
+  it.effect("the successor protocol, child side: the parent's keys before the application, ready once it serves", () =>
+    Effect.gen(function* () {
+      const keys = Buffer.alloc(48, 7)
+      const s = yield* supervised({
+        parentPid: 41,
+        parentValues: { EFFECT_GRACE_TICKET_KEYS: "channel" },
+        keysFrom: keys
+      })
+      assert.deepStrictEqual(s.ticketKeys(), keys, "the application's servers use the parent's keys")
+      assert.strictEqual(yield* s.fake.parent!.channel.receive, "ready")
+      assert.deepStrictEqual(s.notes, [], "the parent tells systemd, not the successor")
+      assert.deepStrictEqual(yield* s.supervisor.parentPid, Option.some(41))
+      yield* s.fake.parent!.exits
+      yield* untilEffect(Effect.map(s.supervisor.parentPid, Option.isNone), "the parent's exit seen")
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a parent that goes before sending its keys: the successor makes its own and starts", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({
+        parentPid: 41,
+        parentValues: { EFFECT_GRACE_TICKET_KEYS: "channel" },
+        parentGone: true
+      })
+      assert.strictEqual(s.ticketKeys().length, 48)
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+})
+
+/**
+ * The supervisor launched as programs compose it, under a stand-in for `Supervisor.runMain`'s program: ending the
+ * program interrupts the fiber that runs it, as the real one does.
+ */
+const launched = <E>(
+  launch: (App: Layer.Layer<never>, Reporter: Layer.Layer<never>) => Effect.Effect<unknown, E>,
+  options: { readonly program?: boolean; readonly foreign?: number } = {}
+) =>
+  Effect.gen(function* () {
+    const fake = yield* FakeOs.make({ foreign: options.foreign })
+    const events: Array<string> = []
+    const ended: Array<boolean> = []
+    let fiber: Fiber.Fiber<unknown, E> | undefined
+    let claimed = false
+    const program: Program.Program = {
+      claimSignals: () => (claimed ? false : (claimed = true)),
+      releaseSignals: () => void (claimed = false),
+      end: (graceful) => {
+        ended.push(graceful)
+        fiber?.interruptUnsafe()
+      },
+      stoppedGracefully: () => void ended.push(true),
+      exitNow: () => {}
+    }
+    const closes = (name: string) =>
+      Layer.effectDiscard(Effect.addFinalizer(() => Effect.sync(() => void events.push(name))))
+    fiber = yield* Effect.forkChild(
+      launch(closes("drained"), closes("reporter closed")).pipe(
+        Effect.provideService(Os.Os, fake.os),
+        options.program === false ? (effect) => effect : Effect.provideService(Program.Program, program),
+        Effect.provide(Notify.layerTest(() => Effect.void)),
+        Effect.provide(Logger.layer([]))
+      )
+    )
+    return { fake, events, ended, fiber }
+  })
+
+/** A restart by signal, its successor ready at once: the old program must end after its drain. */
+const handOff = (fake: Effect.Success<ReturnType<typeof FakeOs.make>>) =>
+  Effect.gen(function* () {
+    yield* fake.signal("SIGUSR2")
+    const child = yield* fake.spawned
+    yield* child.sayReady
+    return child
+  })
+
+describe("Supervisor, composed as Effect programs are", () => {
+  type Launch = (App: Layer.Layer<never>, Reporter: Layer.Layer<never>) => Effect.Effect<unknown, unknown>
+  const cases: ReadonlyArray<readonly [string, Launch, ReadonlyArray<string>]> = [
+    ["launched alone", (App) => Layer.launch(Supervisor.layer(App)), ["drained"]],
+    [
+      "merged beside another layer",
+      (App, Reporter) => Layer.launch(Layer.mergeAll(Supervisor.layer(App), Reporter)),
+      ["drained", "reporter closed"]
+    ],
+    [
+      "provided with another layer (a tracer's)",
+      (App, Reporter) => Layer.launch(Supervisor.layer(App)).pipe(Effect.provide(Reporter)),
+      ["drained", "reporter closed"]
+    ],
+    [
+      "as an Effect",
+      (App, Reporter) => Supervisor.run(App).pipe(Effect.provide(Reporter)),
+      ["drained", "reporter closed"]
+    ]
+  ]
+  for (const [name, launch, closed] of cases) {
+    it.effect(`${name}: a hand-off ends the program after the drain, every finalizer run, gracefully`, () =>
+      Effect.gen(function* () {
+        const s = yield* launched(launch)
+        const child = yield* handOff(s.fake)
+        const exit = yield* Fiber.await(s.fiber)
+        assert.isTrue(Exit.isSuccess(exit) || Exit.hasInterrupts(exit), "ended, not failed")
+        assert.deepStrictEqual(s.events, closed, "the drain first, then the rest")
+        assert.deepStrictEqual(s.ended, [true])
+        assert.strictEqual(child.state, "released")
+      })
+    )
+  }
+
+  it.effect("Supervisor.layer without Supervisor.runMain fails at start, saying what to write", () =>
+    Effect.gen(function* () {
+      const s = yield* launched((App) => Layer.launch(Supervisor.layer(App)), { program: false })
+      const error = yield* Effect.flip(Fiber.join(s.fiber))
+      assert.instanceOf(error, Supervisor.LaunchError)
+      assert.strictEqual((error as Supervisor.LaunchError).problem, "NoRunMain")
+      assert.include((error as Supervisor.LaunchError).message, "Supervisor.runMain")
+      assert.deepStrictEqual(s.fake.children, [])
+    })
+  )
+
+  it.effect("two supervisors in one program: the second fails at start", () =>
+    Effect.gen(function* () {
+      const s = yield* launched((App, Other) =>
+        Layer.launch(Layer.mergeAll(Supervisor.layer(App), Supervisor.layer(Other)))
+      )
+      const error = yield* Effect.flip(Fiber.join(s.fiber))
+      assert.strictEqual((error as Supervisor.LaunchError).problem, "TwoSupervisors")
+    })
+  )
+
+  it.effect("run under a runtime that handles SIGTERM itself (NodeRuntime.runMain) fails at start", () =>
+    Effect.gen(function* () {
+      const s = yield* launched((App) => Supervisor.run(App), { program: false, foreign: 1 })
+      const error = yield* Effect.flip(Fiber.join(s.fiber))
+      assert.strictEqual((error as Supervisor.LaunchError).problem, "ForeignSignalHandlers")
+      const alone = yield* launched((App) => Supervisor.run(App), { program: false })
+      yield* handOff(alone.fake)
+      yield* Fiber.join(alone.fiber)
+      assert.deepStrictEqual(alone.events, ["drained"])
     })
   )
 })

@@ -1,125 +1,180 @@
 /**
- * The supervisor's state machine, as a pure function: every transition and
- * refusal.
+ * The supervisor's state machine, as a pure function: every phase, every
+ * event in it, and the order of the actions.
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Machine from "../src/internal/machine.ts"
 
 type State = Machine.State<string>
-type Event = Machine.Event<string, string>
+type Event = Machine.Event<string, string, string>
+type Action = Machine.Action<string, string, string>
+type Phase = Machine.Phase<string>
 
-const free: Machine.Facts = { parentPid: undefined, canHandOff: true }
-const step = (state: State, event: Event, facts: Machine.Facts = free) => Machine.transition(state, event, facts)
-const tags = (actions: ReadonlyArray<Machine.Action<string, string>>) => actions.map((action) => action._tag)
+const rules: Machine.Rules = { canHandOff: true, shutdownDelay: false }
+const step = (state: State, event: Event, given: Partial<Machine.Rules> = {}) =>
+  Machine.transition(state, event, { ...rules, ...given })
+// What the actions are, logs named by their message.
+const tags = (actions: ReadonlyArray<Action>) =>
+  actions.map((action) => (action._tag === "Log" ? `Log ${action.message.replace("effect-grace: ", "")}` : action._tag))
 
-const starting: State = { _tag: "Starting" }
-const serving: State = { _tag: "Serving" }
-const restarting: State = { _tag: "Restarting", reply: "first" }
-const handingOff: State = { _tag: "Draining", reason: "handoff", signals: 0 }
-const terminating: State = { _tag: "Draining", reason: "terminate", signals: 1 }
+const at = (phase: Phase, parentPid?: number): State => ({ phase, parentPid })
+const starting = at({ _tag: "Starting" })
+const serving = at({ _tag: "Serving" })
+const restarting = at({ _tag: "Restarting", reply: "first" })
+const delaying = at({ _tag: "Delaying", signals: 1 })
+const handingOff = at({ _tag: "Draining", reason: "handoff", signals: 0 })
+const terminating = at({ _tag: "Draining", reason: "terminate", signals: 1 })
+const stopped = at({ _tag: "Stopped", reason: "terminate", forced: false })
 
-const restart = (reply = "second"): Event => ({ _tag: "RestartRequested", reply })
-const term = (source: "signal" | "call" | "scope" = "signal"): Event => ({ _tag: "Terminate", source })
+const restart = (reply = "second", signal?: string): Event => ({ _tag: "RestartRequested", reply, signal })
+const term = (source: Machine.Source = "signal"): Event => ({
+  _tag: "Terminate",
+  source,
+  signal: source === "signal" ? "SIGTERM" : undefined
+})
+const ready: Event = { _tag: "SuccessorReady", successor: "successor", pid: 200 }
 
-const refusal = (state: State, event: Event, facts?: Machine.Facts) => {
-  const [next, actions] = step(state, event, facts)
+const refusal = (state: State, event: Event, given?: Partial<Machine.Rules>) => {
+  const [next, actions] = step(state, event, given)
   assert.deepStrictEqual(next, state, "a refusal changes nothing")
-  assert.strictEqual(actions.length, 1)
-  const [action] = actions
-  assert.strictEqual(action?._tag, "Refuse")
-  return action as Extract<Machine.Action<string, string>, { _tag: "Refuse" }>
+  assert.deepStrictEqual(tags(actions), ["Log restart requested", "Refuse"], "logged, then refused")
+  return actions[1] as Extract<Action, { _tag: "Refuse" }>
 }
 
 describe("the supervisor's state machine", () => {
-  it("is ready once started, and only then", () => {
-    assert.deepStrictEqual(step(starting, { _tag: "Ready" }), [serving, []])
-    assert.deepStrictEqual(step(serving, { _tag: "Ready" }), [serving, []])
+  it("starts in Starting, with the parent it took over from", () => {
+    assert.deepStrictEqual(Machine.initial(41), { phase: { _tag: "Starting" }, parentPid: 41 })
   })
 
-  it("restarts from serving: RELOADING, then the restart", () => {
-    const [next, actions] = step(serving, restart())
-    assert.deepStrictEqual(next, { _tag: "Restarting", reply: "second" })
-    assert.deepStrictEqual(tags(actions), ["NotifyReloading", "StartRestart"])
+  it("is ready once started, and only then: nothing is announced after a termination", () => {
+    assert.deepStrictEqual(step(starting, { _tag: "Started" }), [serving, [{ _tag: "AnnounceReady" }]])
+    for (const state of [serving, terminating, stopped])
+      assert.deepStrictEqual(step(state, { _tag: "Started" }), [state, []])
   })
 
-  it("refuses a restart before ready, during a restart, while the parent drains, while draining, off Linux", () => {
+  it("a failed start-up closes what it built and finishes, without a drain", () => {
+    const [next, actions] = step(starting, { _tag: "StartupFailed" })
+    assert.deepStrictEqual(next.phase, { _tag: "Stopped", reason: "failed", forced: false })
+    assert.deepStrictEqual(tags(actions), ["CloseApplication", "Finish"])
+    assert.deepStrictEqual(step(terminating, { _tag: "StartupFailed" }), [terminating, []], "a cut start-up drains")
+  })
+
+  it("restarts from serving: logged, RELOADING, then the restart", () => {
+    const [next, actions] = step(serving, restart("second", "SIGUSR2"))
+    assert.deepStrictEqual(next.phase, { _tag: "Restarting", reply: "second" })
+    assert.deepStrictEqual(tags(actions), ["Log restart requested", "NotifyReloading", "StartRestart"])
+    assert.deepStrictEqual((actions[0] as Extract<Action, { _tag: "Log" }>).annotations, { by: "SIGUSR2" })
+  })
+
+  it("refuses a restart before ready, during one, while the parent drains, once stopping, where it cannot hand off", () => {
     assert.deepStrictEqual(refusal(starting, restart()).refusal, { _tag: "NotServing", state: "starting" })
     const during = refusal(restarting, restart())
     assert.deepStrictEqual(during.refusal, { _tag: "AlreadyInProgress" })
     assert.strictEqual(during.reply, "second", "the refusal answers the one who asked")
-    assert.deepStrictEqual(refusal(serving, restart(), { parentPid: 41, canHandOff: true }).refusal, {
+    assert.deepStrictEqual(refusal(at({ _tag: "Serving" }, 41), restart()).refusal, {
       _tag: "ParentStillRunning",
       parentPid: 41
     })
-    for (const draining of [handingOff, terminating]) {
-      assert.deepStrictEqual(refusal(draining, restart()).refusal, { _tag: "NotServing", state: "draining" })
+    for (const state of [delaying, handingOff, terminating, stopped]) {
+      assert.deepStrictEqual(refusal(state, restart()).refusal, { _tag: "NotServing", state: "draining" })
     }
-    assert.deepStrictEqual(refusal(serving, restart(), { parentPid: undefined, canHandOff: false }).refusal, {
-      _tag: "Unsupported"
-    })
+    assert.deepStrictEqual(refusal(serving, restart(), { canHandOff: false }).refusal, { _tag: "Unsupported" })
   })
 
-  it("hands off when the successor is ready: MAINPID and READY, then the drain", () => {
-    const [next, actions] = step(restarting, { _tag: "SuccessorReady", pid: 7 })
-    assert.deepStrictEqual(next, handingOff)
-    assert.deepStrictEqual(actions, [
-      { _tag: "HandOff", reply: "first", pid: 7 },
-      { _tag: "Stop", reason: "handoff" }
-    ])
+  it("the parent's exit lifts its refusal, in any phase", () => {
+    const [next] = step(at({ _tag: "Serving" }, 41), { _tag: "ParentExited" })
+    assert.deepStrictEqual(next, serving)
+    assert.deepStrictEqual(step(next, restart())[0].phase._tag, "Restarting")
   })
 
-  it("goes back to serving when the restart fails, and says why to the one who asked", () => {
+  it("hands off when the successor is ready: released, MAINPID, unready, then the drain", () => {
+    const [next, actions] = step(restarting, ready)
+    assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "handoff", signals: 0 })
+    assert.deepStrictEqual(tags(actions), ["ReleaseSuccessor", "HandOff", "Unready", "BeginDrain"])
+    assert.deepStrictEqual(actions[1], { _tag: "HandOff", reply: "first", pid: 200 })
+  })
+
+  it("kills a successor ready when no restart is under way any more", () => {
+    for (const state of [serving, terminating, delaying, stopped]) {
+      assert.deepStrictEqual(step(state, ready), [state, [{ _tag: "KillSuccessor", successor: "successor" }]])
+    }
+  })
+
+  it("a failed restart serves on and answers the caller", () => {
     const [next, actions] = step(restarting, { _tag: "RestartFailed", failure: "exited" })
     assert.deepStrictEqual(next, serving)
     assert.deepStrictEqual(actions, [{ _tag: "RestartFailed", reply: "first", failure: "exited" }])
-  })
-
-  it("terminates from starting or serving: STOPPING, then the drain", () => {
-    for (const state of [starting, serving]) {
-      const [next, actions] = step(state, term())
-      assert.deepStrictEqual(next, terminating)
-      assert.deepStrictEqual(tags(actions), ["NotifyStopping", "Stop"])
-    }
-    const [byCall] = step(serving, term("call"))
-    assert.deepStrictEqual(byCall, { _tag: "Draining", reason: "terminate", signals: 0 })
-  })
-
-  it("a termination wins over a restart: interrupted first, refused to its caller, then STOPPING", () => {
-    for (const source of ["signal", "call", "scope"] as const) {
-      const [next, actions] = step(restarting, term(source))
-      assert.strictEqual(next._tag, "Draining")
-      assert.strictEqual((next as { reason: string }).reason, "terminate")
-      assert.deepStrictEqual(tags(actions), ["InterruptRestart", "Refuse", "NotifyStopping", "Stop"])
-      assert.deepStrictEqual(actions[1], {
-        _tag: "Refuse",
-        reply: "first",
-        refusal: { _tag: "NotServing", state: "draining" }
-      })
-    }
-    // A successor that becomes ready after that is never announced, nor a late failure reported.
-    assert.deepStrictEqual(step(terminating, { _tag: "SuccessorReady", pid: 7 }), [terminating, []])
     assert.deepStrictEqual(step(terminating, { _tag: "RestartFailed", failure: "late" }), [terminating, []])
   })
 
-  it("a second termination signal during a drain forces the exit; the scope closing never does", () => {
-    const [again, forced] = step(terminating, term())
-    assert.deepStrictEqual(tags(forced), ["ForceExit"])
-    assert.strictEqual((again as { signals: number }).signals, 2)
-    assert.deepStrictEqual(step(terminating, term("scope")), [terminating, []])
-    assert.deepStrictEqual(step(terminating, term("call")), [terminating, []])
-    // A hand-off's drain, or one a call began, lets a first signal pass.
-    const [first, none] = step(handingOff, term())
-    assert.deepStrictEqual(none, [])
-    assert.deepStrictEqual(tags(step(first, term())[1]), ["ForceExit"])
-    const [byCall] = step(serving, term("call"))
-    assert.deepStrictEqual(step(byCall, term())[1], [])
+  it("terminates while serving: logged, unready, STOPPING=1, then the drain, or the shutdown delay", () => {
+    const [next, actions] = step(serving, term())
+    assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "terminate", signals: 1 })
+    assert.deepStrictEqual(tags(actions), ["Log termination requested", "Unready", "NotifyStopping", "BeginDrain"])
+    const [delayed, first] = step(serving, term(), { shutdownDelay: true })
+    assert.deepStrictEqual(delayed.phase, { _tag: "Delaying", signals: 1 })
+    assert.deepStrictEqual(tags(first), ["Log termination requested", "Unready", "NotifyStopping", "BeginDelay"])
+    const [draining, then] = step(delayed, { _tag: "DelayOver" })
+    assert.deepStrictEqual(draining.phase, { _tag: "Draining", reason: "terminate", signals: 1 })
+    assert.deepStrictEqual(tags(then), ["BeginDrain"])
   })
 
-  it("a restart signal after a termination signal is refused", () => {
-    const [draining] = step(serving, term())
-    assert.deepStrictEqual(refusal(draining, { _tag: "RestartRequested", reply: undefined }).refusal, {
-      _tag: "NotServing",
-      state: "draining"
+  it("terminates during start-up: the start-up is interrupted, what it built drains, never READY", () => {
+    const [next, actions] = step(starting, term())
+    assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "terminate", signals: 1 })
+    assert.deepStrictEqual(tags(actions), [
+      "Log termination requested",
+      "Unready",
+      "NotifyStopping",
+      "InterruptStartup",
+      "BeginDrain"
+    ])
+    // No shutdown delay for what never served.
+    assert.deepStrictEqual(step(starting, term(), { shutdownDelay: true })[0].phase._tag, "Draining")
+  })
+
+  it("a termination during a restart interrupts it and refuses its caller before STOPPING=1", () => {
+    const [next, actions] = step(restarting, term("call"))
+    assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "terminate", signals: 0 })
+    assert.deepStrictEqual(tags(actions), [
+      "Log termination requested",
+      "InterruptRestart",
+      "Refuse",
+      "Unready",
+      "NotifyStopping",
+      "BeginDrain"
+    ])
+    assert.deepStrictEqual(actions[2], {
+      _tag: "Refuse",
+      reply: "first",
+      refusal: { _tag: "NotServing", state: "draining" }
     })
+  })
+
+  it("a second termination signal forces the exit; calls, the scope and one signal in a hand-off do not", () => {
+    const [twice, forcing] = step(terminating, term())
+    assert.deepStrictEqual(tags(forcing), ["Log termination requested", "ForceExit"])
+    assert.deepStrictEqual(twice.phase, { _tag: "Draining", reason: "terminate", signals: 2 })
+    assert.deepStrictEqual(tags(step(delaying, term())[1]), ["Log termination requested", "ForceExit"])
+    for (const source of ["call", "scope"] as const)
+      assert.deepStrictEqual(step(terminating, term(source)), [terminating, []])
+    const [once, actions] = step(handingOff, term())
+    assert.deepStrictEqual(tags(actions), ["Log termination requested"])
+    assert.deepStrictEqual(tags(step(once, term())[1]), ["Log termination requested", "ForceExit"])
+    assert.deepStrictEqual(step(stopped, term()), [stopped, []])
+  })
+
+  it("a drain's end finishes, forced or not, with its reason and length", () => {
+    const [next, actions] = step(handingOff, { _tag: "Drained", millis: 12 })
+    assert.deepStrictEqual(next.phase, { _tag: "Stopped", reason: "handoff", forced: false })
+    assert.deepStrictEqual(actions, [{ _tag: "Finish", reason: "handoff", forced: false, millis: 12 }])
+    const forced = at({ _tag: "Draining", reason: "terminate", signals: 2 })
+    assert.deepStrictEqual(step(forced, { _tag: "Drained", millis: 3 })[0].phase, {
+      _tag: "Stopped",
+      reason: "terminate",
+      forced: true
+    })
+    assert.deepStrictEqual(step(serving, { _tag: "Drained", millis: 1 }), [serving, []])
+    assert.deepStrictEqual(step(serving, { _tag: "DelayOver" }), [serving, []])
   })
 })

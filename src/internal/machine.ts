@@ -1,21 +1,28 @@
 /**
- * The supervisor's life as a state machine: a pure function of the state and
- * an event, giving the next state and the actions the runtime carries out,
- * in order. The runtime (Supervisor) feeds it one event at a time.
+ * The supervisor's whole life as a state machine: a pure function of the
+ * state and an event, giving the next state and the actions the runtime
+ * carries out, in order. One fiber of the runtime (Supervisor) owns the state:
+ * it takes the events from a queue, one at a time, and follows this function.
+ * Nothing else decides.
+ *
+ * Phases: Starting → Serving ⇄ Restarting → (Delaying →) Draining → Stopped.
  *
  * Rules, as tableflip keeps them:
  * - One restart at a time; none before ready, none while the parent that
- *   started this process still drains, none once draining, none where the
- *   platform cannot hand listeners on.
- * - A termination wins over a restart under way: the restart is interrupted
- *   (its successor killed and reaped) before anything is said to systemd, so
- *   nothing follows `STOPPING=1`.
- * - A second termination signal while draining forces the exit; the scope
- *   closing (the runtime stopping the program) is not a signal, and never
- *   forces.
+ *   started this process still drains, none once stopping, none where the
+ *   platform cannot hand listeners on. Every request is logged, and every
+ *   refusal answered.
+ * - A termination wins over whatever is under way: a start-up is interrupted
+ *   (its partly built application closed), a restart is interrupted (its
+ *   successor killed and reaped) before anything is said to systemd, so
+ *   nothing follows `STOPPING=1`, and `READY=1` never comes after it.
+ * - A successor that is ready once this process no longer restarts is killed:
+ *   only a restart still under way hands off.
+ * - The second termination signal of a drain (or of the shutdown delay) forces
+ *   the exit; a call or the scope closing is not a signal, and never forces.
  *
- * `R` is how a programmatic restart is answered (a Deferred); the machine only
- * carries it.
+ * `R` is how a programmatic restart is answered (a Deferred), `S` a successor
+ * that is ready and `F` why a restart failed; the machine only carries them.
  */
 
 /** Why a restart is refused before it starts. */
@@ -25,112 +32,237 @@ export type Refusal =
   | { readonly _tag: "ParentStillRunning"; readonly parentPid: number }
   | { readonly _tag: "Unsupported" }
 
-export type State<R> =
+/** Why this process drains: it was told to stop, or it handed its listeners on. */
+export type Reason = "terminate" | "handoff"
+
+export type Phase<R> =
   | { readonly _tag: "Starting" }
   | { readonly _tag: "Serving" }
   | { readonly _tag: "Restarting"; readonly reply: R | undefined }
-  | { readonly _tag: "Draining"; readonly reason: "terminate" | "handoff"; readonly signals: number }
+  /** The shutdown delay: still serving, unready, every response saying `Connection: close`. */
+  | { readonly _tag: "Delaying"; readonly signals: number }
+  | { readonly _tag: "Draining"; readonly reason: Reason; readonly signals: number }
+  | { readonly _tag: "Stopped"; readonly reason: Reason | "failed"; readonly forced: boolean }
 
-export type Event<R, F> =
-  | { readonly _tag: "Ready" }
-  | { readonly _tag: "RestartRequested"; readonly reply: R | undefined }
-  | { readonly _tag: "SuccessorReady"; readonly pid: number }
+export interface State<R> {
+  readonly phase: Phase<R>
+  /** The pid of the parent this process took over from, until it has exited. */
+  readonly parentPid: number | undefined
+}
+
+/** What the runtime fixed when it started; the same for the whole life. */
+export interface Rules {
+  /** Whether listeners can be handed on here (native calls available, not PID 1). */
+  readonly canHandOff: boolean
+  /** Whether a termination waits for a shutdown delay before the drain. */
+  readonly shutdownDelay: boolean
+}
+
+export type Source = "signal" | "call" | "scope"
+
+export type Event<R, S, F> =
+  /** The application's layers are built: every server listens. */
+  | { readonly _tag: "Started" }
+  /** Building the application failed; the runtime reports the error to whoever launched it. */
+  | { readonly _tag: "StartupFailed" }
+  | { readonly _tag: "RestartRequested"; readonly reply: R | undefined; readonly signal: string | undefined }
+  | { readonly _tag: "SuccessorReady"; readonly successor: S; readonly pid: number }
   | { readonly _tag: "RestartFailed"; readonly failure: F }
-  | { readonly _tag: "Terminate"; readonly source: "signal" | "call" | "scope" }
+  | { readonly _tag: "ParentExited" }
+  | { readonly _tag: "Terminate"; readonly source: Source; readonly signal: string | undefined }
+  | { readonly _tag: "DelayOver" }
+  | { readonly _tag: "Drained"; readonly millis: number }
 
-export type Action<R, F> =
+export type Action<R, S, F> =
+  | { readonly _tag: "Log"; readonly message: string; readonly annotations: Readonly<Record<string, unknown>> }
+  /** Unclaimed fds closed, the PID file written, the parent or systemd told, healthy. */
+  | { readonly _tag: "AnnounceReady" }
   | { readonly _tag: "Refuse"; readonly reply: R | undefined; readonly refusal: Refusal }
+  | { readonly _tag: "NotifyReloading" }
   | { readonly _tag: "StartRestart" }
   | { readonly _tag: "InterruptRestart" }
+  | { readonly _tag: "ReleaseSuccessor"; readonly successor: S }
+  | { readonly _tag: "KillSuccessor"; readonly successor: S }
+  /** The successor serves too from now: the listeners are not unlinked, systemd follows `MAINPID`. */
   | { readonly _tag: "HandOff"; readonly reply: R | undefined; readonly pid: number }
   | { readonly _tag: "RestartFailed"; readonly reply: R | undefined; readonly failure: F }
-  | { readonly _tag: "NotifyReloading" }
   | { readonly _tag: "NotifyStopping" }
-  | { readonly _tag: "Stop"; readonly reason: "terminate" | "handoff" }
-  | { readonly _tag: "ForceExit" }
+  | { readonly _tag: "Unready"; readonly why: "stopping" | "handed off" }
+  | { readonly _tag: "InterruptStartup" }
+  | { readonly _tag: "BeginDelay" }
+  | { readonly _tag: "BeginDrain"; readonly reason: Reason }
+  | { readonly _tag: "ForceExit"; readonly signal: string }
+  /** Closes what a failed start-up built. */
+  | { readonly _tag: "CloseApplication" }
+  | { readonly _tag: "Finish"; readonly reason: Reason | "failed"; readonly forced: boolean; readonly millis: number }
 
-/** What the machine needs to know of the world when an event arrives. */
-export interface Facts {
-  /** The pid of the parent this process took over from, while it still runs. */
-  readonly parentPid: number | undefined
-  /** Whether listeners can be handed on here (the native calls are available). */
-  readonly canHandOff: boolean
-}
+export type Step<R, S, F> = readonly [State<R>, ReadonlyArray<Action<R, S, F>>]
 
-export type Step<R, F> = readonly [State<R>, ReadonlyArray<Action<R, F>>]
+/** The state of a process that has just begun, started by `parentPid` if it was. */
+export const initial = <R>(parentPid: number | undefined): State<R> => ({ phase: { _tag: "Starting" }, parentPid })
 
-const stay = <R, F>(state: State<R>, ...actions: ReadonlyArray<Action<R, F>>): Step<R, F> => [state, actions]
+const log = <R, S, F>(message: string, annotations: Record<string, unknown> = {}): Action<R, S, F> => ({
+  _tag: "Log",
+  message,
+  annotations
+})
 
-const requestRestart = <R, F>(state: State<R>, reply: R | undefined, facts: Facts): Step<R, F> => {
-  const refuse = (refusal: Refusal) => stay<R, F>(state, { _tag: "Refuse", reply, refusal })
-  switch (state._tag) {
-    case "Starting":
-      return refuse({ _tag: "NotServing", state: "starting" })
-    case "Draining":
-      return refuse({ _tag: "NotServing", state: "draining" })
-    case "Restarting":
-      return refuse({ _tag: "AlreadyInProgress" })
-    case "Serving":
-      if (facts.parentPid !== undefined) return refuse({ _tag: "ParentStillRunning", parentPid: facts.parentPid })
-      if (!facts.canHandOff) return refuse({ _tag: "Unsupported" })
-      return [{ _tag: "Restarting", reply }, [{ _tag: "NotifyReloading" }, { _tag: "StartRestart" }]]
-  }
-}
+const enter = <R>(state: State<R>, phase: Phase<R>): State<R> => ({ ...state, phase })
 
-const terminate = <R, F>(state: State<R>, source: "signal" | "call" | "scope"): Step<R, F> => {
-  const draining: State<R> = { _tag: "Draining", reason: "terminate", signals: source === "signal" ? 1 : 0 }
-  switch (state._tag) {
-    case "Starting":
-    case "Serving":
-      return [draining, [{ _tag: "NotifyStopping" }, { _tag: "Stop", reason: "terminate" }]]
-    case "Restarting":
-      // The restart is interrupted first: its successor is killed and reaped, and never announced.
-      return [
-        draining,
-        [
-          { _tag: "InterruptRestart" },
-          {
-            _tag: "Refuse",
-            reply: state.reply,
-            refusal: { _tag: "NotServing", state: "draining" }
-          },
-          { _tag: "NotifyStopping" },
-          { _tag: "Stop", reason: "terminate" }
-        ]
+const started = <R, S, F>(state: State<R>): Step<R, S, F> =>
+  state.phase._tag === "Starting"
+    ? [enter(state, { _tag: "Serving" }), [{ _tag: "AnnounceReady" }]]
+    : // A termination came first: nothing is announced after STOPPING=1.
+      [state, []]
+
+const startupFailed = <R, S, F>(state: State<R>): Step<R, S, F> =>
+  state.phase._tag === "Starting"
+    ? [
+        enter(state, { _tag: "Stopped", reason: "failed", forced: false }),
+        [{ _tag: "CloseApplication" }, { _tag: "Finish", reason: "failed", forced: false, millis: 0 }]
       ]
-    case "Draining": {
-      if (source !== "signal") return stay(state)
-      // The second termination signal of a drain ends the process at once; a first one (during a hand-off's
-      // drain, or one begun by a call) lets it go on.
-      const next: State<R> = { ...state, signals: state.signals + 1 }
-      return next.signals >= 2 ? stay(next, { _tag: "ForceExit" }) : stay(next)
-    }
+    : [state, []]
+
+const refusalIn = <R>(state: State<R>, rules: Rules): Refusal | undefined => {
+  switch (state.phase._tag) {
+    case "Starting":
+      return { _tag: "NotServing", state: "starting" }
+    case "Restarting":
+      return { _tag: "AlreadyInProgress" }
+    case "Delaying":
+    case "Draining":
+    case "Stopped":
+      return { _tag: "NotServing", state: "draining" }
+    case "Serving":
+      if (state.parentPid !== undefined) return { _tag: "ParentStillRunning", parentPid: state.parentPid }
+      return rules.canHandOff ? undefined : { _tag: "Unsupported" }
   }
+}
+
+const requestRestart = <R, S, F>(
+  state: State<R>,
+  reply: R | undefined,
+  signal: string | undefined,
+  rules: Rules
+): Step<R, S, F> => {
+  const requested = log<R, S, F>("effect-grace: restart requested", { by: signal ?? "call" })
+  const refusal = refusalIn(state, rules)
+  if (refusal !== undefined) return [state, [requested, { _tag: "Refuse", reply, refusal }]]
+  return [
+    enter(state, { _tag: "Restarting", reply }),
+    [requested, { _tag: "NotifyReloading" }, { _tag: "StartRestart" }]
+  ]
+}
+
+// The first termination of a process that serves (or starts): unready, STOPPING=1, then the delay or the drain.
+const beginStopping = <R, S, F>(state: State<R>, signals: number, rules: Rules): Step<R, S, F> => {
+  const stopping: ReadonlyArray<Action<R, S, F>> = [{ _tag: "Unready", why: "stopping" }, { _tag: "NotifyStopping" }]
+  if (state.phase._tag === "Starting") {
+    return [
+      enter(state, { _tag: "Draining", reason: "terminate", signals }),
+      [...stopping, { _tag: "InterruptStartup" }, { _tag: "BeginDrain", reason: "terminate" }]
+    ]
+  }
+  return rules.shutdownDelay
+    ? [enter(state, { _tag: "Delaying", signals }), [...stopping, { _tag: "BeginDelay" }]]
+    : [
+        enter(state, { _tag: "Draining", reason: "terminate", signals }),
+        [...stopping, { _tag: "BeginDrain", reason: "terminate" }]
+      ]
+}
+
+const terminate = <R, S, F>(
+  state: State<R>,
+  source: Source,
+  signal: string | undefined,
+  rules: Rules
+): Step<R, S, F> => {
+  const requested = log<R, S, F>("effect-grace: termination requested", { by: signal ?? source })
+  const signals = source === "signal" ? 1 : 0
+  const phase = state.phase
+  switch (phase._tag) {
+    case "Starting":
+    case "Serving": {
+      const [next, actions] = beginStopping<R, S, F>(state, signals, rules)
+      return [next, [requested, ...actions]]
+    }
+    case "Restarting": {
+      // The restart is interrupted first: its successor is killed and reaped, and never announced.
+      const [next, actions] = beginStopping<R, S, F>(state, signals, rules)
+      const refused: Action<R, S, F> = {
+        _tag: "Refuse",
+        reply: phase.reply,
+        refusal: { _tag: "NotServing", state: "draining" }
+      }
+      return [next, [requested, { _tag: "InterruptRestart" }, refused, ...actions]]
+    }
+    case "Delaying":
+    case "Draining": {
+      if (source !== "signal") return [state, []]
+      // The second termination signal ends the process at once; a first one during a hand-off's drain lets it go on.
+      const next = enter(state, { ...phase, signals: phase.signals + 1 })
+      return phase.signals + 1 >= 2
+        ? [next, [requested, { _tag: "ForceExit", signal: signal ?? "SIGTERM" }]]
+        : [next, [requested]]
+    }
+    case "Stopped":
+      return [state, []]
+  }
+}
+
+const successorReady = <R, S, F>(state: State<R>, successor: S, pid: number): Step<R, S, F> => {
+  if (state.phase._tag !== "Restarting") return [state, [{ _tag: "KillSuccessor", successor }]]
+  return [
+    enter(state, { _tag: "Draining", reason: "handoff", signals: 0 }),
+    [
+      { _tag: "ReleaseSuccessor", successor },
+      { _tag: "HandOff", reply: state.phase.reply, pid },
+      { _tag: "Unready", why: "handed off" },
+      { _tag: "BeginDrain", reason: "handoff" }
+    ]
+  ]
+}
+
+const restartFailed = <R, S, F>(state: State<R>, failure: F): Step<R, S, F> =>
+  state.phase._tag === "Restarting"
+    ? [enter(state, { _tag: "Serving" }), [{ _tag: "RestartFailed", reply: state.phase.reply, failure }]]
+    : [state, []]
+
+const delayOver = <R, S, F>(state: State<R>): Step<R, S, F> =>
+  state.phase._tag === "Delaying"
+    ? [
+        enter(state, { _tag: "Draining", reason: "terminate", signals: state.phase.signals }),
+        [{ _tag: "BeginDrain", reason: "terminate" }]
+      ]
+    : [state, []]
+
+const drained = <R, S, F>(state: State<R>, millis: number): Step<R, S, F> => {
+  if (state.phase._tag !== "Draining") return [state, []]
+  const { reason, signals } = state.phase
+  const forced = signals >= 2
+  return [enter(state, { _tag: "Stopped", reason, forced }), [{ _tag: "Finish", reason, forced, millis }]]
 }
 
 /** The next state, and what to do, when `event` arrives in `state`. */
-export const transition = <R, F>(state: State<R>, event: Event<R, F>, facts: Facts): Step<R, F> => {
+export const transition = <R, S, F>(state: State<R>, event: Event<R, S, F>, rules: Rules): Step<R, S, F> => {
   switch (event._tag) {
-    case "Ready":
-      return state._tag === "Starting" ? [{ _tag: "Serving" }, []] : stay(state)
+    case "Started":
+      return started(state)
+    case "StartupFailed":
+      return startupFailed(state)
     case "RestartRequested":
-      return requestRestart(state, event.reply, facts)
+      return requestRestart(state, event.reply, event.signal, rules)
     case "SuccessorReady":
-      // Only a restart still under way hands off; one that a termination interrupted is gone.
-      return state._tag === "Restarting"
-        ? [
-            { _tag: "Draining", reason: "handoff", signals: 0 },
-            [
-              { _tag: "HandOff", reply: state.reply, pid: event.pid },
-              { _tag: "Stop", reason: "handoff" }
-            ]
-          ]
-        : stay(state)
+      return successorReady(state, event.successor, event.pid)
     case "RestartFailed":
-      return state._tag === "Restarting"
-        ? [{ _tag: "Serving" }, [{ _tag: "RestartFailed", reply: state.reply, failure: event.failure }]]
-        : stay(state)
+      return restartFailed(state, event.failure)
+    case "ParentExited":
+      return [{ ...state, parentPid: undefined }, []]
     case "Terminate":
-      return terminate(state, event.source)
+      return terminate(state, event.source, event.signal, rules)
+    case "DelayOver":
+      return delayOver(state)
+    case "Drained":
+      return drained(state, event.millis)
   }
 }

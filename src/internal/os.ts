@@ -1,22 +1,68 @@
 /**
  * What the supervisor asks of the operating system, behind one service, as
- * cloudflare/tableflip's `env`: signals, the successor, the channel to a
- * parent, the PID file, the native calls' availability, and the forced exit.
- * The real implementation is the reference's default; tests provide a fake
- * and drive the supervisor in milliseconds under a `TestClock`.
+ * cloudflare/tableflip's `env`: signals, starting a child with the listeners
+ * and a channel, the channel to a parent, the PID file, the native calls'
+ * availability, and the forced exit. What is said over the channels (the
+ * successor protocol, successor.ts) sits above this seam. The real
+ * implementation is the reference's default; tests provide a fake and drive
+ * the supervisor, and both ends of the protocol, under a `TestClock`.
  */
+import { spawn as spawnProcess } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
 import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import * as Net from "node:net"
 import { dirname, join } from "node:path"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
+import * as Result from "effect/Result"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as Successor from "./successor.ts"
+import * as Channel from "./channel.ts"
+import * as Program from "./program.ts"
 import * as Sys from "./sys.ts"
+
+/** The variable naming the successor's end of the channel. */
+export const CHANNEL_FD_VARIABLE = "EFFECT_GRACE_READY_FD"
+
+/** A listening fd to hand on, with its name for `LISTEN_FDNAMES`. */
+export interface Passed {
+  readonly fd: number
+  readonly name: string
+}
+
+/** How a child ended: its exit code, or the signal that killed it. */
+export interface Exited {
+  readonly code: number | null
+  readonly signal: string | null
+}
+
+/** The child could not be started at all. */
+export interface SpawnFailure {
+  readonly _tag: "SpawnFailed"
+  readonly cause: unknown
+}
+
+/** A child: this program again, with the listeners at fds 3.. and a channel after them. */
+export interface Child {
+  readonly pid: number
+  readonly channel: Channel.Channel
+  /** Completes once the child has exited and been reaped. */
+  readonly exited: Effect.Effect<Exited>
+  /** Kills it (SIGKILL) if it still runs, and waits until it is reaped. */
+  readonly kill: Effect.Effect<void>
+  /** Leaves it running: this process may exit before it, and the channel's close tells it when. */
+  readonly release: Effect.Effect<void>
+}
+
+/** The channel to the parent that started this process. */
+export interface Parent {
+  readonly pid: number
+  readonly channel: Channel.Channel
+}
 
 export interface Os {
   readonly pid: number
@@ -27,21 +73,35 @@ export interface Os {
   readonly signals: (
     names: ReadonlyArray<NodeJS.Signals>
   ) => Effect.Effect<Stream.Stream<NodeJS.Signals>, never, Scope.Scope>
-  /** Starts a successor: this program again, with the listeners and the channel. */
+  /** Handlers of these signals that others installed (a runtime's, for example), counted before ours. */
+  readonly foreignHandlers: (names: ReadonlyArray<NodeJS.Signals>) => Effect.Effect<number>
+  /** Starts this program again with the listeners and a channel, and `env` added to this process's environment. */
   readonly spawn: (
-    options: Omit<Successor.SpawnOptions, "command" | "env">
-  ) => Effect.Effect<Successor.Successor, Successor.SpawnFailure>
-  /** The channel to the parent that started this process, if it did; read from the environment once. */
-  readonly parent: Effect.Effect<Successor.ParentChannel | undefined, Config.ConfigError>
+    passed: ReadonlyArray<Passed>,
+    env: Readonly<Record<string, string>>
+  ) => Effect.Effect<Child, SpawnFailure>
+  /** The channel to the parent that started this process, if one did; `variables` are read and removed. */
+  readonly parent: (
+    variables: ReadonlyArray<string>
+  ) => Effect.Effect<
+    { readonly parent: Parent | undefined; readonly values: Readonly<Record<string, string>> },
+    Config.ConfigError
+  >
+  /** This process's parent now: it changes the moment the parent exits (the orphan is adopted). */
+  readonly ppid: () => number
   /** Whether listeners can be handed on here. */
   readonly native: () => Sys.Native
   readonly writePidFile: (path: string) => Effect.Effect<void>
   readonly removePidFile: (path: string) => Effect.Effect<void>
-  /** Ends the process at once, as `signal` does by default; as PID 1 nothing can, and the forced drain does. */
-  readonly forceExit: (signal: NodeJS.Signals) => Effect.Effect<void>
+  /** Ends the process at once, with the code of death by `signal`, where the program's runtime allows it. */
+  readonly forceExit: (signal: string) => Effect.Effect<void>
   /** As PID 1 (a container's init), reaps the orphans the kernel hands it, for as long as the scope lives. */
   readonly reapOrphans: Effect.Effect<void, never, Scope.Scope>
 }
+
+// -----------------------------------------------------------------------------
+// Signals
+// -----------------------------------------------------------------------------
 
 const signals = (names: ReadonlyArray<NodeJS.Signals>) =>
   Effect.gen(function* () {
@@ -60,6 +120,123 @@ const signals = (names: ReadonlyArray<NodeJS.Signals>) =>
     return Stream.fromQueue(queue)
   })
 
+const foreignHandlers = (names: ReadonlyArray<NodeJS.Signals>) =>
+  Effect.sync(() => names.reduce((count, name) => count + process.listenerCount(name), 0))
+
+// Only the program's runtime ends the process: elsewhere every drain is cut, and the program finishes by itself.
+const forceExit = (signal: string) =>
+  Effect.gen(function* () {
+    const program = yield* Program.Program
+    program?.exitNow(signal as NodeJS.Signals)
+  })
+
+// -----------------------------------------------------------------------------
+// Children
+// -----------------------------------------------------------------------------
+
+/** The command that started this process, and the directory it started in. */
+const selfCommand = () => ({
+  execPath: process.execPath,
+  args: [...process.execArgv, ...process.argv.slice(1)],
+  cwd: process.cwd()
+})
+
+// Through `sh -c 'LISTEN_PID=$$ exec ...'`: spawn cannot know the child's pid before it runs, and sd_listen_fds(3)
+// wants `LISTEN_PID` to be the program's own pid; exec keeps the shell's.
+const startChild = (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, string>>): ChildProcess => {
+  const command = selfCommand()
+  return spawnProcess("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', command.execPath, ...command.args], {
+    cwd: command.cwd,
+    env: {
+      ...process.env,
+      ...env,
+      LISTEN_FDS: String(passed.length),
+      LISTEN_FDNAMES: passed.map((p) => p.name).join(":"),
+      [CHANNEL_FD_VARIABLE]: String(3 + passed.length)
+    },
+    stdio: ["inherit", "inherit", "inherit", ...passed.map((p) => p.fd), "pipe"]
+  })
+}
+
+const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel): Child => {
+  let exit: Exited | undefined
+  const exitWaiters = new Set<(exited: Exited) => void>()
+  child.on("error", () => {})
+  child.once("exit", (code, signal) => {
+    exit = { code, signal }
+    for (const waiter of exitWaiters) waiter(exit)
+  })
+  const exited = Effect.callback<Exited>((resume) => {
+    if (exit !== undefined) return resume(Effect.succeed(exit))
+    const waiter = (e: Exited) => resume(Effect.succeed(e))
+    exitWaiters.add(waiter)
+    return Effect.sync(() => exitWaiters.delete(waiter))
+  })
+  return {
+    pid,
+    channel,
+    exited,
+    kill: Effect.andThen(
+      channel.close,
+      Effect.suspend(() => {
+        if (exit === undefined) child.kill("SIGKILL")
+        return Effect.asVoid(exited)
+      })
+    ),
+    release: Effect.andThen(
+      channel.unref,
+      Effect.sync(() => child.unref())
+    )
+  }
+}
+
+const spawn = (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, string>>) =>
+  Effect.gen(function* () {
+    const child = yield* Effect.try({
+      try: () => startChild(passed, env),
+      catch: (cause): SpawnFailure => ({ _tag: "SpawnFailed", cause })
+    })
+    const socket = child.stdio[3 + passed.length] as Net.Socket
+    socket.on("error", () => {})
+    // Node has no pid for a child it could not start, and reports why as an `error` event.
+    if (child.pid === undefined) {
+      return yield* Effect.callback<never, SpawnFailure>((resume) => {
+        child.once("error", (cause) => resume(Effect.fail({ _tag: "SpawnFailed", cause })))
+      })
+    }
+    return childOf(child, child.pid, yield* Channel.fromSocket(socket))
+  })
+
+// The channel's fd is made close-on-exec first, so that the application's own subprocesses do not hold it.
+const openParent = (fd: number) =>
+  Effect.suspend(() => {
+    const kind = Sys.inspect(fd)
+    if (Result.isFailure(kind) || kind.success._tag === "NotOpen" || kind.success._tag === "NotSocket") {
+      return Effect.succeed(undefined)
+    }
+    Sys.setCloseOnExec(fd, true)
+    const socket = new Net.Socket({ fd, readable: true, writable: true })
+    socket.unref()
+    return Effect.map(Channel.fromSocket(socket), (channel): Parent => ({ pid: process.ppid, channel }))
+  })
+
+const parent = (variables: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const fd = Option.getOrUndefined(yield* Config.option(Config.Int(CHANNEL_FD_VARIABLE)))
+    const values: Record<string, string> = {}
+    for (const name of variables) {
+      const value = yield* Config.option(Config.String(name))
+      if (Option.isSome(value)) values[name] = value.value
+    }
+    // Read once: the application's subprocesses must not take this process's channel for theirs.
+    for (const name of [CHANNEL_FD_VARIABLE, ...variables]) delete process.env[name]
+    return { parent: fd === undefined ? undefined : yield* openParent(fd), values }
+  })
+
+// -----------------------------------------------------------------------------
+// PID file and orphans
+// -----------------------------------------------------------------------------
+
 // Written to a temporary file and renamed, so that a reader never sees a partial pid.
 const writePidFile = (path: string) =>
   Effect.sync(() => {
@@ -76,15 +253,6 @@ const removePidFile = (path: string) =>
     } catch {
       // Gone already.
     }
-  })
-
-// Every other handler of the signal is removed first (`NodeRuntime.runMain`'s too), so the default action runs. PID 1
-// has no default action: there the forced drain ends the program, which ends the process.
-const forceExit = (signal: NodeJS.Signals) =>
-  Effect.sync(() => {
-    if (process.pid === 1) return
-    process.removeAllListeners(signal)
-    process.kill(process.pid, signal)
   })
 
 // This process's children that are zombies now.
@@ -114,27 +282,14 @@ const reapOrphans: Effect.Effect<void, never, Scope.Scope> = Effect.suspend(() =
   return Effect.asVoid(Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced("1 second"))))
 })
 
-let parent: Effect.Effect<Successor.ParentChannel | undefined, Config.ConfigError> | undefined
-
-const readParent: Effect.Effect<Successor.ParentChannel | undefined, Config.ConfigError> = Effect.gen(function* () {
-  const readyFd = yield* Config.option(Config.Int(Successor.READY_FD_VARIABLE))
-  const sendsTicketKeys = yield* Config.option(Config.String(Successor.TICKET_KEYS_VARIABLE))
-  delete process.env[Successor.READY_FD_VARIABLE]
-  delete process.env[Successor.TICKET_KEYS_VARIABLE]
-  return yield* Successor.openParentChannel(
-    Option.getOrUndefined(readyFd),
-    Option.getOrUndefined(sendsTicketKeys) === "channel"
-  )
-})
-
 /** The operating system, as this process sees it. */
 export const live = (): Os => ({
   pid: process.pid,
   signals,
-  spawn: (options) =>
-    Effect.suspend(() => Successor.spawnSuccessor({ ...options, command: Successor.selfCommand(), env: process.env })),
-  // Once per process: the variables are removed once read, and the channel is opened once.
-  parent: Effect.suspend(() => (parent ??= Effect.cached(readParent).pipe(Effect.runSync))),
+  foreignHandlers,
+  spawn,
+  parent,
+  ppid: () => process.ppid,
   native: Sys.native,
   writePidFile,
   removePidFile,

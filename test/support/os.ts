@@ -1,68 +1,142 @@
 /**
  * A fake operating system for the supervisor, as tableflip's `fakeProcess`:
- * signals the test sends, successors the test makes ready (or not), and a
- * record of what the supervisor did. Under a `TestClock`, a restart takes no
- * time at all.
+ * signals the test sends, children whose end of the channel the test holds
+ * (so it speaks the successor protocol as a real successor would, or exits
+ * first), a parent whose end the test holds too, and a record of what the
+ * supervisor did. Under a `TestClock`, a restart takes no time at all.
  */
+import type * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
+import type * as Channel from "../../src/internal/channel.ts"
 import type * as Os from "../../src/internal/os.ts"
-import type * as Successor from "../../src/internal/successor.ts"
 
-export interface FakeSuccessor {
+/** Two channels connected to each other in memory. */
+export const channelPair: Effect.Effect<readonly [Channel.Channel, Channel.Channel]> = Effect.gen(function* () {
+  const side = Effect.map(Queue.unbounded<string, Cause.Done>(), (lines) => ({
+    lines,
+    gone: Deferred.makeUnsafe<void>()
+  }))
+  const a = yield* side
+  const b = yield* side
+  type Side = typeof a
+  const end = (s: Side) => {
+    Queue.endUnsafe(s.lines)
+    Deferred.doneUnsafe(s.gone, Effect.void)
+  }
+  const channel = (own: Side, other: Side): Channel.Channel => ({
+    send: (line) => Effect.sync(() => void Queue.offerUnsafe(other.lines, line)),
+    receive: Queue.take(own.lines),
+    closed: Deferred.await(own.gone),
+    close: Effect.sync(() => {
+      end(own)
+      end(other)
+    }),
+    unref: Effect.void
+  })
+  return [channel(a, b), channel(b, a)] as const
+})
+
+/** A child the supervisor started; the test plays its part. */
+export interface FakeChild {
   readonly pid: number
-  /** Completed by the test: ready, or exited first. */
-  readonly ready: Deferred.Deferred<void, Successor.EarlyExit>
-  state: "running" | "killed" | "released"
+  readonly env: Readonly<Record<string, string>>
+  readonly passed: ReadonlyArray<Os.Passed>
+  /** The child's end of the channel. */
+  readonly channel: Channel.Channel
+  /** Says `ready`, as a successor does once it serves. */
+  readonly sayReady: Effect.Effect<void>
+  /** Exits (or dies of a signal): its end of the channel closes. */
+  readonly exit: (exited: Os.Exited) => Effect.Effect<void>
+  state: "running" | "killed" | "released" | "exited"
 }
 
+/** The parent of the supervised process, when it has one; the test plays its part. */
+export interface FakeParent {
+  readonly channel: Channel.Channel
+  /** The parent exits: its end of the channel closes. */
+  readonly exits: Effect.Effect<void>
+}
+
+const makeChild = (pid: number, passed: ReadonlyArray<Os.Passed>, env: Readonly<Record<string, string>>) =>
+  Effect.gen(function* () {
+    const [own, theirs] = yield* channelPair
+    const exited = yield* Deferred.make<Os.Exited>()
+    const child: FakeChild = {
+      pid,
+      env,
+      passed,
+      channel: theirs,
+      sayReady: theirs.send("ready"),
+      exit: (how) =>
+        Effect.andThen(
+          Effect.sync(() => void (child.state = child.state === "running" ? "exited" : child.state)),
+          Effect.andThen(theirs.close, Deferred.succeed(exited, how))
+        ),
+      state: "running"
+    }
+    const handle: Os.Child = {
+      pid,
+      channel: own,
+      exited: Deferred.await(exited),
+      kill: Effect.suspend(() => {
+        if (child.state === "running" || child.state === "released") child.state = "killed"
+        return Effect.andThen(own.close, Deferred.succeed(exited, { code: null, signal: "SIGKILL" }))
+      }),
+      release: Effect.sync(() => void (child.state = "released"))
+    }
+    return { child, handle }
+  })
+
 export const make = (
-  options: { readonly pid?: number; readonly parentPid?: number; readonly spawnGate?: Deferred.Deferred<void> } = {}
+  options: {
+    readonly pid?: number
+    readonly parentPid?: number
+    /** What the parent set in the environment (the ticket keys variable, for one). */
+    readonly parentValues?: Readonly<Record<string, string>>
+    readonly spawnGate?: Deferred.Deferred<void>
+    /** Handlers of the termination signals that others installed. */
+    readonly foreign?: number | undefined
+  } = {}
 ) =>
   Effect.gen(function* () {
     const signals = yield* Queue.unbounded<NodeJS.Signals>()
-    const spawns = yield* Queue.unbounded<FakeSuccessor>()
-    const successors: Array<FakeSuccessor> = []
+    const spawns = yield* Queue.unbounded<FakeChild>()
+    const children: Array<FakeChild> = []
     const pidFile: Array<string> = []
-    const forced: Array<NodeJS.Signals> = []
-    let parentAlive = options.parentPid !== undefined
-    const parent: Successor.ParentChannel | undefined =
+    const forced: Array<string> = []
+    const [parentEnd, ownEnd] = yield* channelPair
+    let ppid = options.parentPid ?? 1
+    const parent: FakeParent | undefined =
       options.parentPid === undefined
         ? undefined
         : {
-            pid: options.parentPid,
-            ticketKeys: Effect.succeed(undefined),
-            signalReady: Effect.void,
-            exited: Effect.void,
-            isAlive: () => parentAlive
+            channel: parentEnd,
+            exits: Effect.andThen(
+              Effect.sync(() => void (ppid = 1)),
+              parentEnd.close
+            )
           }
     const os: Os.Os = {
       pid: options.pid ?? 100,
       signals: () => Effect.succeed(Stream.fromQueue(signals)),
-      spawn: () =>
+      foreignHandlers: () => Effect.succeed(options.foreign ?? 0),
+      spawn: (passed, env) =>
         Effect.gen(function* () {
           if (options.spawnGate !== undefined) yield* Deferred.await(options.spawnGate)
-          const successor: FakeSuccessor = {
-            pid: 200 + successors.length,
-            ready: yield* Deferred.make<void, Successor.EarlyExit>(),
-            state: "running"
-          }
-          successors.push(successor)
-          yield* Queue.offer(spawns, successor)
-          return {
-            pid: successor.pid,
-            ready: Deferred.await(successor.ready),
-            kill: Effect.sync(() => {
-              successor.state = "killed"
-            }),
-            release: Effect.sync(() => {
-              successor.state = "released"
-            })
-          }
+          const { child, handle } = yield* makeChild(200 + children.length, passed, env)
+          children.push(child)
+          yield* Queue.offer(spawns, child)
+          return handle
         }),
-      parent: Effect.succeed(parent),
+      parent: () =>
+        Effect.succeed({
+          parent: options.parentPid === undefined ? undefined : { pid: options.parentPid, channel: ownEnd },
+          values: options.parentValues ?? {}
+        }),
+      ppid: () => ppid,
       native: () => ({ available: true }),
       writePidFile: (path) => Effect.sync(() => void pidFile.push(`write ${path}`)),
       removePidFile: (path) => Effect.sync(() => void pidFile.push(`remove ${path}`)),
@@ -73,13 +147,11 @@ export const make = (
       os,
       /** Sends a signal to the supervised process. */
       signal: (signal: NodeJS.Signals) => Queue.offer(signals, signal),
-      /** The next successor spawned. */
+      /** The next child started. */
       spawned: Queue.take(spawns),
-      successors,
+      children,
+      parent,
       pidFile,
-      forced,
-      parentExits: () => {
-        parentAlive = false
-      }
+      forced
     }
   })

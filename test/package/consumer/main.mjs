@@ -1,5 +1,4 @@
 // A plain Node program using effect-grace as a user installs it: `PORT=8080 node main.mjs`.
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Effect, Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { Server, Supervisor } from "effect-grace"
@@ -27,4 +26,4 @@ const App = HttpRouter.serve(Routes, { disableListenLog: true, disableLogger: tr
   Layer.provide(Server.layer(`127.0.0.1:${process.env.PORT}`))
 )
 
-Layer.launch(Supervisor.layer(App)).pipe(NodeRuntime.runMain({ teardown: Supervisor.teardown }))
+Layer.launch(Supervisor.layer(App)).pipe(Supervisor.runMain)

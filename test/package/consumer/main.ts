@@ -1,5 +1,4 @@
 // A TypeScript program using effect-grace as a user installs it, typechecked with strict NodeNext settings.
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Duration, Effect, Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { Listeners, Server, Supervisor } from "effect-grace"
@@ -54,8 +53,7 @@ export const App: Layer.Layer<never, unknown> = Supervisor.layer(
   Layer.mergeAll(Public, Admin, Layer.effectDiscard(banner))
 )
 
-export const main = (): void =>
-  Layer.launch(App).pipe(NodeRuntime.runMain({ teardown: Supervisor.teardown, disableErrorReporting: false }))
+export const main = (): void => Layer.launch(App).pipe(Supervisor.runMain({ disableErrorReporting: false }))
 
 // The application's own tests get a supervisor without processes.
 export const tested: Effect.Effect<string, never, never> = restart.pipe(
