@@ -481,6 +481,13 @@ export const serve = (listener: Listener, server: Net.Server): Effect.Effect<voi
     server.once("error", onError)
     server.once("listening", onListening)
     server.listen({ fd: listener.fd } as Net.ListenOptions)
+    // Node takes the fd synchronously (its error and listening events come later): from here its server owns it,
+    // and closing the server closes the fd, even if this fiber is interrupted before the listening event.
+    if (server.listening) adopted.set(listener, server)
+    return Effect.sync(() => {
+      server.off("error", onError)
+      server.off("listening", onListening)
+    })
   })
 
 /**

@@ -154,6 +154,25 @@ describe("Listeners", () => {
       })
     )
 
+    it.live("a serve interrupted before Node's listening event leaves the fd to the server: it is closed once", () =>
+      Effect.gen(function* () {
+        const listeners = yield* listenersOver([])
+        const scope = yield* Scope.make()
+        const listener = yield* listeners.listen("127.0.0.1:0").pipe(Scope.provide(scope))
+        const server = Net.createServer()
+        // Started at once, it has handed the fd to Node and waits for the listening event (a next tick away).
+        const serving = yield* Effect.forkChild(Listeners.serve(listener, server), { startImmediately: true })
+        assert.isTrue(server.listening)
+        yield* Fiber.interrupt(serving)
+        // As a server's drain does: its close closes the fd; the listener's scope must not close it again.
+        server.close()
+        const exit = yield* Effect.exit(Scope.close(scope, Effect.void as never))
+        assert.isTrue(exit._tag === "Success", String(exit))
+        const refused = yield* Effect.flip(exchange({ port: portOf(listener) }))
+        assert.include(refused.message, "ECONNREFUSED")
+      })
+    )
+
     it.live("closing the scope closes the listener", () =>
       Effect.gen(function* () {
         const listeners = yield* listenersOver([])
