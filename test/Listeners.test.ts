@@ -59,7 +59,7 @@ const answer = (listener: Listeners.Listener, text: string) =>
 const listenersOver = Listeners.make
 
 /** Whether a served listener on `port` answers on the IPv4 and the IPv6 loopback; anything but a refusal fails. */
-export const answersOn = (port: number) => {
+const answersOn = (port: number) => {
   const on = (host: string) =>
     Effect.map(Effect.result(exchange({ port, host }, undefined, "5 seconds")), (result) => {
       if (Result.isSuccess(result)) return true
