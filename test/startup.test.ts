@@ -126,9 +126,7 @@ describe("start-up errors", () => {
               () => Effect.sync(() => void taken.close())
             )
             const busy = `127.0.0.1:${(taken.address() as Net.AddressInfo).port}`
-            const addresses = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"].map((free, i) =>
-              i === index ? busy : free
-            )
+            const addresses = [0, 1, 2].map((i) => (i === index ? busy : "127.0.0.1:0"))
             const env: Record<string, string> = path === "portable" ? { GRACE_NATIVE: "off" } : {}
             const spawned = yield* spawnProcess(nodePath, [servers, ...addresses], { env })
             const exit = yield* spawned.closed("20 seconds")
