@@ -343,12 +343,6 @@ const lookup = (address: string, wanted: { readonly host: string; readonly port:
     })
   )
 
-const resolveAddress = (address: string): Effect.Effect<Resolved, ListenersError> => {
-  const parsed = parseAddress(address)
-  if (Result.isFailure(parsed)) return failWith(parsed.failure)
-  return parsed.success._tag === "HostName" ? lookup(address, parsed.success) : Effect.succeed(parsed.success)
-}
-
 // An inherited socket matches an address that, bound here, could have made it.
 const matches = (wanted: Resolved, actual: NetAddress.SocketAddress): boolean => {
   if (wanted._tag === "Unix") return actual._tag === "UnixPathAddress" && actual.path === wanted.path
@@ -406,11 +400,11 @@ interface State {
   handedOff: boolean
 }
 
-// A listen request, checked and with its address resolved: what `acquire` needs, with nothing left to wait for.
+// A listen request, checked, with its host name resolved unless an inherited fd of its name stands in for it.
 interface Request {
   readonly name: string | undefined
   readonly address: string | undefined
-  readonly wanted: Resolved | undefined
+  readonly wanted: ParsedAddress | undefined
   readonly backlog: number
 }
 
@@ -419,12 +413,17 @@ const failWith = (reason: ListenersErrorReason) => Effect.fail(new ListenersErro
 // As systemd's fdname_is_valid: the name is handed to a successor in LISTEN_FDNAMES.
 const isValidName = (name: string): boolean => /^[\x21-\x39\x3b-\x7e]{1,255}$/.test(name)
 
-const prepare = (input: ListenSpec): Effect.Effect<Request, ListenersError> => {
+const prepare = (state: State, input: ListenSpec): Effect.Effect<Request, ListenersError> => {
   const spec = typeof input === "string" ? { address: input } : input
   if (spec.name !== undefined && !isValidName(spec.name)) return failWith(new InvalidName({ name: spec.name }))
   const request = { name: spec.name, address: spec.address, wanted: undefined, backlog: spec.backlog ?? 511 }
   if (spec.address === undefined) return Effect.succeed(request)
-  return Effect.map(resolveAddress(spec.address), (wanted): Request => ({ ...request, wanted }))
+  const parsed = parseAddress(spec.address)
+  if (Result.isFailure(parsed)) return failWith(parsed.failure)
+  const wanted = parsed.success
+  const named = [...state.unclaimed.values()].some((fd) => fd.name === spec.name)
+  if (wanted._tag !== "HostName" || named) return Effect.succeed<Request>({ ...request, wanted })
+  return Effect.map(lookup(spec.address, wanted), (resolved): Request => ({ ...request, wanted: resolved }))
 }
 
 // By name first, when one is given; then by address.
@@ -433,7 +432,9 @@ const claim = (state: State, request: Request): ListenFds.InheritedFd | undefine
   const candidates = [...state.unclaimed.values()]
   const found =
     (name !== undefined ? candidates.find((fd) => fd.name === name) : undefined) ??
-    (wanted !== undefined ? candidates.find((fd) => matches(wanted, fd.address)) : undefined)
+    (wanted !== undefined && wanted._tag !== "HostName"
+      ? candidates.find((fd) => matches(wanted, fd.address))
+      : undefined)
   if (found !== undefined) state.unclaimed.delete(found.fd)
   return found
 }
@@ -494,6 +495,10 @@ const acquire = (state: State, request: Request): Effect.Effect<Listener, Listen
       const available = state.inherited.map((fd) => `${fd.name} (${formatAddress(fd.address)})`)
       return failWith(new NameNotFound({ name: request.name ?? "", available }))
     }
+    // Left unresolved for an inherited fd of its name, which another listen has taken since.
+    if (wanted._tag === "HostName") {
+      return Effect.flatMap(lookup(address, wanted), (resolved) => acquire(state, { ...request, wanted: resolved }))
+    }
     const bindable = { ...request, address, wanted }
     return Sys.native().available ? bindNative(bindable) : bindPortable(bindable)
   })
@@ -545,7 +550,7 @@ export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Ef
     return Listeners.of({
       // Resolving a host name may take a while: it stays interruptible, outside the acquisition.
       listen: (spec) =>
-        Effect.flatMap(prepare(spec), (request) =>
+        Effect.flatMap(prepare(state, spec), (request) =>
           Effect.acquireRelease(
             Effect.tap(acquire(state, request), (listener) => Effect.sync(() => state.active.push(listener))),
             (listener) => release(state, listener)

@@ -302,6 +302,18 @@ describe("Listeners", () => {
       })
     )
 
+    it.live("a host name is not resolved for a listener that an inherited fd of its name provides", () =>
+      Effect.gen(function* () {
+        const admin = yield* passedFd("127.0.0.1:0", "admin")
+        const listeners = yield* listenersOver([admin])
+        // RFC 6761: no name under .invalid resolves.
+        const byName = yield* listeners.listen({ name: "admin", address: "nowhere.invalid:9090" })
+        assert.strictEqual(byName.fd, admin.fd)
+        const unresolved = yield* reasonOf(listeners.listen({ name: "admin", address: "nowhere.invalid:9090" }))
+        assert.include(["ENOTFOUND", "EAI_AGAIN"], (unresolved as Listeners.BindFailed).code)
+      })
+    )
+
     it.live("0.0.0.0:port matches an inherited IPv4 socket only; :port matches either", () =>
       Effect.gen(function* () {
         const [dual, v4, other] = [yield* freePort(), yield* freePort(), yield* freePort()]
