@@ -396,7 +396,9 @@ const isStaleUnixSocket = (wanted: Resolved): boolean => {
 interface State {
   readonly inherited: ReadonlyArray<ListenFds.InheritedFd>
   readonly unclaimed: Map<number, ListenFds.InheritedFd>
-  readonly active: Array<Listener>
+  // In the order asked for (`asked` counts the asks), though a host name's lookup may end after a later bind.
+  readonly active: Array<{ readonly order: number; readonly listener: Listener }>
+  asked: number
   handedOff: boolean
 }
 
@@ -513,9 +515,14 @@ const closeListener = (listener: Listener): void => {
   if (listener.fd !== undefined) closeSync(listener.fd)
 }
 
+const activate = (state: State, order: number, listener: Listener): void => {
+  const index = state.active.findIndex((entry) => entry.order > order)
+  state.active.splice(index < 0 ? state.active.length : index, 0, { order, listener })
+}
+
 const release = (state: State, listener: Listener): Effect.Effect<void> =>
   Effect.sync(() => {
-    const index = state.active.indexOf(listener)
+    const index = state.active.findIndex((entry) => entry.listener === listener)
     if (index >= 0) state.active.splice(index, 1)
     closeListener(listener)
     const address = listener.address
@@ -545,18 +552,22 @@ export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Ef
       inherited,
       unclaimed: new Map(inherited.map((fd) => [fd.fd, fd])),
       active: [],
+      asked: 0,
       handedOff: false
     }
     return Listeners.of({
       // Resolving a host name may take a while: it stays interruptible, outside the acquisition.
       listen: (spec) =>
-        Effect.flatMap(prepare(state, spec), (request) =>
-          Effect.acquireRelease(
-            Effect.tap(acquire(state, request), (listener) => Effect.sync(() => state.active.push(listener))),
-            (listener) => release(state, listener)
+        Effect.suspend(() => {
+          const order = state.asked++
+          return Effect.flatMap(prepare(state, spec), (request) =>
+            Effect.acquireRelease(
+              Effect.tap(acquire(state, request), (listener) => Effect.sync(() => activate(state, order, listener))),
+              (listener) => release(state, listener)
+            )
           )
-        ),
-      active: Effect.sync(() => [...state.active]),
+        }),
+      active: Effect.sync(() => state.active.map((entry) => entry.listener)),
       unclaimed: Effect.sync(() => [...state.unclaimed.values()]),
       closeUnclaimed: Effect.sync(() => {
         for (const fd of state.unclaimed.values()) closeSync(fd.fd)

@@ -189,6 +189,11 @@ describe("Listeners", () => {
         assert.strictEqual(host, first.address)
         yield* answer(listener, "by name")
         assert.strictEqual(yield* exchange({ port: portOf(listener), host }), "by name")
+        // Its lookup ends after a later numeric address is bound; the listeners stay in the order asked for.
+        const [named, numeric] = yield* Effect.all([listeners.listen("localhost:0"), listeners.listen("127.0.0.1:0")], {
+          concurrency: "unbounded"
+        })
+        assert.deepStrictEqual(yield* listeners.active, [listener, named, numeric])
       })
     )
 
