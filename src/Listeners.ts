@@ -3,7 +3,8 @@
  * in (systemd socket activation, or a restarting predecessor), bound when not.
  *
  * A program asks for a listener by address (`:8080`, `127.0.0.1:0`,
- * `[::1]:9000`, `/run/app.sock`, `@abstract`) or by name. An inherited fd
+ * `localhost:8080`, `[::1]:9000`, `/run/app.sock`, `@abstract`), read as
+ * Node's `listen` reads it, or by name. An inherited fd
  * with that name, or else with that address, is adopted; otherwise a new
  * socket is bound. The program cannot tell the two apart, which is the point:
  * the same code runs fresh, under systemd and as a restarted successor.
@@ -37,6 +38,7 @@ import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
 import type * as Config from "effect/Config"
 import { closeSync, lstatSync, rmSync } from "node:fs"
+import * as Dns from "node:dns"
 import * as Net from "node:net"
 import { resolve } from "node:path"
 import * as Portable from "./internal/portable.ts"
@@ -48,15 +50,24 @@ import * as ListenFds from "./ListenFds.ts"
  *
  * **Details**
  *
- * - `":8080"` every interface (IPv6 and IPv4), `"127.0.0.1:0"` a free port,
- *   `"[::1]:9000"` IPv6; `":8080"`, `"0.0.0.0:8080"` and `"[::]:8080"` match
- *   the same inherited socket.
+ * - Read as Node's `listen(port, host)` reads them: `":8080"`, `"8080"` and
+ *   `"[::]:8080"` every interface, IPv6 and IPv4 (IPv4 alone on a host without
+ *   IPv6); `"0.0.0.0:8080"` every IPv4 interface, and IPv4 only;
+ *   `"127.0.0.1:0"` a free port; `"[::1]:9000"` IPv6.
+ * - A host name (`"localhost:8080"`) is resolved when the listener is asked
+ *   for, as Node's `listen` does: the first address `dns.lookup` gives (in
+ *   the resolver's order) is bound, alone. A name that does not resolve is a
+ *   `BindFailed` (`ENOTFOUND`).
  * - `"/run/app.sock"` or `"./app.sock"` a unix socket path, `"@name"` the
  *   abstract namespace.
  * - With a `name`, an inherited fd of that name (`LISTEN_FDNAMES`, or the
  *   `FileDescriptorName=` of a systemd socket unit) is taken first; then one
  *   with the address; the address is bound only when neither was passed. The
  *   name travels with the listener to a successor.
+ * - An inherited socket matches an address that, bound here, could have made
+ *   it: `":8080"` matches an inherited `[::]:8080` or `0.0.0.0:8080`, but
+ *   `"0.0.0.0:8080"` only `0.0.0.0:8080` (IPv4 only is not had from a
+ *   socket that also serves IPv6).
  * - Port 0 matches an inherited fd of the same host on any port, in order, so
  *   a successor keeps the ports its predecessor was given.
  *
@@ -102,7 +113,9 @@ export class InvalidAddress extends Data.TaggedError("InvalidAddress")<{
 }
 
 /**
- * Binding or listening failed (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`, ...).
+ * Binding or listening failed (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`, ...),
+ * or the host name did not resolve (`ENOTFOUND`, `EAI_AGAIN`, syscall
+ * `getaddrinfo`).
  *
  * @since 0.1.0
  * @category errors
@@ -120,7 +133,9 @@ export class BindFailed extends Data.TaggedError("BindFailed")<{
           ? "permission denied: ports below 1024 need privileges (CAP_NET_BIND_SERVICE), or choose another port"
           : this.code === "EADDRNOTAVAIL"
             ? "no interface has that address: choose one this host has, or :port for every interface"
-            : this.syscall
+            : this.code === "ENOTFOUND"
+              ? "the host name does not resolve: use one this host resolves, or an IP address"
+              : this.syscall
     return `cannot listen on ${this.address}: ${this.code} (${hint})`
   }
 }
@@ -219,18 +234,66 @@ export class Listeners extends Context.Service<
 // -----------------------------------------------------------------------------
 
 /**
- * A parsed listen address. A wildcard TCP address (`:8080`) has no host.
+ * A parsed listen address. A wildcard TCP address (`:8080`, `8080`,
+ * `[::]:8080`: every interface, both families) has no host; `0.0.0.0` is a
+ * host, IPv4 only. A host name is resolved when the listener is asked for.
  *
  * @since 0.1.0
  * @category models
  */
 export type ParsedAddress =
   | { readonly _tag: "Tcp"; readonly host: NetAddress.IpAddress | undefined; readonly port: number }
+  | { readonly _tag: "HostName"; readonly host: string; readonly port: number }
   | { readonly _tag: "Unix"; readonly path: string }
 
+// An address with its host name resolved: what is matched and bound.
+type Resolved = Exclude<ParsedAddress, { readonly _tag: "HostName" }>
+
+const forms = "use :port, host:port, [ipv6]:port or a unix path"
+
+const parsePort = (text: string): number | undefined =>
+  /^(0|[1-9][0-9]{0,4})$/.test(text) && Number(text) <= 65535 ? Number(text) : undefined
+
+// As Node's listen: `::` is every interface of both families, `0.0.0.0` every IPv4 one.
+const tcp = (host: NetAddress.IpAddress, port: number): Resolved => ({
+  _tag: "Tcp",
+  host: NetAddress.isIpv6Address(host) && NetAddress.isUnspecified(host) ? undefined : host,
+  port
+})
+
+// RFC 1123 labels; an all-numeric last label is a mistyped IPv4 address, not a name.
+const isHostName = (host: string): boolean => {
+  const labels = (host.endsWith(".") ? host.slice(0, -1) : host).split(".")
+  return (
+    host.length <= 253 &&
+    labels.every((label) => /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(label)) &&
+    !/^[0-9]+$/.test(labels[labels.length - 1]!)
+  )
+}
+
+const parseHost = (host: string, port: number): Result.Result<ParsedAddress, string> => {
+  if (host.startsWith("[") && host.endsWith("]")) {
+    const ip = NetAddress.ipv6FromString(host.slice(1, -1))
+    return Result.isSuccess(ip)
+      ? Result.succeed(tcp(ip.success, port))
+      : Result.fail(`not an IPv6 address: ${ip.failure.message}`)
+  }
+  if (host.includes(":")) return Result.fail("an IPv6 address goes in brackets, as [::1]:8080")
+  if (/^[0-9.]+$/.test(host)) {
+    const ip = NetAddress.ipv4FromString(host)
+    return Result.isSuccess(ip)
+      ? Result.succeed(tcp(ip.success, port))
+      : Result.fail(`not an IPv4 address: ${ip.failure.message}`)
+  }
+  if (isHostName(host)) return Result.succeed({ _tag: "HostName", host, port })
+  return Result.fail(`${JSON.stringify(host)} is neither an IP address nor a host name`)
+}
+
 /**
- * Parses a listen address: `:port`, `host:port`, `[ipv6]:port`, a unix path
- * (containing a `/`) or an abstract unix name (`@name`).
+ * Parses a listen address: `:port` or a bare port (every interface, IPv6
+ * and IPv4), `host:port` (an IPv4 address, `0.0.0.0` for every IPv4
+ * interface, or a host name), `[ipv6]:port` (`[::]` for every interface), a
+ * unix path (containing a `/`) or an abstract unix name (`@name`).
  *
  * @since 0.1.0
  * @category parsing
@@ -240,24 +303,17 @@ export const parseAddress = (address: string): Result.Result<ParsedAddress, Inva
   if (address.startsWith("@")) {
     return address.length > 1 ? Result.succeed({ _tag: "Unix", path: address }) : invalid("empty abstract name")
   }
-  if (address.includes("/")) {
-    return Result.succeed({ _tag: "Unix", path: resolve(address) })
+  if (address.includes("/")) return Result.succeed({ _tag: "Unix", path: resolve(address) })
+  const bare = /^[0-9]+$/.test(address)
+  const colon = address.lastIndexOf(":")
+  if (!bare && (colon < 0 || (address.startsWith("[") && !address.slice(0, colon).endsWith("]")))) {
+    return invalid(`no port; ${forms}`)
   }
-  if (address.startsWith(":")) {
-    const port = address.slice(1)
-    if (!/^(0|[1-9][0-9]*)$/.test(port) || Number(port) > 65535) return invalid("port must be 0 to 65535")
-    return Result.succeed({ _tag: "Tcp", host: undefined, port: Number(port) })
-  }
-  const parsed = NetAddress.inetAddressFromString(address === "" ? ":" : address)
-  if (Result.isFailure(parsed)) {
-    return invalid(`${parsed.failure.message}; use :port, a numeric host:port, [ipv6]:port or a unix path`)
-  }
-  const inet = parsed.success
-  return Result.succeed({
-    _tag: "Tcp",
-    host: NetAddress.isUnspecified(inet.address) ? undefined : inet.address,
-    port: inet.port
-  })
+  const port = parsePort(bare ? address : address.slice(colon + 1))
+  if (port === undefined) return invalid("port must be 0 to 65535")
+  if (bare || colon === 0) return Result.succeed({ _tag: "Tcp", host: undefined, port })
+  const parsed = parseHost(address.slice(0, colon), port)
+  return Result.isSuccess(parsed) ? Result.succeed(parsed.success) : invalid(`${parsed.failure}; ${forms}`)
 }
 
 /**
@@ -270,16 +326,34 @@ export const parseAddress = (address: string): Result.Result<ParsedAddress, Inva
 export const formatAddress = (address: NetAddress.SocketAddress): string =>
   address._tag === "UnixPathAddress" ? address.path : NetAddress.formatInet(address)
 
-const matches = (wanted: ParsedAddress, actual: NetAddress.SocketAddress): boolean => {
+// A host name is resolved as Node's listen resolves it: the first address dns.lookup gives, in the resolver's order.
+const lookup = (address: string, wanted: { readonly host: string; readonly port: number }) =>
+  Effect.callback<Resolved, ListenersError>((resume) =>
+    Dns.lookup(wanted.host, (error, ip) => {
+      if (error !== null) {
+        const code = error.code ?? "ENOTFOUND"
+        return resume(failWith(new BindFailed({ address, code, syscall: error.syscall ?? "getaddrinfo" })))
+      }
+      const parsed = NetAddress.ipFromString(ip)
+      resume(
+        Result.isSuccess(parsed)
+          ? Effect.succeed(tcp(parsed.success, wanted.port))
+          : failWith(new InvalidAddress({ address, detail: `${wanted.host} resolves to ${ip}, which cannot be bound` }))
+      )
+    })
+  )
+
+// An inherited socket matches an address that, bound here, could have made it.
+const matches = (wanted: Resolved, actual: NetAddress.SocketAddress): boolean => {
   if (wanted._tag === "Unix") return actual._tag === "UnixPathAddress" && actual.path === wanted.path
   if (actual._tag === "UnixPathAddress") return false
   if (wanted.port !== 0 && wanted.port !== actual.port) return false
-  // `:8080`, `0.0.0.0:8080` and `[::]:8080` are one listener.
+  // A wildcard binds `::`, or `0.0.0.0` on a host without IPv6.
   if (wanted.host === undefined) return NetAddress.isUnspecified(actual.address)
   return NetAddress.formatIp(wanted.host) === NetAddress.formatIp(actual.address)
 }
 
-const toSocketAddress = (wanted: ParsedAddress, ipv6: boolean): NetAddress.SocketAddress =>
+const toSocketAddress = (wanted: Resolved, ipv6: boolean): NetAddress.SocketAddress =>
   wanted._tag === "Unix"
     ? NetAddress.unixPathAddress(wanted.path)
     : NetAddress.inetAddressUnsafe(
@@ -287,7 +361,7 @@ const toSocketAddress = (wanted: ParsedAddress, ipv6: boolean): NetAddress.Socke
         wanted.port
       )
 
-const bind = (spec: string, wanted: ParsedAddress, backlog: number): Result.Result<number, BindFailed> => {
+const bind = (spec: string, wanted: Resolved, backlog: number): Result.Result<number, BindFailed> => {
   let bound = Sys.bindListen(toSocketAddress(wanted, true), backlog)
   // A wildcard on a host without IPv6 falls back to IPv4, as Node's listen(port) does.
   if (Result.isFailure(bound) && wanted._tag === "Tcp" && wanted.host === undefined) {
@@ -303,7 +377,7 @@ const bind = (spec: string, wanted: ParsedAddress, backlog: number): Result.Resu
   return Result.mapError(bound, (e) => new BindFailed({ address: spec, code: e.code, syscall: e.syscall }))
 }
 
-const isStaleUnixSocket = (wanted: ParsedAddress): boolean => {
+const isStaleUnixSocket = (wanted: Resolved): boolean => {
   if (wanted._tag !== "Unix" || wanted.path.startsWith("@")) return false
   try {
     if (!lstatSync(wanted.path).isSocket()) return false
@@ -313,6 +387,154 @@ const isStaleUnixSocket = (wanted: ParsedAddress): boolean => {
   const accepts = Sys.unixPathAccepts(wanted.path)
   return Result.isSuccess(accepts) && !accepts.success
 }
+
+// -----------------------------------------------------------------------------
+// Acquiring and releasing
+// -----------------------------------------------------------------------------
+
+// The state of one Listeners service.
+interface State {
+  readonly inherited: ReadonlyArray<ListenFds.InheritedFd>
+  readonly unclaimed: Map<number, ListenFds.InheritedFd>
+  // In the order asked for (`asked` counts the asks), though a host name's lookup may end after a later bind.
+  readonly active: Array<{ readonly order: number; readonly listener: Listener }>
+  asked: number
+  handedOff: boolean
+}
+
+// A listen request, checked, with its host name resolved unless an inherited fd of its name stands in for it.
+interface Request {
+  readonly name: string | undefined
+  readonly address: string | undefined
+  readonly wanted: ParsedAddress | undefined
+  readonly backlog: number
+}
+
+const failWith = (reason: ListenersErrorReason) => Effect.fail(new ListenersError({ reason }))
+
+// As systemd's fdname_is_valid: the name is handed to a successor in LISTEN_FDNAMES.
+const isValidName = (name: string): boolean => /^[\x21-\x39\x3b-\x7e]{1,255}$/.test(name)
+
+const prepare = (state: State, input: ListenSpec): Effect.Effect<Request, ListenersError> => {
+  const spec = typeof input === "string" ? { address: input } : input
+  if (spec.name !== undefined && !isValidName(spec.name)) return failWith(new InvalidName({ name: spec.name }))
+  const request = { name: spec.name, address: spec.address, wanted: undefined, backlog: spec.backlog ?? 511 }
+  if (spec.address === undefined) return Effect.succeed(request)
+  const parsed = parseAddress(spec.address)
+  if (Result.isFailure(parsed)) return failWith(parsed.failure)
+  const wanted = parsed.success
+  const named = [...state.unclaimed.values()].some((fd) => fd.name === spec.name)
+  if (wanted._tag !== "HostName" || named) return Effect.succeed<Request>({ ...request, wanted })
+  return Effect.map(lookup(spec.address, wanted), (resolved): Request => ({ ...request, wanted: resolved }))
+}
+
+// By name first, when one is given; then by address.
+const claim = (state: State, request: Request): ListenFds.InheritedFd | undefined => {
+  const { name, wanted } = request
+  const candidates = [...state.unclaimed.values()]
+  const found =
+    (name !== undefined ? candidates.find((fd) => fd.name === name) : undefined) ??
+    (wanted !== undefined && wanted._tag !== "HostName"
+      ? candidates.find((fd) => matches(wanted, fd.address))
+      : undefined)
+  if (found !== undefined) state.unclaimed.delete(found.fd)
+  return found
+}
+
+const bindNative = (request: Request & { readonly address: string; readonly wanted: Resolved }) => {
+  const bound = bind(request.address, request.wanted, request.backlog)
+  if (Result.isFailure(bound)) return failWith(bound.failure)
+  const fd = bound.success
+  const address = Sys.localAddress(fd)
+  if (Result.isFailure(address)) {
+    closeSync(fd)
+    const e = address.failure
+    return failWith(new BindFailed({ address: request.address, code: e.code, syscall: e.syscall }))
+  }
+  return Effect.succeed<Listener>({ fd, name: request.name ?? "unknown", address: address.success, inherited: false })
+}
+
+const adopted = new WeakMap<Listener, Net.Server>()
+const acceptors = new WeakMap<Listener, Portable.Acceptor>()
+
+const bindPortable = (
+  request: Request & { readonly address: string; readonly wanted: Resolved }
+): Effect.Effect<Listener, ListenersError> => {
+  const { wanted } = request
+  const target: Portable.Target =
+    wanted._tag === "Unix"
+      ? wanted
+      : {
+          _tag: "Tcp",
+          host: wanted.host === undefined ? undefined : NetAddress.formatIp(wanted.host),
+          port: wanted.port
+        }
+  return Portable.listen(target, request.backlog).pipe(
+    Effect.mapError(
+      (e) =>
+        new ListenersError({ reason: new BindFailed({ address: request.address, code: e.code, syscall: e.syscall }) })
+    ),
+    Effect.map((acceptor) => {
+      const listener: Listener = {
+        fd: undefined,
+        name: request.name ?? "unknown",
+        address: acceptor.address,
+        inherited: false
+      }
+      acceptors.set(listener, acceptor)
+      return listener
+    })
+  )
+}
+
+// An inherited fd that matches, or else a socket bound now.
+const acquire = (state: State, request: Request): Effect.Effect<Listener, ListenersError> =>
+  Effect.suspend(() => {
+    const found = claim(state, request)
+    if (found !== undefined) return Effect.succeed<Listener>({ ...found, inherited: true })
+    const { address, wanted } = request
+    if (address === undefined || wanted === undefined) {
+      const available = state.inherited.map((fd) => `${fd.name} (${formatAddress(fd.address)})`)
+      return failWith(new NameNotFound({ name: request.name ?? "", available }))
+    }
+    // Left unresolved for an inherited fd of its name, which another listen has taken since.
+    if (wanted._tag === "HostName") {
+      return Effect.flatMap(lookup(address, wanted), (resolved) => acquire(state, { ...request, wanted: resolved }))
+    }
+    const bindable = { ...request, address, wanted }
+    return Sys.native().available ? bindNative(bindable) : bindPortable(bindable)
+  })
+
+// Whoever holds the fd closes it: the acceptor, the Node server that took it, or else this module.
+const closeListener = (listener: Listener): void => {
+  const acceptor = acceptors.get(listener)
+  if (acceptor !== undefined) return acceptor.close()
+  const server = adopted.get(listener)
+  // Closing the server closes the fd (and never unlinks: it has no path); it may have closed already.
+  if (server !== undefined) return void (server.listening && server.close())
+  if (listener.fd !== undefined) closeSync(listener.fd)
+}
+
+const activate = (state: State, order: number, listener: Listener): void => {
+  const index = state.active.findIndex((entry) => entry.order > order)
+  state.active.splice(index < 0 ? state.active.length : index, 0, { order, listener })
+}
+
+const release = (state: State, listener: Listener): Effect.Effect<void> =>
+  Effect.sync(() => {
+    const index = state.active.findIndex((entry) => entry.listener === listener)
+    if (index >= 0) state.active.splice(index, 1)
+    closeListener(listener)
+    const address = listener.address
+    if (
+      !listener.inherited &&
+      !state.handedOff &&
+      address._tag === "UnixPathAddress" &&
+      !address.path.startsWith("@")
+    ) {
+      rmSync(address.path, { force: true })
+    }
+  })
 
 // -----------------------------------------------------------------------------
 // Constructors
@@ -326,128 +548,36 @@ const isStaleUnixSocket = (wanted: ParsedAddress): boolean => {
  */
 export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Effect<Listeners["Service"]> =>
   Effect.sync(() => {
-    const unclaimed = new Map(inherited.map((fd) => [fd.fd, fd]))
-    const active: Array<Listener> = []
-    let handedOff = false
-
-    // By name first, when one is given; then by address.
-    const claim = (name: string | undefined, wanted: ParsedAddress | undefined) => {
-      const candidates = [...unclaimed.values()]
-      const found =
-        (name !== undefined ? candidates.find((fd) => fd.name === name) : undefined) ??
-        (wanted !== undefined ? candidates.find((fd) => matches(wanted, fd.address)) : undefined)
-      if (found !== undefined) unclaimed.delete(found.fd)
-      return found
+    const state: State = {
+      inherited,
+      unclaimed: new Map(inherited.map((fd) => [fd.fd, fd])),
+      active: [],
+      asked: 0,
+      handedOff: false
     }
-
-    const acquire = (input: ListenSpec): Effect.Effect<Listener, ListenersError> =>
-      Effect.suspend(() => {
-        const spec = typeof input === "string" ? { address: input } : input
-        const failWith = (reason: ListenersErrorReason) => Effect.fail(new ListenersError({ reason }))
-        // As systemd's fdname_is_valid: the name is handed to a successor in LISTEN_FDNAMES.
-        if (spec.name !== undefined && !/^[\x21-\x39\x3b-\x7e]{1,255}$/.test(spec.name)) {
-          return failWith(new InvalidName({ name: spec.name }))
-        }
-        let wanted: ParsedAddress | undefined
-        if (spec.address !== undefined) {
-          const parsed = parseAddress(spec.address)
-          if (Result.isFailure(parsed)) return failWith(parsed.failure)
-          wanted = parsed.success
-        }
-        const found = claim(spec.name, wanted)
-        if (found !== undefined) return Effect.succeed<Listener>({ ...found, inherited: true })
-        if (spec.address === undefined || wanted === undefined) {
-          return failWith(
-            new NameNotFound({
-              name: spec.name ?? "",
-              available: inherited.map((fd) => `${fd.name} (${formatAddress(fd.address)})`)
-            })
-          )
-        }
-        if (!Sys.native().available) return bindPortable(spec.address, wanted, spec.name, spec.backlog ?? 511)
-        const bound = bind(spec.address, wanted, spec.backlog ?? 511)
-        if (Result.isFailure(bound)) return failWith(bound.failure)
-        const fd = bound.success
-        const address = Sys.localAddress(fd)
-        if (Result.isFailure(address)) {
-          closeSync(fd)
-          const e = address.failure
-          return failWith(new BindFailed({ address: spec.address, code: e.code, syscall: e.syscall }))
-        }
-        return Effect.succeed<Listener>({
-          fd,
-          name: spec.name ?? "unknown",
-          address: address.success,
-          inherited: false
-        })
-      })
-
-    const release = (listener: Listener) =>
-      Effect.sync(() => {
-        const index = active.indexOf(listener)
-        if (index >= 0) active.splice(index, 1)
-        const server = adopted.get(listener)
-        const acceptor = acceptors.get(listener)
-        if (acceptor !== undefined) {
-          acceptor.close()
-        } else if (server !== undefined) {
-          // The server owns the fd now; closing it closes the fd (and never unlinks: it has no path).
-          if (server.listening) server.close()
-        } else if (listener.fd !== undefined) {
-          closeSync(listener.fd)
-        }
-        const address = listener.address
-        if (!listener.inherited && !handedOff && address._tag === "UnixPathAddress" && !address.path.startsWith("@")) {
-          rmSync(address.path, { force: true })
-        }
-      })
-
     return Listeners.of({
+      // Resolving a host name may take a while: it stays interruptible, outside the acquisition.
       listen: (spec) =>
-        Effect.acquireRelease(
-          Effect.tap(acquire(spec), (listener) => Effect.sync(() => active.push(listener))),
-          release
-        ),
-      active: Effect.sync(() => [...active]),
-      unclaimed: Effect.sync(() => [...unclaimed.values()]),
+        Effect.suspend(() => {
+          const order = state.asked++
+          return Effect.flatMap(prepare(state, spec), (request) =>
+            Effect.acquireRelease(
+              Effect.tap(acquire(state, request), (listener) => Effect.sync(() => activate(state, order, listener))),
+              (listener) => release(state, listener)
+            )
+          )
+        }),
+      active: Effect.sync(() => state.active.map((entry) => entry.listener)),
+      unclaimed: Effect.sync(() => [...state.unclaimed.values()]),
       closeUnclaimed: Effect.sync(() => {
-        for (const fd of unclaimed.values()) closeSync(fd.fd)
-        unclaimed.clear()
+        for (const fd of state.unclaimed.values()) closeSync(fd.fd)
+        state.unclaimed.clear()
       }),
       handOff: Effect.sync(() => {
-        handedOff = true
+        state.handedOff = true
       })
     })
   })
-
-const adopted = new WeakMap<Listener, Net.Server>()
-const acceptors = new WeakMap<Listener, Portable.Acceptor>()
-
-const bindPortable = (
-  spec: string,
-  wanted: ParsedAddress,
-  name: string | undefined,
-  backlog: number
-): Effect.Effect<Listener, ListenersError> =>
-  Portable.listen(
-    wanted._tag === "Unix"
-      ? wanted
-      : {
-          _tag: "Tcp",
-          host: wanted.host === undefined ? undefined : NetAddress.formatIp(wanted.host),
-          port: wanted.port
-        },
-    backlog
-  ).pipe(
-    Effect.mapError(
-      (e) => new ListenersError({ reason: new BindFailed({ address: spec, code: e.code, syscall: e.syscall }) })
-    ),
-    Effect.map((acceptor) => {
-      const listener: Listener = { fd: undefined, name: name ?? "unknown", address: acceptor.address, inherited: false }
-      acceptors.set(listener, acceptor)
-      return listener
-    })
-  )
 
 /**
  * Starts a Node server accepting on a listener (`server.listen({ fd })`) and
@@ -481,6 +611,13 @@ export const serve = (listener: Listener, server: Net.Server): Effect.Effect<voi
     server.once("error", onError)
     server.once("listening", onListening)
     server.listen({ fd: listener.fd } as Net.ListenOptions)
+    // Node takes the fd synchronously (its error and listening events come later): from here its server owns it,
+    // and closing the server closes the fd, even if this fiber is interrupted before the listening event.
+    if (server.listening) adopted.set(listener, server)
+    return Effect.sync(() => {
+      server.off("error", onError)
+      server.off("listening", onListening)
+    })
   })
 
 /**

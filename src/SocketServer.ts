@@ -100,95 +100,109 @@ export const make = (
   Effect.gen(function* () {
     const settings = yield* Drain.resolveSettings(options)
     const listeners = yield* Listeners.Listeners
-    const listener = yield* listeners.listen(
-      options.name === undefined
-        ? spec
-        : typeof spec === "string"
-          ? { address: spec, name: options.name }
-          : { ...spec, name: options.name }
-    )
-    const address = Listeners.formatAddress(listener.address)
-    let running = false
-
-    const runWith: RunWith = <R, E, _>(
-      handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>,
-      listening: Deferred.Deferred<void>
-    ) =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          if (running) {
-            return yield* Effect.die(new Error(`effect-grace: ${address} already runs a handler`))
-          }
-          running = true
-          const scope = yield* Effect.scope
-          // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
-          const handlers = Scope.forkUnsafe(scope, "parallel")
-          const tracker = new Drain.Tracker()
-          yield* Drain.followClosing(tracker)
-          const services = Context.add(
-            Context.omit(Scope.Scope)(yield* Effect.context<R>()) as Context.Context<R>,
-            Draining,
-            tracker.signal
-          )
-          const server = Net.createServer()
-          server.on("connection", (conn: Net.Socket) => {
-            conn.pause()
-            const connection = tracker.track(conn, "raw")
-            tracker.begin(connection)
-            let error: Error | undefined
-            conn.on("error", (cause) => {
-              error = cause
-            })
-            const open = Effect.suspend((): Effect.Effect<Net.Socket, Socket.SocketError> => {
-              if (error !== undefined) {
-                return Effect.fail(
-                  new Socket.SocketError({ reason: new Socket.SocketOpenError({ kind: "Unknown", cause: error }) })
-                )
-              }
-              if (conn.closed) {
-                return Effect.fail(new Socket.SocketError({ reason: new Socket.SocketCloseError({ code: 1000 }) }))
-              }
-              return Effect.succeed(conn)
-            })
-            const closeSoon = Effect.sync(() => {
-              if (!conn.destroyed) conn.destroySoon()
-            })
-            NodeSocket.fromDuplex(Effect.acquireRelease(open, () => closeSoon)).pipe(
-              Effect.flatMap(handler),
-              Effect.ignoreCause({ log: "Unhandled", message: "Unhandled error in SocketServer" }),
-              Effect.ensuring(
-                Effect.andThen(
-                  closeSoon,
-                  Effect.sync(() => tracker.end(connection))
-                )
-              ),
-              Effect.runForkWith(Context.add(services, NodeSocket.NetSocket, conn) as Context.Context<R>),
-              Fiber.runIn(handlers)
-            )
-          })
-
-          yield* Scope.addFinalizer(
-            scope,
-            Effect.gen(function* () {
-              // The listening handle only; the fd lives on in a successor that shares it.
-              yield* Listeners.stopAccepting(listener)
-              // A raw connection has no requests to refuse, and nothing to tell to go away.
-              yield* Drain.drainReported(tracker, settings, address, ["refused", "toldToGoAway"])
-            })
-          )
-          // The handler is attached: accept.
-          yield* Effect.mapError(Listeners.serve(listener, server), openError)
-          yield* Deferred.succeed(listening, undefined)
-          return yield* Effect.never
-        })
-      )
-
+    const listener = yield* listeners.listen(withName(spec, options.name))
+    const runWith = makeRunWith(listener, settings)
     const service = SocketServer.SocketServer.of({
       address: listener.address,
       run: (handler) => runWith(handler, Deferred.makeUnsafe<void>())
     })
     runners.set(service, runWith)
     return service
+  })
+
+const withName = (spec: Listeners.ListenSpec, name: string | undefined): Listeners.ListenSpec =>
+  name === undefined ? spec : typeof spec === "string" ? { address: spec, name } : { ...spec, name }
+
+// `run`, one at a time: it serves until interrupted, and drains then.
+const makeRunWith = (listener: Listeners.Listener, settings: Drain.Settings): RunWith => {
+  const address = Listeners.formatAddress(listener.address)
+  let running = false
+  return <R, E, _>(handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>, listening: Deferred.Deferred<void>) =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        if (running) {
+          return yield* Effect.die(new Error(`effect-grace: ${address} already runs a handler`))
+        }
+        running = true
+        const scope = yield* Effect.scope
+        // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
+        const handlers = Scope.forkUnsafe(scope, "parallel")
+        const tracker = new Drain.Tracker()
+        yield* Drain.followClosing(tracker)
+        const services = Context.add(
+          Context.omit(Scope.Scope)(yield* Effect.context<R>()) as Context.Context<R>,
+          Draining,
+          tracker.signal
+        )
+        const server = Net.createServer()
+        server.on("connection", (conn: Net.Socket) => serveConnection(conn, { tracker, handler, services, handlers }))
+        yield* Scope.addFinalizer(scope, drain(listener, tracker, settings, address))
+        // The handler is attached: accept.
+        yield* Effect.mapError(Listeners.serve(listener, server), openError)
+        yield* Deferred.succeed(listening, undefined)
+        return yield* Effect.never
+      })
+    )
+}
+
+// What every connection of one `run` shares.
+interface Serving<R, E, _> {
+  readonly tracker: Drain.Tracker
+  readonly handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>
+  readonly services: Context.Context<R>
+  readonly handlers: Scope.Scope
+}
+
+// Runs the handler for one connection in a fiber of `handlers`, and closes the connection when it ends.
+const serveConnection = <R, E, _>(conn: Net.Socket, { handler, handlers, services, tracker }: Serving<R, E, _>) => {
+  conn.pause()
+  const connection = tracker.track(conn, "raw")
+  tracker.begin(connection)
+  let error: Error | undefined
+  conn.on("error", (cause) => {
+    error = cause
+  })
+  const closeSoon = Effect.sync(() => {
+    if (!conn.destroyed) conn.destroySoon()
+  })
+  NodeSocket.fromDuplex(
+    Effect.acquireRelease(
+      open(conn, () => error),
+      () => closeSoon
+    )
+  ).pipe(
+    Effect.flatMap(handler),
+    Effect.ignoreCause({ log: "Unhandled", message: "Unhandled error in SocketServer" }),
+    Effect.ensuring(
+      Effect.andThen(
+        closeSoon,
+        Effect.sync(() => tracker.end(connection))
+      )
+    ),
+    Effect.runForkWith(Context.add(services, NodeSocket.NetSocket, conn) as Context.Context<R>),
+    Fiber.runIn(handlers)
+  )
+}
+
+// The connection, for the handler's socket: unless it failed or closed before the handler took it.
+const open = (conn: Net.Socket, error: () => Error | undefined) =>
+  Effect.suspend((): Effect.Effect<Net.Socket, Socket.SocketError> => {
+    const cause = error()
+    if (cause !== undefined) {
+      return Effect.fail(new Socket.SocketError({ reason: new Socket.SocketOpenError({ kind: "Unknown", cause }) }))
+    }
+    if (conn.closed) {
+      return Effect.fail(new Socket.SocketError({ reason: new Socket.SocketCloseError({ code: 1000 }) }))
+    }
+    return Effect.succeed(conn)
+  })
+
+const drain = (listener: Listeners.Listener, tracker: Drain.Tracker, settings: Drain.Settings, address: string) =>
+  Effect.gen(function* () {
+    // The listening handle only; the fd lives on in a successor that shares it.
+    yield* Listeners.stopAccepting(listener)
+    // A raw connection has no requests to refuse, and nothing to tell to go away.
+    yield* Drain.drainReported(tracker, settings, address, ["refused", "toldToGoAway"])
   })
 
 // -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import * as Fiber from "effect/Fiber"
 import * as NetAddress from "effect/net/NetAddress"
 import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
+import * as Dns from "node:dns"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
@@ -21,10 +22,14 @@ const passedFd = (address: string, name: string) =>
       const parsed = Listeners.parseAddress(address)
       assert.isTrue(Result.isSuccess(parsed))
       const wanted = (parsed as Result.Success<Listeners.ParsedAddress, never>).success
+      assert.notStrictEqual(wanted._tag, "HostName", "a numeric address")
       const socketAddress =
         wanted._tag === "Unix"
           ? NetAddress.unixPathAddress(wanted.path)
-          : NetAddress.inetAddressUnsafe(wanted.host ?? NetAddress.ipv6Unspecified, wanted.port)
+          : NetAddress.inetAddressUnsafe(
+              (wanted.host as NetAddress.IpAddress) ?? NetAddress.ipv6Unspecified,
+              wanted.port
+            )
       const fd = Sys.bindListen(socketAddress, 16)
       assert.isTrue(Result.isSuccess(fd), `bind ${address}`)
       const bound = (fd as Result.Success<number, never>).success
@@ -53,6 +58,17 @@ const answer = (listener: Listeners.Listener, text: string) =>
 
 const listenersOver = Listeners.make
 
+/** Whether a served listener on `port` answers on the IPv4 and the IPv6 loopback; anything but a refusal fails. */
+const answersOn = (port: number) => {
+  const on = (host: string) =>
+    Effect.map(Effect.result(exchange({ port, host }, undefined, "5 seconds")), (result) => {
+      if (Result.isSuccess(result)) return true
+      assert.include(result.failure.message, "ECONNREFUSED", host)
+      return false
+    })
+  return Effect.all([on("127.0.0.1"), on("::1")])
+}
+
 const reasonOf = <A>(effect: Effect.Effect<A, Listeners.ListenersError, Scope.Scope>) =>
   Effect.map(Effect.flip(effect), (error) => error.reason)
 
@@ -65,9 +81,15 @@ describe("Listeners", () => {
     }
 
     it("accepts the address forms", () => {
+      // Every interface, both families, as Node's listen(8080) and listen(8080, "::").
       assert.deepStrictEqual(ok(":8080"), { _tag: "Tcp", host: undefined, port: 8080 })
-      assert.deepStrictEqual(ok("0.0.0.0:8080"), { _tag: "Tcp", host: undefined, port: 8080 })
+      assert.deepStrictEqual(ok("8080"), { _tag: "Tcp", host: undefined, port: 8080 })
       assert.deepStrictEqual(ok("[::]:8080"), { _tag: "Tcp", host: undefined, port: 8080 })
+      // Every IPv4 interface only, as Node's listen(8080, "0.0.0.0").
+      const any4 = ok("0.0.0.0:8080")
+      assert.strictEqual(any4._tag === "Tcp" && any4.host && NetAddress.formatIp(any4.host), "0.0.0.0")
+      assert.deepStrictEqual(ok("localhost:8080"), { _tag: "HostName", host: "localhost", port: 8080 })
+      assert.deepStrictEqual(ok("api.example.com.:443"), { _tag: "HostName", host: "api.example.com.", port: 443 })
       const v4 = ok("127.0.0.1:0")
       assert.strictEqual(v4._tag === "Tcp" && v4.host && NetAddress.formatIp(v4.host), "127.0.0.1")
       const v6 = ok("[::1]:9000")
@@ -77,13 +99,32 @@ describe("Listeners", () => {
       assert.deepStrictEqual(ok("@app"), { _tag: "Unix", path: "@app" })
     })
 
-    for (const bad of ["8080", ":http", ":65536", ":-1", "localhost:80", "::1:80", "[::1]", "1.2.3.4:", "@", ""]) {
-      it(`rejects ${JSON.stringify(bad)} with the address in the message`, () => {
-        const parsed = Listeners.parseAddress(bad)
+    const bad = {
+      ":http": "port must be 0 to 65535",
+      ":65536": "port must be 0 to 65535",
+      "99999": "port must be 0 to 65535",
+      ":-1": "port must be 0 to 65535",
+      localhost: "no port",
+      "::1:80": "an IPv6 address goes in brackets",
+      "[::1]": "no port",
+      "[::1]:": "port must be 0 to 65535",
+      "[nope]:80": "IPv6",
+      "1.2.3.4:": "port must be 0 to 65535",
+      "999.1.1.1:80": "octets must be at most 255",
+      "a b:80": "neither an IP address nor a host name",
+      "-dash:80": "neither an IP address nor a host name",
+      "@": "empty abstract name",
+      "": "no port"
+    }
+    for (const [input, detail] of Object.entries(bad)) {
+      it(`rejects ${JSON.stringify(input)} in one line naming the address`, () => {
+        const parsed = Listeners.parseAddress(input)
         assert.isTrue(Result.isFailure(parsed))
         const error = (parsed as Result.Failure<never, Listeners.InvalidAddress>).failure
         assert.strictEqual(error._tag, "InvalidAddress")
-        assert.include(error.message, JSON.stringify(bad))
+        assert.include(error.message, `invalid listen address ${JSON.stringify(input)}: `)
+        assert.include(error.message, detail)
+        assert.notInclude(error.message, "\n")
       })
     }
   })
@@ -120,14 +161,55 @@ describe("Listeners", () => {
       })
     )
 
+    it.live("addresses as Node's listen reads them: 0.0.0.0 is IPv4 only, :port, a port and [::] both families", () =>
+      Effect.gen(function* () {
+        const listeners = yield* listenersOver([])
+        const families = (address: string) =>
+          Effect.scoped(
+            Effect.gen(function* () {
+              const listener = yield* listeners.listen(address)
+              yield* answer(listener, "hi")
+              return yield* answersOn(portOf(listener))
+            })
+          )
+        assert.deepStrictEqual(yield* families("0.0.0.0:0"), [true, false])
+        assert.deepStrictEqual(yield* families(":0"), [true, true])
+        assert.deepStrictEqual(yield* families("0"), [true, true])
+        assert.deepStrictEqual(yield* families("[::]:0"), [true, true])
+        assert.deepStrictEqual(yield* families("[::1]:0"), [false, true])
+      })
+    )
+
+    it.live("a host name is bound at the first address dns.lookup gives, as Node's listen does", () =>
+      Effect.gen(function* () {
+        const first = yield* Effect.promise(() => Dns.promises.lookup("localhost"))
+        const listeners = yield* listenersOver([])
+        const listener = yield* listeners.listen("localhost:0")
+        const host = NetAddress.formatIp((listener.address as NetAddress.InetAddress).address)
+        assert.strictEqual(host, first.address)
+        yield* answer(listener, "by name")
+        assert.strictEqual(yield* exchange({ port: portOf(listener), host }), "by name")
+        // Its lookup ends after a later numeric address is bound; the listeners stay in the order asked for.
+        const [named, numeric] = yield* Effect.all([listeners.listen("localhost:0"), listeners.listen("127.0.0.1:0")], {
+          concurrency: "unbounded"
+        })
+        assert.deepStrictEqual(yield* listeners.active, [listener, named, numeric])
+      })
+    )
+
     it.live("an address no interface has, and a malformed address, are typed errors", () =>
       Effect.gen(function* () {
         const listeners = yield* listenersOver([])
         const unavailable = yield* reasonOf(listeners.listen("192.0.2.1:0"))
         assert.strictEqual((unavailable as Listeners.BindFailed).code, "EADDRNOTAVAIL")
         assert.include(unavailable.message, "192.0.2.1:0")
-        const malformed = yield* reasonOf(listeners.listen("localhost:80"))
+        const malformed = yield* reasonOf(listeners.listen("localhost"))
         assert.strictEqual(malformed._tag, "InvalidAddress")
+        // RFC 6761: no name under .invalid resolves.
+        const unknown = yield* reasonOf(listeners.listen("nowhere.invalid:0"))
+        assert.strictEqual(unknown._tag, "BindFailed")
+        assert.include(unknown.message, "cannot listen on nowhere.invalid:0: ")
+        assert.notInclude(unknown.message, "\n")
       })
     )
 
@@ -154,6 +236,25 @@ describe("Listeners", () => {
       })
     )
 
+    it.live("a serve interrupted before Node's listening event leaves the fd to the server: it is closed once", () =>
+      Effect.gen(function* () {
+        const listeners = yield* listenersOver([])
+        const scope = yield* Scope.make()
+        const listener = yield* listeners.listen("127.0.0.1:0").pipe(Scope.provide(scope))
+        const server = Net.createServer()
+        // Started at once, it has handed the fd to Node and waits for the listening event (a next tick away).
+        const serving = yield* Effect.forkChild(Listeners.serve(listener, server), { startImmediately: true })
+        assert.isTrue(server.listening)
+        yield* Fiber.interrupt(serving)
+        // As a server's drain does: its close closes the fd; the listener's scope must not close it again.
+        server.close()
+        const exit = yield* Effect.exit(Scope.close(scope, Effect.void as never))
+        assert.isTrue(exit._tag === "Success", String(exit))
+        const refused = yield* Effect.flip(exchange({ port: portOf(listener) }))
+        assert.include(refused.message, "ECONNREFUSED")
+      })
+    )
+
     it.live("closing the scope closes the listener", () =>
       Effect.gen(function* () {
         const listeners = yield* listenersOver([])
@@ -171,7 +272,7 @@ describe("Listeners", () => {
   })
 
   describe("inheriting", () => {
-    it.live("matches by name first, then by address; :port, 0.0.0.0:port and [::]:port are one", () =>
+    it.live("matches by name first, then by address; :port and [::]:port match an inherited [::]:port", () =>
       Effect.gen(function* () {
         const port = yield* freePort()
         const wildcard = yield* passedFd(`[::]:${port}`, "unknown")
@@ -184,7 +285,7 @@ describe("Listeners", () => {
         assert.isTrue(byName.inherited)
         assert.strictEqual(byName.name, "admin")
 
-        const byWildcard = yield* listeners.listen(`0.0.0.0:${port}`)
+        const byWildcard = yield* listeners.listen(`:${port}`)
         assert.strictEqual(byWildcard.fd, wildcard.fd)
         assert.strictEqual(Listeners.formatAddress(byWildcard.address), `[::]:${port}`)
 
@@ -194,7 +295,7 @@ describe("Listeners", () => {
         assert.deepStrictEqual(yield* listeners.unclaimed, [])
 
         // Each inherited fd is taken once: a second ask binds anew (and here collides).
-        const again = yield* reasonOf(listeners.listen(`:${port}`))
+        const again = yield* reasonOf(listeners.listen(`[::]:${port}`))
         assert.strictEqual((again as Listeners.BindFailed).code, "EADDRINUSE")
 
         yield* answer(byWildcard, "inherited")
@@ -206,12 +307,32 @@ describe("Listeners", () => {
       })
     )
 
-    it.live("[::]:port and :port match each other too", () =>
+    it.live("a host name is not resolved for a listener that an inherited fd of its name provides", () =>
       Effect.gen(function* () {
-        const port = yield* freePort()
-        const passed = yield* passedFd(`[::]:${port}`, "unknown")
-        const listeners = yield* listenersOver([passed])
-        assert.strictEqual((yield* listeners.listen(`:${port}`)).fd, passed.fd)
+        const admin = yield* passedFd("127.0.0.1:0", "admin")
+        const listeners = yield* listenersOver([admin])
+        // RFC 6761: no name under .invalid resolves.
+        const byName = yield* listeners.listen({ name: "admin", address: "nowhere.invalid:9090" })
+        assert.strictEqual(byName.fd, admin.fd)
+        const unresolved = yield* reasonOf(listeners.listen({ name: "admin", address: "nowhere.invalid:9090" }))
+        assert.include(["ENOTFOUND", "EAI_AGAIN"], (unresolved as Listeners.BindFailed).code)
+      })
+    )
+
+    it.live("0.0.0.0:port matches an inherited IPv4 socket only; :port matches either", () =>
+      Effect.gen(function* () {
+        const [dual, v4, other] = [yield* freePort(), yield* freePort(), yield* freePort()]
+        const passedDual = yield* passedFd(`[::]:${dual}`, "unknown")
+        const passedV4 = yield* passedFd(`0.0.0.0:${v4}`, "unknown")
+        const passedOther = yield* passedFd(`0.0.0.0:${other}`, "unknown")
+        const listeners = yield* listenersOver([passedDual, passedV4, passedOther])
+        // IPv4 only cannot be had from a socket that also serves IPv6: bound anew, it collides.
+        const refused = yield* reasonOf(listeners.listen(`0.0.0.0:${dual}`))
+        assert.strictEqual((refused as Listeners.BindFailed).code, "EADDRINUSE")
+        assert.strictEqual((yield* listeners.listen(`0.0.0.0:${v4}`)).fd, passedV4.fd)
+        assert.strictEqual((yield* listeners.listen(`${dual}`)).fd, passedDual.fd)
+        // A wildcard binds 0.0.0.0 on a host without IPv6: such a socket is one it could have made.
+        assert.strictEqual((yield* listeners.listen(`:${other}`)).fd, passedOther.fd)
       })
     )
 

@@ -11,6 +11,8 @@ import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as NetAddress from "effect/net/NetAddress"
+import * as Result from "effect/Result"
+import * as Dns from "node:dns"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
@@ -26,6 +28,17 @@ import { tempDir } from "./support/fs.ts"
 const withEnv = (env: Record<string, string>) => Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env)))
 
 const answering = (text: string) => Net.createServer((socket) => socket.end(text))
+
+/** Whether a served listener on `port` answers on the IPv4 and the IPv6 loopback; anything but a refusal fails. */
+const answersOn = (port: number) => {
+  const on = (host: string) =>
+    Effect.map(Effect.result(exchange({ port, host }, undefined, "5 seconds")), (result) => {
+      if (Result.isSuccess(result)) return true
+      assert.include(result.failure.message, "ECONNREFUSED", host)
+      return false
+    })
+  return Effect.all([on("127.0.0.1"), on("::1")])
+}
 
 describe("without the native calls", () => {
   it("says why they are not available", () => {
@@ -68,6 +81,36 @@ describe("without the native calls", () => {
       assert.strictEqual(error.reason._tag, "BindFailed")
       assert.strictEqual((error.reason as Listeners.BindFailed).code, "EADDRINUSE")
       assert.include(error.message, `cannot listen on ${address}: EADDRINUSE`)
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("addresses as Node's listen reads them: 0.0.0.0 is IPv4 only, :port, a port and [::] both families", () =>
+    Effect.gen(function* () {
+      const listeners = yield* Listeners.make([])
+      const families = (address: string) =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const listener = yield* listeners.listen(address)
+            yield* Listeners.serve(listener, answering("hi"))
+            return yield* answersOn((listener.address as NetAddress.InetAddress).port)
+          })
+        )
+      assert.deepStrictEqual(yield* families("0.0.0.0:0"), [true, false])
+      assert.deepStrictEqual(yield* families(":0"), [true, true])
+      assert.deepStrictEqual(yield* families("0"), [true, true])
+      assert.deepStrictEqual(yield* families("[::]:0"), [true, true])
+    })
+  )
+
+  it.live("a host name is bound at the first address dns.lookup gives, as Node's listen does", () =>
+    Effect.gen(function* () {
+      const first = yield* Effect.promise(() => Dns.promises.lookup("localhost"))
+      const listeners = yield* Listeners.make([])
+      const listener = yield* listeners.listen("localhost:0")
+      const { address, port } = listener.address as NetAddress.InetAddress
+      assert.strictEqual(NetAddress.formatIp(address), first.address)
+      yield* Listeners.serve(listener, answering("by name"))
+      assert.strictEqual(yield* exchange({ port, host: first.address }), "by name")
     }).pipe(Effect.scoped)
   )
 

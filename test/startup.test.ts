@@ -56,8 +56,19 @@ describe("start-up errors", () => {
     "a bad address string names the string and the forms accepted",
     () =>
       Effect.gen(function* () {
-        const result = yield* run(["--a0", "nonsense:80", ...free])
-        assertOneLine(result, 'invalid listen address \\"nonsense:80\\"', "use :port, a numeric host:port")
+        const result = yield* run(["--a0", "localhost", ...free])
+        assertOneLine(result, 'invalid listen address \\"localhost\\": no port', "use :port, host:port")
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "a host name that does not resolve names the address and what to do",
+    () =>
+      Effect.gen(function* () {
+        // RFC 6761: no name under .invalid resolves.
+        const result = yield* run(["--a0", "nowhere.invalid:80", ...free])
+        assertOneLine(result, "cannot listen on nowhere.invalid:80: ", "use one this host resolves, or an IP address")
       }),
     { timeout: 30_000 }
   )
@@ -86,7 +97,7 @@ describe("start-up errors", () => {
     "GRACE_DEBUG shows the cause with the line",
     () =>
       Effect.gen(function* () {
-        const result = yield* run(["--a0", "nonsense:80", ...free], { GRACE_DEBUG: "1" })
+        const result = yield* run(["--a0", "localhost", ...free], { GRACE_DEBUG: "1" })
         assert.strictEqual(result.exit.code, 1)
         const text = result.errors.join("\n")
         assert.include(text, "effect-grace: cannot start: invalid listen address")
@@ -95,4 +106,43 @@ describe("start-up errors", () => {
       }),
     { timeout: 30_000 }
   )
+
+  // Issue 20: a later server's busy port was a stack trace through the default logger, with a drain logged for a
+  // server that never served.
+  const servers = new URL("fixtures/servers.ts", import.meta.url).pathname
+  for (const path of ["native", "portable"] as const) {
+    for (const [position, index] of [
+      ["first", 0],
+      ["second", 1],
+      ["last", 2]
+    ] as const) {
+      it.live(
+        `a busy port ${position} of three (${path}): one line through the application's logger, exit 1`,
+        () =>
+          Effect.gen(function* () {
+            const taken = Net.createServer()
+            yield* Effect.acquireRelease(
+              Effect.callback<void>((resume) => void taken.listen(0, "127.0.0.1", () => resume(Effect.void))),
+              () => Effect.sync(() => void taken.close())
+            )
+            const busy = `127.0.0.1:${(taken.address() as Net.AddressInfo).port}`
+            const addresses = [0, 1, 2].map((i) => (i === index ? busy : "127.0.0.1:0"))
+            const env: Record<string, string> = path === "portable" ? { GRACE_NATIVE: "off" } : {}
+            const spawned = yield* spawnProcess(nodePath, [servers, ...addresses], { env })
+            const exit = yield* spawned.closed("20 seconds")
+            const all = [...spawned.lines, ...spawned.errors].join("\n")
+            assert.strictEqual(exit.code, 1, all)
+            assert.deepStrictEqual(spawned.lines, [], "never ready")
+            assert.notInclude(all, "drain finished")
+            assert.strictEqual(spawned.errors.length, 1, all)
+            const line = spawned.errors[0]!
+            // The fixture's logger prefixes its lines: any other logger's line would not start so.
+            assert.match(line, /^app timestamp=\S+ level=ERROR /)
+            assert.include(line, `message="effect-grace: cannot start: cannot listen on ${busy}: EADDRINUSE`)
+            assert.notMatch(line, /\bat \S+:\d+:\d+/)
+          }),
+        { timeout: 30_000 }
+      )
+    }
+  }
 })
