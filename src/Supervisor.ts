@@ -439,6 +439,8 @@ interface Runtime {
   readonly closing: Deferred.Deferred<void>
   /** A second termination signal: every drain (and the shutdown delay) ends now. */
   readonly forced: Deferred.Deferred<void>
+  /** The application has been ready: its servers' drains are worth reporting. */
+  readonly served: Deferred.Deferred<void>
   /** The application is ready (or its start-up was cut by a termination), or failed to start. */
   readonly started: Deferred.Deferred<void, unknown>
   readonly stopped: Deferred.Deferred<Outcome>
@@ -459,6 +461,7 @@ const makeRuntime = (settings: Settings, resources: Resources) =>
       draining: yield* FiberHandle.make(),
       closing: yield* Deferred.make<void>(),
       forced: yield* Deferred.make<void>(),
+      served: yield* Deferred.make<void>(),
       started: yield* Deferred.make<void, unknown>(),
       stopped: yield* Deferred.make<Outcome>()
     }
@@ -550,6 +553,7 @@ const announceReady = (runtime: Runtime) =>
     if (runtime.settings.pidFile !== undefined) yield* os.writePidFile(runtime.settings.pidFile)
     yield* parent !== undefined ? parent.signalReady : Effect.ignore(notify.ready)
     runtime.health.setPhase("serving")
+    yield* Deferred.succeed(runtime.served, undefined)
     const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
     yield* logged(runtime, "effect-grace: ready", { listeners: addresses.join(", ") })
     yield* Deferred.succeed(runtime.started, undefined)
@@ -603,8 +607,8 @@ const finish = (runtime: Runtime, action: Extract<Action, { readonly _tag: "Fini
     const pidFile = runtime.settings.pidFile
     if (reason === "terminate" && pidFile !== undefined) yield* runtime.resources.os.removePidFile(pidFile)
     if (reason !== "failed") yield* logged(runtime, "effect-grace: stopped", { reason, drainMillis: millis })
-    // A start-up cut by a termination is over too: whoever waits for it goes on to the end.
-    yield* Deferred.succeed(runtime.started, undefined)
+    // A start-up cut by a termination is over too: whoever waits for it goes on to the end. A failed one says so.
+    if (reason !== "failed") yield* Deferred.succeed(runtime.started, undefined)
     yield* Deferred.succeed(runtime.stopped, { reason, forced })
   })
 
@@ -741,14 +745,17 @@ const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) 
     Layer.provide(Layer.succeed(Health.Health)(runtime.health.health)),
     Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(runtime.closing))),
     Layer.provide(Layer.succeed(DrainInternal.Forced)(Deferred.await(runtime.forced))),
+    // A start-up that fails or is cut closes the servers built so far: they served nothing, and report nothing.
+    Layer.provide(Layer.succeed(DrainInternal.Started)(Deferred.isDone(runtime.served))),
     // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.
     Layer.provide(Drain.layerConfig)
   ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Provided>>
   const build = Layer.buildWithScope(provided, runtime.appScope).pipe(
     Effect.matchCauseEffect({
       onSuccess: () => send(runtime, { _tag: "Started" }),
+      // The machine hears of it first: whatever the failure makes happen next (the scope closing) comes after.
       onFailure: (cause) =>
-        Effect.andThen(Deferred.failCause(runtime.started, cause), send(runtime, { _tag: "StartupFailed" }))
+        Effect.andThen(send(runtime, { _tag: "StartupFailed" }), Deferred.failCause(runtime.started, cause))
     })
   )
   return FiberHandle.run(runtime.startup, build)

@@ -38,6 +38,8 @@ export interface Settings {
   readonly idleGrace: Duration.Duration
   /** Completes when the drain must end now, as at its deadline (a second termination signal). */
   readonly forced: Effect.Effect<void>
+  /** Whether the program is past its start-up (see `Started`). */
+  readonly started: Effect.Effect<boolean>
 }
 
 export const resolveSettings = (options: {
@@ -49,7 +51,8 @@ export const resolveSettings = (options: {
       timeout:
         options.drainTimeout !== undefined ? Duration.fromInputUnsafe(options.drainTimeout) : yield* DrainTimeout,
       idleGrace: options.idleGrace !== undefined ? Duration.fromInputUnsafe(options.idleGrace) : yield* IdleGrace,
-      forced: yield* Forced
+      forced: yield* Forced,
+      started: yield* Started
     }
   })
 
@@ -96,6 +99,17 @@ export const Forced: Context.Reference<Effect.Effect<void>> = Context.Reference<
   { defaultValue: () => Effect.never }
 )
 
+/**
+ * Whether the program is past its start-up: the supervisor's says so once it
+ * is ready. A start-up that fails closes the servers already served; their
+ * drains, with nothing to drain, are not reported, as the program never
+ * served. Outside a supervisor, always.
+ */
+export const Started: Context.Reference<Effect.Effect<boolean>> = Context.Reference<Effect.Effect<boolean>>(
+  "effect-grace/Started",
+  { defaultValue: () => Effect.succeed(true) }
+)
+
 /** Follows `Closing` for `tracker`, for as long as the current scope lives. */
 export const followClosing = (tracker: Tracker): Effect.Effect<void, never, Scope.Scope> =>
   Effect.flatMap(Effect.service(Closing), (closing) =>
@@ -131,6 +145,7 @@ export const drainReported = (
     // The caller has stopped accepting: from here on, new connections go to a successor, or are refused.
     yield* Effect.logDebug("effect-grace: drain started").pipe(Effect.annotateLogs({ server, pid: process.pid }))
     const report = yield* tracker.drain(settings)
+    if (report.connections === 0 && !(yield* settings.started)) return report
     const counts = Object.fromEntries(
       Object.entries(report).filter(([key]) => !omit.includes(key as keyof DrainReport))
     )
