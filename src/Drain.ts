@@ -109,9 +109,12 @@ export const layerConfig: Layer.Layer<never, Config.ConfigError> = Layer.effectC
 // -----------------------------------------------------------------------------
 
 /**
- * What a handler can learn of its server's drain: `await` completes once the
- * drain has begun (never, outside a server), `isDraining` tells whether it
- * has.
+ * What a handler can learn of its server's shutdown: `await` completes once
+ * the server has begun to stop (never, outside a server), `isDraining` tells
+ * whether it has. The server begins to stop at the start of the supervisor's
+ * shutdown delay, if there is one (it still accepts, but every response says
+ * `Connection: close`), and otherwise when its drain begins: either way, the
+ * moment a long exchange should end, so that its client moves elsewhere.
  *
  * @since 0.1.0
  * @category models
@@ -138,7 +141,9 @@ export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainS
 })
 
 /**
- * Completes once the drain of the current handler's server has begun.
+ * Completes once the current handler's server has begun to stop: at the
+ * start of the shutdown delay (`Supervisor`'s `shutdownDelay`), or when the
+ * drain begins if there is no delay.
  *
  * **When to use**
  *
@@ -157,7 +162,7 @@ export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainS
 export const draining: Effect.Effect<void> = Effect.flatMap(Effect.service(Draining), (signal) => signal.await)
 
 /**
- * Whether the drain of the current handler's server has begun.
+ * Whether the current handler's server has begun to stop (see `draining`).
  *
  * @since 0.1.0
  * @category accessors

@@ -122,7 +122,7 @@ export class BadFd extends Data.TaggedError("BadFd")<{
  * @since 0.1.0
  * @category errors
  */
-export class Unsupported extends Data.TaggedError("Unsupported")<{
+export class ListenFdsUnsupported extends Data.TaggedError("ListenFdsUnsupported")<{
   readonly platform: string
   readonly count: number
   readonly detail: string
@@ -138,7 +138,7 @@ export class Unsupported extends Data.TaggedError("Unsupported")<{
  * @since 0.1.0
  * @category errors
  */
-export type ListenFdsErrorReason = InvalidVariable | NameCountMismatch | BadFd | Unsupported
+export type ListenFdsErrorReason = InvalidVariable | NameCountMismatch | BadFd | ListenFdsUnsupported
 
 /**
  * The passed fds could not be taken; `reason` says why.
@@ -215,7 +215,7 @@ export const checkFd = (fd: number, name: string): Effect.Effect<InheritedFd, Li
  * Outside socket activation (no `LISTEN_PID`, or one that names another
  * process) it succeeds with an empty array, on any platform. Where the
  * native calls are not available, fds passed to this process are refused
- * (`Unsupported`). The variables are removed from
+ * (`ListenFdsUnsupported`). The variables are removed from
  * `process.env` in every case, unless `unsetEnvironment` is `false`.
  *
  * @since 0.1.0
@@ -237,7 +237,7 @@ export const make = (options?: {
     if (names.length !== count) return yield* fail(new NameCountMismatch({ count, names }))
     const native = Sys.native()
     if (!native.available) {
-      return yield* fail(new Unsupported({ platform: native.platform, count, detail: native.reason }))
+      return yield* fail(new ListenFdsUnsupported({ platform: native.platform, count, detail: native.reason }))
     }
     return yield* Effect.forEach(names, (name, i) => checkFd(FDS_START + i, name))
   }).pipe(
@@ -264,4 +264,4 @@ export const layer: Layer.Layer<ListenFds, ListenFdsError | Config.ConfigError> 
  * @since 0.1.0
  * @category layers
  */
-export const layerTest = (fds: ReadonlyArray<InheritedFd>): Layer.Layer<ListenFds> => Layer.succeed(ListenFds)(fds)
+export const layerFrom = (fds: ReadonlyArray<InheritedFd>): Layer.Layer<ListenFds> => Layer.succeed(ListenFds)(fds)

@@ -133,7 +133,7 @@ export class SendFailed extends Data.TaggedError("SendFailed")<{
  * @since 0.1.0
  * @category errors
  */
-export class Unsupported extends Data.TaggedError("Unsupported")<{
+export class NotifyUnsupported extends Data.TaggedError("NotifyUnsupported")<{
   readonly socket: string
   readonly platform: string
   readonly detail: string
@@ -149,7 +149,7 @@ export class Unsupported extends Data.TaggedError("Unsupported")<{
  * @since 0.1.0
  * @category errors
  */
-export type NotifyErrorReason = InvalidSocket | InvalidMessage | SendFailed | Unsupported
+export type NotifyErrorReason = InvalidSocket | InvalidMessage | SendFailed | NotifyUnsupported
 
 /**
  * A notification could not be sent, or `NOTIFY_SOCKET` is unusable; `reason`
@@ -194,7 +194,7 @@ export class NotifyError extends Data.TaggedError("NotifyError")<{
  *   messages only from the main pid: a successor's own messages count only
  *   after the old main process sent `MAINPID=` naming it.
  * - Sending is synchronous, from a fresh socket each time, as libsystemd does.
- * - When disabled, messages are not checked either: use `layerTest` to check
+ * - When disabled, messages are not checked either: use `layerCallback` to check
  *   them in tests.
  *
  * @since 0.1.0
@@ -331,7 +331,7 @@ const checkSocket = (socket: string): Effect.Effect<string, NotifyError> => {
 /**
  * A client for a given socket (`/path` or `@name`), or a disabled one for
  * `undefined` or an empty string. Fails with `InvalidSocket` for anything
- * else, and with `Unsupported` where no unix datagram can be sent.
+ * else, and with `NotifyUnsupported` where no unix datagram can be sent.
  *
  * @since 0.1.0
  * @category constructors
@@ -341,7 +341,7 @@ export const fromSocket = (socket: string | undefined): Effect.Effect<Notify["Se
   return Effect.flatMap(checkSocket(socket), (checked) => {
     const native = Sys.native()
     if (!native.available) {
-      return fail(new Unsupported({ socket, platform: native.platform, detail: native.reason }))
+      return fail(new NotifyUnsupported({ socket, platform: native.platform, detail: native.reason }))
     }
     return Effect.succeed(makeWith(sendTo(checked)))
   })
@@ -399,11 +399,11 @@ export const layerNoop: Layer.Layer<Notify> = Layer.succeed(Notify)(disabled)
  * @example
  * ```ts
  * const sent: Array<string> = []
- * const NotifyTest = Notify.layerTest((message) => Effect.sync(() => sent.push(message)))
+ * const NotifyTest = Notify.layerCallback((message) => Effect.sync(() => sent.push(message)))
  * ```
  *
  * @since 0.1.0
  * @category layers
  */
-export const layerTest = (onMessage: (message: string) => Effect.Effect<void>): Layer.Layer<Notify> =>
+export const layerCallback = (onMessage: (message: string) => Effect.Effect<void>): Layer.Layer<Notify> =>
   Layer.succeed(Notify)(makeWith(onMessage))

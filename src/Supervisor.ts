@@ -174,7 +174,7 @@ export class NotServing extends Data.TaggedError("NotServing")<{
  * @since 0.1.0
  * @category errors
  */
-export class Unsupported extends Data.TaggedError("Unsupported")<{
+export class RestartUnsupported extends Data.TaggedError("RestartUnsupported")<{
   readonly platform: string
   readonly detail: string
 }> {
@@ -190,7 +190,13 @@ export class Unsupported extends Data.TaggedError("Unsupported")<{
  * @category errors
  */
 export type RestartErrorReason =
-  SpawnFailed | ExitedBeforeReady | NotReadyInTime | AlreadyInProgress | ParentStillRunning | NotServing | Unsupported
+  | SpawnFailed
+  | ExitedBeforeReady
+  | NotReadyInTime
+  | AlreadyInProgress
+  | ParentStillRunning
+  | NotServing
+  | RestartUnsupported
 
 /**
  * A restart failed or was refused; this process keeps serving. `reason` says why.
@@ -378,18 +384,18 @@ interface Resources {
   readonly notify: Notify.Notify["Service"]
   readonly ticketKeys: Buffer
   /** Why listeners cannot be handed on here, if they cannot. */
-  readonly handOffBlocked: Unsupported | undefined
+  readonly handOffBlocked: RestartUnsupported | undefined
 }
 
 const TERMINATION_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGTERM", "SIGINT"]
 
 // Why listeners cannot be handed on here, if they cannot: one answer for the machine and for the refusal.
-const handOffBlocked = (os: Os.Os): Unsupported | undefined => {
+const handOffBlocked = (os: Os.Os): RestartUnsupported | undefined => {
   const native = os.native()
-  if (!native.available) return new Unsupported({ platform: native.platform, detail: native.reason })
+  if (!native.available) return new RestartUnsupported({ platform: native.platform, detail: native.reason })
   // As PID 1 (a container's init), exiting ends the PID namespace, successor and all.
   if (os.pid !== 1) return undefined
-  return new Unsupported({
+  return new RestartUnsupported({
     platform: process.platform,
     detail:
       "this process is PID 1 (a container's init), and when it exits the kernel ends every process of its " +
@@ -517,8 +523,10 @@ const refusalReason = (runtime: Runtime, refusal: Machine.Refusal): RestartError
       return new NotServing({ state: refusal.state })
     case "ParentStillRunning":
       return new ParentStillRunning({ parentPid: refusal.parentPid })
-    case "Unsupported":
-      return runtime.resources.handOffBlocked ?? new Unsupported({ platform: process.platform, detail: "unknown" })
+    case "RestartUnsupported":
+      return (
+        runtime.resources.handOffBlocked ?? new RestartUnsupported({ platform: process.platform, detail: "unknown" })
+      )
   }
 }
 
@@ -849,7 +857,7 @@ const claimProgram = (as: "layer" | "run") =>
  * - `Health` turns unready when a termination begins; with `shutdownDelay`
  *   the servers go on serving for that long, every response saying
  *   `Connection: close`, before the drain.
- * - As PID 1 (a container's init) a restart is refused (`Unsupported`):
+ * - As PID 1 (a container's init) a restart is refused (`RestartUnsupported`):
  *   when PID 1 exits, the kernel ends its successor with it. Termination
  *   drains and exits 0 there as anywhere.
  *
@@ -1020,7 +1028,7 @@ export interface RunMainOptions {
  * @since 0.1.0
  * @category layers
  */
-export const layerTest = (
+export const layerStub = (
   options: {
     readonly restart?: Effect.Effect<number, RestartError> | undefined
     readonly parentPid?: number | undefined

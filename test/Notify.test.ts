@@ -322,7 +322,7 @@ describe("Notify", () => {
     )
   })
 
-  describe("layerTest", () => {
+  describe("layerCallback", () => {
     it.effect("hands over each datagram's text, checked as the real client does", () =>
       Effect.gen(function* () {
         const sent: Array<string> = []
@@ -334,7 +334,7 @@ describe("Notify", () => {
           const reason = yield* reasonOf(notify.status("a\nb"))
           assert.strictEqual(reason._tag, "InvalidMessage")
           yield* notify.stopping
-        }).pipe(Effect.provide(Notify.layerTest((message) => Effect.sync(() => sent.push(message)))))
+        }).pipe(Effect.provide(Notify.layerCallback((message) => Effect.sync(() => sent.push(message)))))
         assert.deepStrictEqual(sent, ["READY=1", "MAINPID=42\nREADY=1", "STOPPING=1"])
       })
     )

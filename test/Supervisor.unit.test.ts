@@ -109,7 +109,7 @@ const supervised = (
     const fiber = yield* Effect.forkChild(
       Supervisor.run(App, options).pipe(
         Effect.provideService(Os.Os, fake.os),
-        Effect.provide(Notify.layerTest((message) => Effect.sync(() => void notes.push(message)))),
+        Effect.provide(Notify.layerCallback((message) => Effect.sync(() => void notes.push(message)))),
         Effect.provide(Logger.layer([logger]))
       )
     )
@@ -358,10 +358,13 @@ describe("Supervisor, on a fake OS", () => {
     Effect.gen(function* () {
       const s = yield* supervised({ pid: 1 })
       const refused = yield* reasonOf(s.supervisor.restart)
-      assert.strictEqual(refused._tag, "Unsupported")
-      assert.include((refused as Supervisor.Unsupported).detail, "PID 1")
+      assert.strictEqual(refused._tag, "RestartUnsupported")
+      assert.include((refused as Supervisor.RestartUnsupported).detail, "PID 1")
       yield* s.fake.signal("SIGUSR2")
-      yield* until(() => s.warnings.filter((w) => w.reason === "Unsupported").length === 2, "both refusals logged")
+      yield* until(
+        () => s.warnings.filter((w) => w.reason === "RestartUnsupported").length === 2,
+        "both refusals logged"
+      )
       assert.strictEqual(s.fake.children.length, 0)
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
@@ -383,7 +386,7 @@ describe("Supervisor, on a fake OS", () => {
     })
   )
 
-  it.effect("layerTest gives an application a supervisor to test its own code against", () =>
+  it.effect("layerStub gives an application a supervisor to test its own code against", () =>
     Effect.gen(function* () {
       const calls: Array<"restart" | "terminate"> = []
       const refused = new Supervisor.RestartError({ reason: new Supervisor.AlreadyInProgress() })
@@ -391,7 +394,7 @@ describe("Supervisor, on a fake OS", () => {
         Effect.gen(function* () {
           return yield* Supervisor.Supervisor
         }),
-        Supervisor.layerTest({ restart: Effect.fail(refused), calls })
+        Supervisor.layerStub({ restart: Effect.fail(refused), calls })
       )
       assert.strictEqual(yield* Effect.flip(supervisor.restart), refused)
       yield* supervisor.terminate
@@ -446,7 +449,7 @@ describe("Supervisor, on a fake OS", () => {
       )
       const exit = yield* Supervisor.run(App).pipe(
         Effect.provideService(Os.Os, fake.os),
-        Effect.provide(Notify.layerTest((message) => Effect.sync(() => void notes.push(message)))),
+        Effect.provide(Notify.layerCallback((message) => Effect.sync(() => void notes.push(message)))),
         Effect.provide(Logger.layer([Logger.make(({ message }) => void logs.push(String(message)))])),
         Effect.exit
       )
@@ -535,7 +538,7 @@ const launched = <E>(
       launch(closes("drained"), closes("reporter closed")).pipe(
         Effect.provideService(Os.Os, fake.os),
         options.program === false ? (effect) => effect : Effect.provideService(Program.Program, program),
-        Effect.provide(Notify.layerTest(() => Effect.void)),
+        Effect.provide(Notify.layerCallback(() => Effect.void)),
         Effect.provide(Logger.layer([]))
       )
     )

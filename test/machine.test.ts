@@ -78,7 +78,7 @@ describe("the supervisor's state machine", () => {
     for (const state of [delaying, handingOff, terminating, stopped]) {
       assert.deepStrictEqual(refusal(state, restart()).refusal, { _tag: "NotServing", state: "draining" })
     }
-    assert.deepStrictEqual(refusal(serving, restart(), { canHandOff: false }).refusal, { _tag: "Unsupported" })
+    assert.deepStrictEqual(refusal(serving, restart(), { canHandOff: false }).refusal, { _tag: "RestartUnsupported" })
   })
 
   it("the parent's exit lifts its refusal, in any phase", () => {

@@ -139,13 +139,13 @@ describe("without the native calls", () => {
     }).pipe(Effect.scoped)
   )
 
-  it.effect("sockets passed in LISTEN_FDS are refused with a typed Unsupported", () =>
+  it.effect("sockets passed in LISTEN_FDS are refused with a typed ListenFdsUnsupported", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(
         ListenFds.make({ unsetEnvironment: false }).pipe(withEnv({ LISTEN_PID: String(process.pid), LISTEN_FDS: "2" }))
       )
       assert.strictEqual(error._tag, "ListenFdsError")
-      assert.strictEqual((error as ListenFds.ListenFdsError).reason._tag, "Unsupported")
+      assert.strictEqual((error as ListenFds.ListenFdsError).reason._tag, "ListenFdsUnsupported")
       assert.include(error.message, "LISTEN_FDS passes 2 socket(s)")
       assert.include(error.message, "GRACE_NATIVE=off")
       // Outside socket activation, nothing to inherit and no error.
@@ -153,11 +153,11 @@ describe("without the native calls", () => {
     })
   )
 
-  it.effect("NOTIFY_SOCKET is refused with a typed Unsupported; without it, notify does nothing", () =>
+  it.effect("NOTIFY_SOCKET is refused with a typed NotifyUnsupported; without it, notify does nothing", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(Notify.make.pipe(withEnv({ NOTIFY_SOCKET: "/run/systemd/notify" })))
       assert.strictEqual(error._tag, "NotifyError")
-      assert.strictEqual((error as Notify.NotifyError).reason._tag, "Unsupported")
+      assert.strictEqual((error as Notify.NotifyError).reason._tag, "NotifyUnsupported")
       assert.include(error.message, 'NOTIFY_SOCKET="/run/systemd/notify" is set')
       const disabled = yield* Notify.make.pipe(withEnv({}))
       assert.isFalse(disabled.enabled)
@@ -177,9 +177,9 @@ describe("without the native calls", () => {
 
         const refused = yield* request(`${url}/restart`, { method: "POST" })
         assert.strictEqual(refused.status, 409)
-        assert.strictEqual(refused.body, "failed Unsupported\n")
+        assert.strictEqual(refused.body, "failed RestartUnsupported\n")
         yield* fixture.waitForLine(
-          /restarting in place is not possible here: .*GRACE_NATIVE=off.*"level":"WARN".*"reason":"Unsupported"/
+          /restarting in place is not possible here: .*GRACE_NATIVE=off.*"level":"WARN".*"reason":"RestartUnsupported"/
         )
         assert.strictEqual((yield* request(`${url}/`)).body, `pid ${fixture.pid}\n`)
 

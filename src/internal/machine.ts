@@ -30,7 +30,7 @@ export type Refusal =
   | { readonly _tag: "AlreadyInProgress" }
   | { readonly _tag: "NotServing"; readonly state: "starting" | "draining" }
   | { readonly _tag: "ParentStillRunning"; readonly parentPid: number }
-  | { readonly _tag: "Unsupported" }
+  | { readonly _tag: "RestartUnsupported" }
 
 /** Why this process drains: it was told to stop, or it handed its listeners on. */
 export type Reason = "terminate" | "handoff"
@@ -135,7 +135,7 @@ const refusalIn = <R>(state: State<R>, rules: Rules): Refusal | undefined => {
       return { _tag: "NotServing", state: "draining" }
     case "Serving":
       if (state.parentPid !== undefined) return { _tag: "ParentStillRunning", parentPid: state.parentPid }
-      return rules.canHandOff ? undefined : { _tag: "Unsupported" }
+      return rules.canHandOff ? undefined : { _tag: "RestartUnsupported" }
   }
 }
 

@@ -200,7 +200,7 @@ describe("the packed package without its optional dependency (koffi)", () => {
       assert.strictEqual(pidOf((yield* request(`${url}/`)).body), program.pid)
       const refused = yield* request(`${url}/restart`, { method: "POST" })
       assert.strictEqual(refused.status, 409)
-      assert.match(refused.body, /^Unsupported: .*koffi/)
+      assert.match(refused.body, /^RestartUnsupported: .*koffi/)
       process.kill(program.pid, "SIGTERM")
       assert.deepStrictEqual(yield* program.exited("30 seconds"), { code: 0, signal: null })
     }).pipe(Effect.scoped)

@@ -18,7 +18,7 @@ const describe = (reason: Supervisor.RestartErrorReason): string => {
       return `parent ${reason.parentPid} still drains`
     case "NotServing":
       return `not serving: ${reason.state}`
-    case "Unsupported":
+    case "RestartUnsupported":
       return `not on ${reason.platform}: ${reason.detail}`
     default: {
       const unreachable: never = reason
@@ -58,7 +58,7 @@ export const main = (): void => Layer.launch(App).pipe(Supervisor.runMain({ disa
 // The application's own tests get a supervisor without processes.
 export const tested: Effect.Effect<string, never, never> = restart.pipe(
   Effect.map((response) => String(response.status)),
-  Effect.provide(Supervisor.layerTest({ restart: Effect.succeed(42) }))
+  Effect.provide(Supervisor.layerStub({ restart: Effect.succeed(42) }))
 )
 
 // Internals are closed, for the type checker as for Node.
