@@ -94,7 +94,8 @@ for (const file of [
   "index.ts"
 ]) {
   // The lead's rewrite may move internal files: time those that exist.
-  if (existsSync(new URL(src(file)))) await step(`${built ? "dist" : "src"}/${file}`, all(src(file)))
+  if (existsSync(new URL(src(file))))
+    await step(built ? `dist/${file.replace(/\.ts$/, ".js")}` : `src/${file}`, all(src(file)))
 }
 await step("koffi: require, load libc.so.6", async () => {
   if (process.env.GRACE_NATIVE === "off") return
