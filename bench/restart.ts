@@ -559,7 +559,8 @@ const picture = (input: {
     [
       panel("The whole run; s since the load started", loadStart, loadStart, stopped),
       ...closeUp("Worst", ranked[0]),
-      ...closeUp("Typical", byDrain[byDrain.length >> 1])
+      // The median restart, or its neighbour when that one is the worst.
+      ...closeUp("Typical", byDrain.filter((candidate) => candidate.i !== ranked[0]?.i)[(byDrain.length - 1) >> 1])
     ]
   )
 }

@@ -137,7 +137,7 @@ const renderPanel = (
     const label = inSeconds ? `${round(t / 1000)} s` : `${Math.round(t)} ms`
     parts.push(
       `<line x1="${at}" x2="${at}" y1="${plotBottom}" y2="${plotBottom + 4}" stroke="#999"/>`,
-      `<text x="${at}" y="${plotBottom + 15}" font-size="11" text-anchor="middle">${label}</text>`
+      `<text x="${at}" y="${plotBottom + 15}" font-size="11" text-anchor="${at > WIDTH - RIGHT - 24 ? "end" : "middle"}">${label}</text>`
     )
   }
   // Failures: one row of crosses per kind, under the axis.
