@@ -15,10 +15,11 @@
  *   SIGTERM at the banner; self time by where the code comes from.
  *
  * With the cache, one run fills it first (not counted): what every successor
- * after the first would see.
+ * after the first would see. Where rolldown is installed (with vitest), the
+ * demo is also bundled into one file (`.cache/startup/demo.mjs`) and timed.
  */
 import { execFileSync } from "node:child_process"
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
@@ -46,9 +47,13 @@ const modes: ReadonlyArray<Mode> = [
 ]
 
 /** Spawn to banner of the demo, in ms; then stops it. */
-const timeToReady = async (mode: Mode, extraArgs: ReadonlyArray<string> = []): Promise<number> => {
+const timeToReady = async (
+  mode: Mode,
+  extraArgs: ReadonlyArray<string> = [],
+  entry: string = demoPath
+): Promise<number> => {
   const started = performance.now()
-  const demo = spawnNode([...extraArgs, demoPath, ...addresses], { env: mode.env, group: true })
+  const demo = spawnNode([...extraArgs, entry, ...addresses], { env: mode.env, group: true })
   await demo.waitForLine(BANNER, 30_000)
   const ready = performance.now() - started
   await demo.stop(10_000)
@@ -135,13 +140,19 @@ const profileOf = async (
 // -----------------------------------------------------------------------------
 
 const runMode = async (mode: Mode) => {
-  if (mode.env.NODE_COMPILE_CACHE !== undefined) await timeToReady(mode) // fills the cache
+  if (mode.env.NODE_COMPILE_CACHE !== undefined) {
+    // Fills the cache.
+    await timeToReady(mode)
+    if (bundlePath !== undefined) await timeToReady(mode, [], bundlePath)
+  }
+  const bundled: Array<number> = []
   const ready: Array<number> = []
   const bare: Array<number> = []
   const probes: Array<Array<[string, number]>> = []
   const builtProbes: Array<Array<[string, number]>> = []
   for (let i = 0; i < settings.runs; i++) {
     ready.push(await timeToReady(mode))
+    if (bundlePath !== undefined) bundled.push(await timeToReady(mode, [], bundlePath))
     bare.push(bareNode(mode))
     probes.push(probe(mode))
     builtProbes.push(probe(mode, "dist"))
@@ -156,6 +167,8 @@ const runMode = async (mode: Mode) => {
     mode: mode.name,
     readyMs: median(ready),
     readyRuns: ready,
+    bundledReadyMs: bundlePath === undefined ? Number.NaN : median(bundled),
+    bundledReadyRuns: bundled,
     bareNodeMs: median(bare),
     phases,
     builtPhases,
@@ -163,10 +176,27 @@ const runMode = async (mode: Mode) => {
   }
 }
 
+/**
+ * The demo bundled into one ES module with rolldown (vite's bundler, in node_modules when vitest is), in
+ * `.cache/startup/`, inside the repository so that the bundle still finds koffi. Undefined without rolldown.
+ */
+const bundle = (): string | undefined => {
+  const rolldown = new URL("../node_modules/.bin/rolldown", import.meta.url).pathname
+  if (!existsSync(rolldown)) return undefined
+  const file = new URL("../.cache/startup/demo.mjs", import.meta.url).pathname
+  execFileSync(rolldown, [demoPath, "--format", "esm", "--platform", "node", "--file", file], {
+    stdio: "ignore",
+    timeout: 120_000
+  })
+  return file
+}
+let bundlePath: string | undefined
+
 const main = async () => {
   console.log(`Start-up of the demo, ${settings.runs} runs per mode\n`)
   // The built library (dist/), for what users of the package load.
   execFileSync("npm", ["run", "build", "--silent"], { stdio: ["ignore", "ignore", "inherit"], timeout: 120_000 })
+  bundlePath = bundle()
   const results = []
   for (const mode of modes) results.push(await runMode(mode))
   const [plain, cached] = results as [Awaited<ReturnType<typeof runMode>>, Awaited<ReturnType<typeof runMode>>]
@@ -175,6 +205,11 @@ const main = async () => {
     ["measure (median)", plain.mode, cached.mode],
     [
       ["demo: spawn to banner (ready)", fixed(plain.readyMs, 0), fixed(cached.readyMs, 0)],
+      [
+        "demo bundled into one file (rolldown): spawn to banner",
+        fixed(plain.bundledReadyMs, 0),
+        fixed(cached.bundledReadyMs, 0)
+      ],
       ["node -e 0: spawn to exit", fixed(plain.bareNodeMs, 0), fixed(cached.bareNodeMs, 0)]
     ]
   )
