@@ -293,6 +293,8 @@ const summarize = (run: Run) => {
     number
   >
   const latencies: Array<number> = []
+  // Latencies of the answered requests: a refusal is quick, and no answer.
+  let total = 0
   let answered = 0
   // The longest time without any answer, once measuring began.
   let lastAnswer = run.measuredFrom
@@ -303,10 +305,11 @@ const summarize = (run: Run) => {
     if (requests.starts[i]! < run.measuredFrom || end > run.stopped) continue
     const outcome = requests.outcomes[i] as Outcome
     byOutcome[outcomeNames[outcome]]++
-    latencies.push(end - requests.starts[i]!)
+    total++
     if (outcome === Outcome.ok) {
       answered++
       ends.push(end)
+      latencies.push(end - requests.starts[i]!)
     }
   }
   for (const end of ends.toSorted((a, b) => a - b)) {
@@ -324,9 +327,9 @@ const summarize = (run: Run) => {
     restarts: run.windows.length,
     restartMs: run.windows.map((w) => Math.round((w.drained ?? w.signalled) - w.signalled)),
     seconds,
-    requests: latencies.length,
+    requests: total,
     answered,
-    failed: latencies.length - answered,
+    failed: total - answered,
     outcomes: byOutcome,
     answersPerSecond: answered / seconds,
     p50Ms: percentile(sorted, 50),
@@ -426,7 +429,8 @@ const report = (runs: ReadonlyArray<Run>) => {
       "",
       table,
       "",
-      "Counted from the end of the warm-up to the end of the run. failed = reset + refused + timeout + non-2xx + other; " +
+      "Counted from the end of the warm-up to the end of the run; latencies of the answered requests. " +
+        "failed = reset + refused + timeout + non-2xx + other; " +
         "longest gap: the longest time in which no request was answered. Picture: `peers.svg`.",
       "",
       "Restart (signal or `pm2 reload` to the old process gone, or the command done), ms:",
