@@ -60,6 +60,8 @@ import {
   writeResults
 } from "./support.ts"
 import type { Load } from "./support.ts"
+import { timelineSvg } from "./svg.ts"
+import type { Panel } from "./svg.ts"
 
 const { values: flags } = parseArgs({
   options: {
@@ -96,16 +98,19 @@ interface Failure {
   readonly detail: string
 }
 
-/** Every answer's end time and latency (parallel arrays), and every failure. */
+/** Every answer's end time, latency and pid (parallel arrays), and every failure. */
 const record = {
   ends: [] as Array<number>,
   latencies: [] as Array<number>,
+  pids: [] as Array<number>,
   failures: [] as Array<Failure>,
   answersByPid: new Map<number, number>(),
   /** Answers with `Connection: close`: each one moved a client to a new connection. */
   connectionClose: 0
 }
 const fail = (failure: Omit<Failure, "at">) => record.failures.push({ at: now(), ...failure })
+/** The pid read from the body of the answer being counted: autocannon reads the body just before its `response` event. */
+let answeredBy = 0
 
 // -----------------------------------------------------------------------------
 // An autocannon client that honours `Connection: close`
@@ -204,6 +209,7 @@ const startClients = (ports: ReadonlyArray<number>): Array<Load> =>
           onResponse: (_status, body) => {
             const pid = Number(body.match(ANSWER)?.[1] ?? 0)
             record.answersByPid.set(pid, (record.answersByPid.get(pid) ?? 0) + 1)
+            answeredBy = pid
           }
         }
       ]
@@ -212,6 +218,8 @@ const startClients = (ports: ReadonlyArray<number>): Array<Load> =>
       if (status < 200 || status > 299) fail({ source: "load", kind: "non-2xx", detail: String(status) })
       record.ends.push(now())
       record.latencies.push(latency)
+      record.pids.push(answeredBy)
+      answeredBy = 0
     })
     load.instance.on("reqError", (error: NodeJS.ErrnoException) =>
       fail({
@@ -365,7 +373,7 @@ const main = async () => {
       final: { pid: current, ...finalStats },
       terminated
     }
-    printAndWrite(output)
+    printAndWrite(output, picture({ loadStart, stopped, restarts, revision: output.machine.revision }))
     if (aborted !== undefined || report.failed > 0 || !terminated.exited || terminated.leftover.length > 0)
       process.exitCode = 1
   } catch (error) {
@@ -492,7 +500,72 @@ type Output = ReturnType<typeof summarize> & {
   readonly terminated: Awaited<ReturnType<typeof terminate>>
 }
 
-const printAndWrite = (output: Output) => {
+/**
+ * The run as a picture: the whole run, then two restarts up close: the worst
+ * (most failures, else the slowest answer) and a typical one (the median time
+ * from signal to the old process's exit).
+ */
+const picture = (input: {
+  readonly loadStart: number
+  readonly stopped: number
+  readonly restarts: ReadonlyArray<Restart>
+  readonly revision: string
+}): string => {
+  const { loadStart, stopped, restarts } = input
+  const points = { count: record.ends.length, ends: record.ends, latencies: record.latencies, pids: record.pids }
+  const failures = record.failures.map((f) => ({ at: f.at, kind: `${f.source} ${f.kind}` }))
+  const panel = (title: string, origin: number, from: number, to: number): Panel => ({
+    title,
+    origin,
+    from,
+    to,
+    points,
+    windows: restarts,
+    failures
+  })
+  const worstLatency = (restart: Restart) => {
+    let worst = 0
+    for (let i = 0; i < record.ends.length; i++) {
+      const end = record.ends[i]!
+      if (end >= restart.signalled && end - record.latencies[i]! <= restart.drained)
+        worst = Math.max(worst, record.latencies[i]!)
+    }
+    return worst
+  }
+  const failuresIn = (restart: Restart) =>
+    record.failures.filter((f) => f.at >= restart.signalled - 500 && f.at <= restart.drained + 500).length
+  const ranked = restarts
+    .map((restart, i) => ({ restart, i, failures: failuresIn(restart), worst: worstLatency(restart) }))
+    .toSorted((a, b) => b.failures - a.failures || b.worst - a.worst)
+  const byDrain = restarts
+    .map((restart, i) => ({ restart, i }))
+    .toSorted((a, b) => a.restart.drained - a.restart.signalled - (b.restart.drained - b.restart.signalled))
+  const closeUp = (label: string, chosen: { readonly restart: Restart; readonly i: number } | undefined) => {
+    if (chosen === undefined) return []
+    const { restart, i } = chosen
+    return [
+      panel(
+        `${label}: restart ${i + 1}, pid ${restart.from} -> ${restart.to}; ms since the signal`,
+        restart.signalled,
+        restart.signalled - 400,
+        restart.drained + 600
+      )
+    ]
+  }
+  return timelineSvg(
+    "Restarts under load (bench:restart)",
+    `${input.revision}, Node ${process.version}: the demo on three ports, ${settings.connections} keep-alive connections, ` +
+      `${restarts.length} restarts by SIGUSR2, ${record.ends.length} answers, ${record.failures.length} failures`,
+    [
+      panel("The whole run; s since the load started", loadStart, loadStart, stopped),
+      ...closeUp("Worst", ranked[0]),
+      // The median restart, or its neighbour when that one is the worst.
+      ...closeUp("Typical", byDrain.filter((candidate) => candidate.i !== ranked[0]?.i)[(byDrain.length - 1) >> 1])
+    ]
+  )
+}
+
+const printAndWrite = (output: Output, svg: string) => {
   const mib = (kib: number) => fixed(kib / 1024, 1)
   const summary = markdownTable(
     ["measure", "value"],
@@ -575,8 +648,11 @@ const printAndWrite = (output: Output) => {
       "",
       perRestart,
       "",
-      failureList
-    ].join("\n")
+      failureList,
+      "",
+      "Picture: `restart.svg`."
+    ].join("\n"),
+    svg
   )
 }
 

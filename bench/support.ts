@@ -95,15 +95,24 @@ export interface Child {
  * a process group of its own, and clean-up kills the whole group: the
  * descendants (restarted generations, which are not our children) with it.
  * With `wrapper`, Node runs under that command (`valgrind ...`), which must
- * exec it in the same process.
+ * exec it in the same process. `env` adds to (or, with `undefined`, removes
+ * from) this process's environment.
  */
 export const spawnNode = (
   args: ReadonlyArray<string>,
-  options: { readonly group?: boolean; readonly wrapper?: ReadonlyArray<string> } = {}
+  options: {
+    readonly group?: boolean
+    readonly wrapper?: ReadonlyArray<string>
+    readonly env?: Record<string, string | undefined>
+  } = {}
 ): Child => {
   const group = options.group ?? false
   const [command, ...prefix] = [...(options.wrapper ?? []), process.execPath]
-  const child = spawn(command!, [...prefix, ...args], { stdio: ["ignore", "pipe", "pipe"], detached: group })
+  const child = spawn(command!, [...prefix, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: group,
+    env: { ...process.env, ...options.env }
+  })
   const pid = child.pid
   if (pid === undefined) throw new Error(`cannot start node ${args.join(" ")}`)
   const killAll = () => {
@@ -408,13 +417,14 @@ export const markdownTable = (header: ReadonlyArray<string>, rows: ReadonlyArray
   return [line(header), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...rows.map(line)].join("\n")
 }
 
-/** Writes `bench/results/<name>.json` and `bench/results/<name>.md`. */
-export const writeResults = (name: string, json: unknown, markdown: string): void => {
+/** Writes `bench/results/<name>.json`, `bench/results/<name>.md` and, given one, `bench/results/<name>.svg`. */
+export const writeResults = (name: string, json: unknown, markdown: string, svg?: string): void => {
   const directory = new URL("results/", import.meta.url)
   mkdirSync(directory, { recursive: true })
   writeFileSync(new URL(`${name}.json`, directory), `${JSON.stringify(json, null, 2)}\n`)
   writeFileSync(new URL(`${name}.md`, directory), `${markdown.trimEnd()}\n`)
-  console.log(`\nWrote bench/results/${name}.json and bench/results/${name}.md`)
+  if (svg !== undefined) writeFileSync(new URL(`${name}.svg`, directory), svg)
+  console.log(`\nWrote bench/results/${name}.json, ${name}.md${svg === undefined ? "" : ` and ${name}.svg`}`)
 }
 
 /** The commit measured, `-dirty` when src/ has uncommitted changes (`BENCH_REVISION` overrides). */

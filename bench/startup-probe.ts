@@ -1,0 +1,127 @@
+/**
+ * Where the demo's start-up time goes, run by `bench/startup.ts`: imports
+ * the demo's dependencies one group at a time, timing each (the marginal
+ * cost, given the groups before it), then the demo itself, and stops at its
+ * banner (`Serving ... with pid N.`): the moment a successor is ready.
+ * Prints one JSON line, `{"phases":[[name, ms], ...]}`, and exits. With
+ * `PROBE_LIBRARY=dist` it imports the built library (`dist/`, `npm run build`)
+ * in place of `src/`, and stops there.
+ *
+ *   node bench/startup-probe.ts --a0 127.0.0.1:0 --a1 127.0.0.1:0 --a2 127.0.0.1:0
+ */
+import { existsSync } from "node:fs"
+import { createRequire } from "node:module"
+
+const phases: Array<[string, number]> = [["node: start-up to the probe's first line", performance.now()]]
+
+const step = async (name: string, load: () => Promise<unknown>) => {
+  const started = performance.now()
+  await load()
+  phases.push([name, performance.now() - started])
+}
+
+const all =
+  (...specifiers: Array<string>) =>
+  () =>
+    Promise.all(specifiers.map((specifier) => import(specifier)))
+
+await step(
+  "effect: core (Effect, Layer, Context, Config, Option, Duration, Logger, Data, Result)",
+  all(
+    "effect/Effect",
+    "effect/Layer",
+    "effect/Context",
+    "effect/Config",
+    "effect/Option",
+    "effect/Duration",
+    "effect/Logger",
+    "effect/Data",
+    "effect/Result"
+  )
+)
+await step(
+  "effect: Stream, Queue, Schedule, Metric, FiberSet, FiberHandle, Semaphore",
+  all(
+    "effect/Stream",
+    "effect/Queue",
+    "effect/Schedule",
+    "effect/Metric",
+    "effect/FiberSet",
+    "effect/FiberHandle",
+    "effect/Semaphore"
+  )
+)
+await step(
+  "effect: http (HttpRouter, HttpServerResponse, HttpServer)",
+  all("effect/http/HttpRouter", "effect/http/HttpServerResponse", "effect/http/HttpServer")
+)
+await step("@effect/platform-node: NodeRuntime", all("@effect/platform-node/NodeRuntime"))
+await step("ws (for NodeWS)", all("ws"))
+await step("@effect/platform-node: NodeServices", all("@effect/platform-node/NodeServices"))
+await step("@effect/platform-node: NodeMultipart", all("@effect/platform-node/NodeMultipart"))
+await step("@effect/platform-node: NodeHttpServer (the rest)", all("@effect/platform-node/NodeHttpServer"))
+await step("node:https (tls), node:http2", all("node:https", "node:http2"))
+await step("node:crypto, node:child_process", all("node:crypto", "node:child_process"))
+await step(
+  "@effect/platform-node: NodeSocket, effect/socket/SocketServer",
+  all("@effect/platform-node/NodeSocket", "effect/socket/SocketServer")
+)
+// Its ESM namespace evaluates node:http's lazy exports (WebSocket, ...), which load Node's bundled undici;
+// platform-node loads node:http with require for this reason. src/Server.ts imports it as ESM.
+await step("node:http as ESM (loads Node's undici; src/Server.ts's import)", all("node:http"))
+// PROBE_LIBRARY=dist: the built JavaScript (`npm run build`) instead of the .ts sources, and no demo (it imports src).
+const built = process.env.PROBE_LIBRARY === "dist"
+const src = (file: string) =>
+  new URL(built ? `../dist/${file.replace(/\.ts$/, ".js")}` : `../src/${file}`, import.meta.url).href
+for (const file of [
+  "internal/config.ts",
+  "internal/tickets.ts",
+  "internal/report.ts",
+  "internal/sys.ts",
+  "internal/portable.ts",
+  "internal/drain.ts",
+  "internal/machine.ts",
+  "internal/successor.ts",
+  "internal/os.ts",
+  "ListenFds.ts",
+  "Listeners.ts",
+  "Drain.ts",
+  "Health.ts",
+  "Notify.ts",
+  "Server.ts",
+  "SocketServer.ts",
+  "Supervisor.ts",
+  "index.ts"
+]) {
+  // The lead's rewrite may move internal files: time those that exist.
+  if (existsSync(new URL(src(file))))
+    await step(built ? `dist/${file.replace(/\.ts$/, ".js")}` : `src/${file}`, all(src(file)))
+}
+await step("koffi: require, load libc.so.6", async () => {
+  if (process.env.GRACE_NATIVE === "off") return
+  const koffi = createRequire(import.meta.url)("koffi") as { load: (path: string) => unknown }
+  koffi.load("libc.so.6")
+})
+
+// The demo: its own code, building its layers, listening, telling the supervisor it is ready; then its banner.
+let bannerSeen: () => void = () => {}
+const banner = new Promise<void>((resolve) => (bannerSeen = resolve))
+const log = console.log
+console.log = (...args: Array<unknown>) => {
+  if (typeof args[0] === "string" && args[0].startsWith("Serving ")) bannerSeen()
+  else log(...args)
+}
+if (!built) {
+  await step("examples/demo.ts: its code, layers, listen, ready (to the banner)", async () => {
+    await import(new URL("../examples/demo.ts", import.meta.url).href)
+    await banner
+  })
+}
+phases.push([
+  built ? "total: process start to the last import" : "total: process start to the banner",
+  performance.now()
+])
+log(JSON.stringify({ phases }))
+// A probe: the demo's graceful stop is not what is measured.
+// oxlint-disable-next-line unicorn/no-process-exit
+process.exit(0)
