@@ -402,6 +402,25 @@ describe("Supervisor, on a fake OS", () => {
     })
   )
 
+  it.effect("the compile cache: flushed once ready, and named to every successor; off when told", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised()
+      assert.deepStrictEqual(s.fake.flushed, ["flush"])
+      yield* s.fake.signal("SIGUSR2")
+      const child = yield* s.fake.spawned
+      assert.strictEqual(child.env.NODE_COMPILE_CACHE, "/tmp/compile-cache")
+      yield* child.sayReady
+      yield* Fiber.join(s.fiber)
+      const off = yield* supervised({ compileCache: false })
+      yield* off.fake.signal("SIGUSR2")
+      const plain = yield* off.fake.spawned
+      assert.isUndefined(plain.env.NODE_COMPILE_CACHE)
+      assert.deepStrictEqual(off.fake.flushed, [])
+      yield* plain.sayReady
+      yield* Fiber.join(off.fiber)
+    })
+  )
+
   it.effect("SIGTERM during start-up: the start-up is cut, what it built closed, STOPPING=1, never READY=1", () =>
     Effect.gen(function* () {
       const gate = yield* Deferred.make<void>()

@@ -10,6 +10,7 @@
 import { spawn as spawnProcess } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import * as Module from "node:module"
 import * as Net from "node:net"
 import { dirname, join } from "node:path"
 import * as Config from "effect/Config"
@@ -87,6 +88,13 @@ export interface Os {
     { readonly parent: Parent | undefined; readonly values: Readonly<Record<string, string>> },
     Config.ConfigError
   >
+  /**
+   * Turns Node's compile cache on (in `directory`, or Node's default one) and says its directory, or nothing if it
+   * cannot be turned on.
+   */
+  readonly enableCompileCache: (directory: true | string) => string | undefined
+  /** Writes what was compiled so far to the compile cache. */
+  readonly flushCompileCache: () => void
   /** This process's parent now: it changes the moment the parent exits (the orphan is adopted). */
   readonly ppid: () => number
   /** Whether listeners can be handed on here. */
@@ -119,6 +127,13 @@ const signals = (names: ReadonlyArray<NodeJS.Signals>) =>
     )
     return Stream.fromQueue(queue)
   })
+
+// Already on (NODE_COMPILE_CACHE, or the program's own call) counts as on, in the directory it has.
+const enableCompileCache = (directory: true | string): string | undefined => {
+  const result = Module.enableCompileCache(directory === true ? undefined : directory)
+  const { ENABLED, ALREADY_ENABLED } = Module.constants.compileCacheStatus
+  return result.status === ENABLED || result.status === ALREADY_ENABLED ? result.directory : undefined
+}
 
 const foreignHandlers = (names: ReadonlyArray<NodeJS.Signals>) =>
   Effect.sync(() => names.reduce((count, name) => count + process.listenerCount(name), 0))
@@ -290,6 +305,8 @@ export const live = (): Os => ({
   spawn,
   parent,
   ppid: () => process.ppid,
+  enableCompileCache,
+  flushCompileCache: Module.flushCompileCache,
   native: Sys.native,
   writePidFile,
   removePidFile,

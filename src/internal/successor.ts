@@ -65,10 +65,15 @@ const awaitReady = (child: Os.Child): Effect.Effect<void, EarlyExit> => {
 /** Starts a successor with the listeners, and sends it the ticket key. */
 export const start = (
   os: Os.Os,
-  options: { readonly passed: ReadonlyArray<Os.Passed>; readonly ticketKey: string }
+  options: {
+    readonly passed: ReadonlyArray<Os.Passed>
+    readonly ticketKey: string
+    /** Variables for the successor's environment, beside this process's own. */
+    readonly env: Readonly<Record<string, string>>
+  }
 ): Effect.Effect<Successor, Os.SpawnFailure> =>
   Effect.gen(function* () {
-    const child = yield* os.spawn(options.passed, { [TICKET_KEYS_VARIABLE]: "channel" })
+    const child = yield* os.spawn(options.passed, { ...options.env, [TICKET_KEYS_VARIABLE]: "channel" })
     yield* child.channel.send(`${KEYS_PREFIX}${options.ticketKey}`)
     const ready = yield* Effect.cached(awaitReady(child))
     return { pid: child.pid, ready, exited: child.exited, kill: child.kill, release: child.release }

@@ -107,6 +107,7 @@ export const make = (
     const children: Array<FakeChild> = []
     const pidFile: Array<string> = []
     const forced: Array<string> = []
+    const flushed: Array<string> = []
     const [parentEnd, ownEnd] = yield* channelPair
     let ppid = options.parentPid ?? 1
     const parent: FakeParent | undefined =
@@ -137,6 +138,8 @@ export const make = (
           values: options.parentValues ?? {}
         }),
       ppid: () => ppid,
+      enableCompileCache: (directory) => (directory === true ? "/tmp/compile-cache" : directory),
+      flushCompileCache: () => void flushed.push("flush"),
       native: () => ({ available: true }),
       writePidFile: (path) => Effect.sync(() => void pidFile.push(`write ${path}`)),
       removePidFile: (path) => Effect.sync(() => void pidFile.push(`remove ${path}`)),
@@ -152,6 +155,7 @@ export const make = (
       children,
       parent,
       pidFile,
-      forced
+      forced,
+      flushed
     }
   })
