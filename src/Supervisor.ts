@@ -69,6 +69,7 @@ import * as DrainInternal from "./internal/drain.ts"
 import * as Report from "./internal/report.ts"
 import * as Machine from "./internal/machine.ts"
 import * as Os from "./internal/os.ts"
+import * as Gate from "./internal/gate.ts"
 import * as Program from "./internal/program.ts"
 import * as Successor from "./internal/successor.ts"
 import * as Tickets from "./internal/tickets.ts"
@@ -105,6 +106,24 @@ export class ExitedBeforeReady extends Data.TaggedError("ExitedBeforeReady")<{
   override get message(): string {
     const how = this.signal !== null ? `was killed by ${this.signal}` : `exited with code ${this.code}`
     return `the successor ${how} before it was ready (see its output); this process keeps serving`
+  }
+}
+
+/**
+ * The successor was ready, then exited within its probation window: this
+ * process took the service back, on the sockets it kept, and serves on.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class HandedBack extends Data.TaggedError("HandedBack")<{
+  readonly pid: number
+  readonly code: number | null
+  readonly signal: string | null
+}> {
+  override get message(): string {
+    const how = this.signal !== null ? `was killed by ${this.signal}` : `exited with code ${this.code}`
+    return `the successor (pid ${this.pid}) ${how} within its probation window; this process took the service back and serves on`
   }
 }
 
@@ -192,6 +211,7 @@ export class RestartUnsupported extends Data.TaggedError("RestartUnsupported")<{
 export type RestartErrorReason =
   | SpawnFailed
   | ExitedBeforeReady
+  | HandedBack
   | NotReadyInTime
   | AlreadyInProgress
   | ParentStillRunning
@@ -270,12 +290,19 @@ export interface Options {
    * `NODE_COMPILE_CACHE` where the program starts (a systemd unit) for the first generation to use it too.
    */
   readonly compileCache?: boolean | string | undefined
+  /**
+   * How long a successor that is ready stays on probation: this process stops accepting and drains, but keeps its
+   * sockets and its application, and takes the service back if the successor exits within the window. Default 5
+   * seconds (a deploy that fails on its first real traffic fails within them); 0 hands off at once.
+   */
+  readonly probation?: Duration.Input | undefined
 }
 
 /**
  * The defaults of `Options`, read through `Config`: `GRACE_READY_TIMEOUT`
  * and `GRACE_SHUTDOWN_DELAY` (durations such as `30 seconds`),
- * `GRACE_PID_FILE`, and `GRACE_COMPILE_CACHE` (`off`, or a directory).
+ * `GRACE_PROBATION`, `GRACE_PID_FILE`, and `GRACE_COMPILE_CACHE` (`off`, or
+ * a directory).
  * Values given in `Options` win.
  *
  * @since 0.1.0
@@ -286,11 +313,13 @@ export const config: Config.Config<{
   readonly shutdownDelay: Option.Option<Duration.Duration>
   readonly pidFile: Option.Option<string>
   readonly compileCache: Option.Option<string>
+  readonly probation: Option.Option<Duration.Duration>
 }> = Config.all({
   readyTimeout: Variables.duration("GRACE_READY_TIMEOUT"),
   shutdownDelay: Variables.duration("GRACE_SHUTDOWN_DELAY"),
   pidFile: Config.option(Config.String("GRACE_PID_FILE")),
-  compileCache: Config.option(Config.String("GRACE_COMPILE_CACHE"))
+  compileCache: Config.option(Config.String("GRACE_COMPILE_CACHE")),
+  probation: Variables.duration("GRACE_PROBATION")
 })
 
 // -----------------------------------------------------------------------------
@@ -348,6 +377,7 @@ export const metrics = {
 type Reply = Deferred.Deferred<number, RestartError>
 type Failure = Os.SpawnFailure | Successor.EarlyExit | { readonly _tag: "NotReadyInTime" }
 type Event = Machine.Event<Reply, Successor.Successor, Failure>
+type State = Machine.State<Reply, Successor.Successor>
 type Action = Machine.Action<Reply, Successor.Successor, Failure>
 
 /** How the supervision ended: after a termination or a hand-off, or a start-up that failed; forced or not. */
@@ -364,6 +394,7 @@ interface Settings {
   readonly restartSignals: ReadonlyArray<NodeJS.Signals>
   /** Off, or on in Node's default directory (`true`) or in a directory. */
   readonly compileCache: boolean | string
+  readonly probation: Duration.Duration
 }
 
 const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigError> =>
@@ -379,6 +410,9 @@ const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigErro
       ),
       pidFile: pidFile === undefined ? undefined : resolve(pidFile),
       restartSignals: options.restartSignals ?? ["SIGUSR2"],
+      probation: Duration.fromInputUnsafe(
+        options.probation ?? Option.getOrElse(configured.probation, () => Duration.seconds(5))
+      ),
       compileCache:
         options.compileCache ??
         Option.match(configured.compileCache, {
@@ -458,14 +492,21 @@ interface Runtime {
   readonly resources: Resources
   readonly events: Queue.Queue<Event, Cause.Done>
   /** The machine's state as its owner last left it: read, never written, by others. */
-  readonly state: Ref.Ref<Machine.State<Reply>>
+  readonly state: Ref.Ref<State>
   readonly health: ReturnType<typeof Health.make>
+  /** The servers, paused and resumed during a successor's probation. */
+  readonly gate: ReturnType<typeof Gate.make>
   /** The application's scope: closing it is the drain. */
   readonly appScope: Scope.Closeable
   readonly startup: FiberHandle.FiberHandle
   readonly restarting: FiberHandle.FiberHandle
   readonly delaying: FiberHandle.FiberHandle
   readonly draining: FiberHandle.FiberHandle
+  /** The probation's timer, and the watch on the successor during it. */
+  readonly probation: FiberHandle.FiberHandle
+  readonly watching: FiberHandle.FiberHandle
+  /** The servers' pauses: each ends once its server has drained what it had. */
+  readonly pauses: FiberSet.FiberSet
   /** The shutdown delay has begun: the servers answer `Connection: close`. */
   readonly closing: Deferred.Deferred<void>
   /** A second termination signal: every drain (and the shutdown delay) ends now. */
@@ -483,13 +524,17 @@ const makeRuntime = (settings: Settings, resources: Resources) =>
       settings,
       resources,
       events: yield* Queue.unbounded<Event, Cause.Done>(),
-      state: yield* Ref.make(Machine.initial<Reply>(resources.parent?.pid)),
+      state: yield* Ref.make(Machine.initial<Reply, Successor.Successor>(resources.parent?.pid)),
+      gate: Gate.make(),
       health: Health.make("starting"),
       appScope: yield* Scope.fork(yield* Effect.scope, "sequential"),
       startup: yield* FiberHandle.make(),
       restarting: yield* FiberHandle.make(),
       delaying: yield* FiberHandle.make(),
       draining: yield* FiberHandle.make(),
+      probation: yield* FiberHandle.make(),
+      watching: yield* FiberHandle.make(),
+      pauses: yield* FiberSet.make(),
       closing: yield* Deferred.make<void>(),
       forced: yield* Deferred.make<void>(),
       served: yield* Deferred.make<void>(),
@@ -598,13 +643,53 @@ const announceReady = (runtime: Runtime) =>
     yield* Deferred.succeed(runtime.started, undefined)
   })
 
-const handOff = (runtime: Runtime, reply: Reply | undefined, pid: number) =>
+// The successor replaces this process: at once, or once its probation has passed (READY=1 was said then).
+const handOff = (runtime: Runtime, action: Extract<Action, { readonly _tag: "HandOff" }>) =>
   Effect.gen(function* () {
     // From here on the successor serves too: this process must not unlink what it hands on.
     yield* runtime.resources.listeners.handOff
-    yield* Effect.ignore(runtime.resources.notify.mainPid(pid, { ready: true }))
-    yield* logged(runtime, "effect-grace: successor ready", { successor: pid })
-    if (reply !== undefined) yield* Deferred.succeed(reply, pid)
+    yield* Effect.ignore(runtime.resources.notify.mainPid(action.pid, { ready: action.ready }))
+    const message = action.ready ? "effect-grace: successor ready" : "effect-grace: probation over"
+    yield* logged(runtime, message, { successor: action.pid })
+    if (action.reply !== undefined) yield* Deferred.succeed(action.reply, action.pid)
+  })
+
+// The successor serves too; systemd hears that the reload is over, but its main process stays this one for now.
+const beginProbation = (runtime: Runtime, pid: number) =>
+  Effect.gen(function* () {
+    yield* runtime.resources.listeners.handOff
+    yield* Effect.ignore(runtime.resources.notify.ready)
+    const probation = runtime.settings.probation
+    yield* logged(runtime, "effect-grace: successor ready", {
+      successor: pid,
+      probationMillis: Duration.toMillis(probation)
+    })
+    yield* FiberHandle.run(
+      runtime.probation,
+      Effect.andThen(Effect.sleep(probation), send(runtime, { _tag: "ProbationOver" }))
+    )
+  })
+
+const watchSuccessor = (runtime: Runtime, successor: Successor.Successor) =>
+  FiberHandle.run(
+    runtime.watching,
+    Effect.flatMap(successor.exited, ({ code, signal }) =>
+      send(runtime, { _tag: "SuccessorExited", pid: successor.pid, code, signal })
+    )
+  )
+
+// The successor died within its window: accept again at once (what arrived meanwhile waits in the shared backlog),
+// and name this process again wherever the successor was named.
+const handBack = (runtime: Runtime, action: Extract<Action, { readonly _tag: "HandBack" }>) =>
+  Effect.gen(function* () {
+    yield* FiberHandle.clear(runtime.probation)
+    yield* runtime.gate.resume
+    runtime.health.setPhase("serving")
+    const { os, notify } = runtime.resources
+    if (runtime.settings.pidFile !== undefined) yield* os.writePidFile(runtime.settings.pidFile)
+    const reason = new HandedBack({ pid: action.pid, code: action.code, signal: action.signal })
+    yield* Effect.ignore(notify.status(`serving again: ${reason.message}`))
+    yield* refuse(runtime, action.reply, reason)
   })
 
 // Unready already; the servers go on serving for the delay, every response saying Connection: close.
@@ -670,11 +755,21 @@ const perform =
       case "InterruptRestart":
         return FiberHandle.clear(runtime.restarting)
       case "ReleaseSuccessor":
-        return action.successor.release
+        return Effect.andThen(FiberHandle.clear(runtime.watching), action.successor.release)
       case "KillSuccessor":
         return action.successor.kill
       case "HandOff":
-        return handOff(runtime, action.reply, action.pid)
+        return handOff(runtime, action)
+      case "BeginProbation":
+        return beginProbation(runtime, action.pid)
+      case "WatchSuccessor":
+        return Effect.asVoid(watchSuccessor(runtime, action.successor))
+      case "PauseServing":
+        return Effect.asVoid(FiberSet.run(runtime.pauses, runtime.gate.pause))
+      case "HandBack":
+        return handBack(runtime, action)
+      case "TerminateSuccessor":
+        return Effect.andThen(FiberHandle.clear(runtime.watching), action.successor.terminate)
       case "RestartFailed":
         return Effect.andThen(
           Effect.ignore(notify.ready),
@@ -703,7 +798,8 @@ const perform =
 const follow = (runtime: Runtime): Effect.Effect<void> => {
   const rules: Machine.Rules = {
     canHandOff: runtime.resources.handOffBlocked === undefined,
-    shutdownDelay: Duration.isGreaterThan(runtime.settings.shutdownDelay, Duration.zero)
+    shutdownDelay: Duration.isGreaterThan(runtime.settings.shutdownDelay, Duration.zero),
+    probation: Duration.isGreaterThan(runtime.settings.probation, Duration.zero)
   }
   const step = (event: Event) =>
     Effect.gen(function* () {
@@ -784,6 +880,7 @@ const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) 
     Layer.provide(Layer.succeed(Health.Health)(runtime.health.health)),
     Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(runtime.closing))),
     Layer.provide(Layer.succeed(DrainInternal.Forced)(Deferred.await(runtime.forced))),
+    Layer.provide(Layer.succeed(Gate.Gate)(runtime.gate.gate)),
     // A start-up that fails or is cut closes the servers built so far: they served nothing, and report nothing.
     Layer.provide(Layer.succeed(DrainInternal.Started)(Deferred.isDone(runtime.served))),
     // GRACE_DRAIN_TIMEOUT and GRACE_IDLE_GRACE, for every server of the application.

@@ -107,7 +107,8 @@ const supervised = (
       warnings.push({ message: text, reason: fiber.getRef(References.CurrentLogAnnotations).reason })
     })
     const fiber = yield* Effect.forkChild(
-      Supervisor.run(App, options).pipe(
+      // No probation unless a test asks for one: its window is a test of its own.
+      Supervisor.run(App, { probation: 0, ...options }).pipe(
         Effect.provideService(Os.Os, fake.os),
         Effect.provide(Notify.layerCallback((message) => Effect.sync(() => void notes.push(message)))),
         Effect.provide(Logger.layer([logger]))
@@ -570,6 +571,9 @@ const handOff = (fake: Effect.Success<ReturnType<typeof FakeOs.make>>) =>
     yield* fake.signal("SIGUSR2")
     const child = yield* fake.spawned
     yield* child.sayReady
+    // The default probation window (5 seconds) passes with the successor alive: then it is released.
+    for (let second = 0; second < 10 && child.state !== "released"; second++) yield* TestClock.adjust("1 second")
+    assert.strictEqual(child.state, "released")
     return child
   })
 

@@ -5,12 +5,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Machine from "../src/internal/machine.ts"
 
-type State = Machine.State<string>
+type State = Machine.State<string, string>
 type Event = Machine.Event<string, string, string>
 type Action = Machine.Action<string, string, string>
-type Phase = Machine.Phase<string>
+type Phase = Machine.Phase<string, string>
 
-const rules: Machine.Rules = { canHandOff: true, shutdownDelay: false }
+const rules: Machine.Rules = { canHandOff: true, shutdownDelay: false, probation: false }
 const step = (state: State, event: Event, given: Partial<Machine.Rules> = {}) =>
   Machine.transition(state, event, { ...rules, ...given })
 // What the actions are, logs named by their message.
@@ -91,7 +91,7 @@ describe("the supervisor's state machine", () => {
     const [next, actions] = step(restarting, ready)
     assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "handoff", signals: 0 })
     assert.deepStrictEqual(tags(actions), ["ReleaseSuccessor", "HandOff", "Unready", "BeginDrain"])
-    assert.deepStrictEqual(actions[1], { _tag: "HandOff", reply: "first", pid: 200 })
+    assert.deepStrictEqual(actions[1], { _tag: "HandOff", reply: "first", pid: 200, ready: true })
   })
 
   it("kills a successor ready when no restart is under way any more", () => {

@@ -5,7 +5,8 @@
  * it takes the events from a queue, one at a time, and follows this function.
  * Nothing else decides.
  *
- * Phases: Starting → Serving ⇄ Restarting → (Delaying →) Draining → Stopped.
+ * Phases: Starting → Serving ⇄ Restarting (⇄ Probation) → (Delaying →)
+ * Draining → Stopped.
  *
  * Rules, as tableflip keeps them:
  * - One restart at a time; none before ready, none while the parent that
@@ -18,6 +19,12 @@
  *   nothing follows `STOPPING=1`, and `READY=1` never comes after it.
  * - A successor that is ready once this process no longer restarts is killed:
  *   only a restart still under way hands off.
+ * - With a probation window, a successor that is ready does not yet replace
+ *   this process: this process stops accepting and drains, but keeps its
+ *   sockets and its application; if the successor exits within the window,
+ *   this process accepts again and serves on (hand-back), and systemd's
+ *   `MAINPID` names the successor only once the window has passed, so it
+ *   never names a process that has exited.
  * - The second termination signal of a drain (or of the shutdown delay) forces
  *   the exit; a call or the scope closing is not a signal, and never forces.
  *
@@ -35,17 +42,25 @@ export type Refusal =
 /** Why this process drains: it was told to stop, or it handed its listeners on. */
 export type Reason = "terminate" | "handoff"
 
-export type Phase<R> =
+export type Phase<R, S = unknown> =
   | { readonly _tag: "Starting" }
   | { readonly _tag: "Serving" }
   | { readonly _tag: "Restarting"; readonly reply: R | undefined }
+  /** The successor serves; this process has stopped accepting, and takes the service back if it dies. */
+  | {
+      readonly _tag: "Probation"
+      readonly reply: R | undefined
+      readonly successor: S
+      readonly pid: number
+      readonly signals: number
+    }
   /** The shutdown delay: still serving, unready, every response saying `Connection: close`. */
   | { readonly _tag: "Delaying"; readonly signals: number }
   | { readonly _tag: "Draining"; readonly reason: Reason; readonly signals: number }
   | { readonly _tag: "Stopped"; readonly reason: Reason | "failed"; readonly forced: boolean }
 
-export interface State<R> {
-  readonly phase: Phase<R>
+export interface State<R, S = unknown> {
+  readonly phase: Phase<R, S>
   /** The pid of the parent this process took over from, until it has exited. */
   readonly parentPid: number | undefined
 }
@@ -56,6 +71,8 @@ export interface Rules {
   readonly canHandOff: boolean
   /** Whether a termination waits for a shutdown delay before the drain. */
   readonly shutdownDelay: boolean
+  /** Whether a successor that is ready goes through a probation window before it replaces this process. */
+  readonly probation: boolean
 }
 
 export type Source = "signal" | "call" | "scope"
@@ -68,6 +85,14 @@ export type Event<R, S, F> =
   | { readonly _tag: "RestartRequested"; readonly reply: R | undefined; readonly signal: string | undefined }
   | { readonly _tag: "SuccessorReady"; readonly successor: S; readonly pid: number }
   | { readonly _tag: "RestartFailed"; readonly failure: F }
+  /** A successor on probation has exited, by `code` or by `signal`. */
+  | {
+      readonly _tag: "SuccessorExited"
+      readonly pid: number
+      readonly code: number | null
+      readonly signal: string | null
+    }
+  | { readonly _tag: "ProbationOver" }
   | { readonly _tag: "ParentExited" }
   | { readonly _tag: "Terminate"; readonly source: Source; readonly signal: string | undefined }
   | { readonly _tag: "DelayOver" }
@@ -83,8 +108,27 @@ export type Action<R, S, F> =
   | { readonly _tag: "InterruptRestart" }
   | { readonly _tag: "ReleaseSuccessor"; readonly successor: S }
   | { readonly _tag: "KillSuccessor"; readonly successor: S }
-  /** The successor serves too from now: the listeners are not unlinked, systemd follows `MAINPID`. */
-  | { readonly _tag: "HandOff"; readonly reply: R | undefined; readonly pid: number }
+  /** The successor serves too from now: the listeners are not unlinked; `READY=1`; the probation's timer. */
+  | { readonly _tag: "BeginProbation"; readonly pid: number }
+  /** Watches the successor until it exits (`SuccessorExited`). */
+  | { readonly _tag: "WatchSuccessor"; readonly successor: S }
+  /** The servers stop accepting and drain, keeping their sockets and the application. */
+  | { readonly _tag: "PauseServing" }
+  /** The successor has died: the servers accept again, systemd and the PID file name this process again. */
+  | {
+      readonly _tag: "HandBack"
+      readonly reply: R | undefined
+      readonly pid: number
+      readonly code: number | null
+      readonly signal: string | null
+    }
+  /** Asks the successor to terminate gracefully (a termination during its probation ends both). */
+  | { readonly _tag: "TerminateSuccessor"; readonly successor: S }
+  /**
+   * The successor replaces this process: the listeners are not unlinked, systemd follows `MAINPID` (with `READY=1`
+   * unless the probation said it already), the caller is answered.
+   */
+  | { readonly _tag: "HandOff"; readonly reply: R | undefined; readonly pid: number; readonly ready: boolean }
   | { readonly _tag: "RestartFailed"; readonly reply: R | undefined; readonly failure: F }
   | { readonly _tag: "NotifyStopping" }
   | { readonly _tag: "Unready"; readonly why: "stopping" | "handed off" }
@@ -96,10 +140,13 @@ export type Action<R, S, F> =
   | { readonly _tag: "CloseApplication" }
   | { readonly _tag: "Finish"; readonly reason: Reason | "failed"; readonly forced: boolean; readonly millis: number }
 
-export type Step<R, S, F> = readonly [State<R>, ReadonlyArray<Action<R, S, F>>]
+export type Step<R, S, F> = readonly [State<R, S>, ReadonlyArray<Action<R, S, F>>]
 
 /** The state of a process that has just begun, started by `parentPid` if it was. */
-export const initial = <R>(parentPid: number | undefined): State<R> => ({ phase: { _tag: "Starting" }, parentPid })
+export const initial = <R, S = unknown>(parentPid: number | undefined): State<R, S> => ({
+  phase: { _tag: "Starting" },
+  parentPid
+})
 
 const log = <R, S, F>(message: string, annotations: Record<string, unknown> = {}): Action<R, S, F> => ({
   _tag: "Log",
@@ -107,15 +154,15 @@ const log = <R, S, F>(message: string, annotations: Record<string, unknown> = {}
   annotations
 })
 
-const enter = <R>(state: State<R>, phase: Phase<R>): State<R> => ({ ...state, phase })
+const enter = <R, S>(state: State<R, S>, phase: Phase<R, S>): State<R, S> => ({ ...state, phase })
 
-const started = <R, S, F>(state: State<R>): Step<R, S, F> =>
+const started = <R, S, F>(state: State<R, S>): Step<R, S, F> =>
   state.phase._tag === "Starting"
     ? [enter(state, { _tag: "Serving" }), [{ _tag: "AnnounceReady" }]]
     : // A termination came first: nothing is announced after STOPPING=1.
       [state, []]
 
-const startupFailed = <R, S, F>(state: State<R>): Step<R, S, F> =>
+const startupFailed = <R, S, F>(state: State<R, S>): Step<R, S, F> =>
   state.phase._tag === "Starting"
     ? [
         enter(state, { _tag: "Stopped", reason: "failed", forced: false }),
@@ -123,11 +170,12 @@ const startupFailed = <R, S, F>(state: State<R>): Step<R, S, F> =>
       ]
     : [state, []]
 
-const refusalIn = <R>(state: State<R>, rules: Rules): Refusal | undefined => {
+const refusalIn = <R, S>(state: State<R, S>, rules: Rules): Refusal | undefined => {
   switch (state.phase._tag) {
     case "Starting":
       return { _tag: "NotServing", state: "starting" }
     case "Restarting":
+    case "Probation":
       return { _tag: "AlreadyInProgress" }
     case "Delaying":
     case "Draining":
@@ -140,7 +188,7 @@ const refusalIn = <R>(state: State<R>, rules: Rules): Refusal | undefined => {
 }
 
 const requestRestart = <R, S, F>(
-  state: State<R>,
+  state: State<R, S>,
   reply: R | undefined,
   signal: string | undefined,
   rules: Rules
@@ -155,7 +203,7 @@ const requestRestart = <R, S, F>(
 }
 
 // The first termination of a process that serves (or starts): unready, STOPPING=1, then the delay or the drain.
-const beginStopping = <R, S, F>(state: State<R>, signals: number, rules: Rules): Step<R, S, F> => {
+const beginStopping = <R, S, F>(state: State<R, S>, signals: number, rules: Rules): Step<R, S, F> => {
   const stopping: ReadonlyArray<Action<R, S, F>> = [{ _tag: "Unready", why: "stopping" }, { _tag: "NotifyStopping" }]
   if (state.phase._tag === "Starting") {
     return [
@@ -172,7 +220,7 @@ const beginStopping = <R, S, F>(state: State<R>, signals: number, rules: Rules):
 }
 
 const terminate = <R, S, F>(
-  state: State<R>,
+  state: State<R, S>,
   source: Source,
   signal: string | undefined,
   rules: Rules
@@ -196,6 +244,25 @@ const terminate = <R, S, F>(
       }
       return [next, [requested, { _tag: "InterruptRestart" }, refused, ...actions]]
     }
+    case "Probation": {
+      // Both end: the successor is asked to terminate as gracefully, and this process drains what it has left.
+      const refused: Action<R, S, F> = {
+        _tag: "Refuse",
+        reply: phase.reply,
+        refusal: { _tag: "NotServing", state: "draining" }
+      }
+      return [
+        enter(state, { _tag: "Draining", reason: "terminate", signals: phase.signals + signals }),
+        [
+          requested,
+          { _tag: "TerminateSuccessor", successor: phase.successor },
+          refused,
+          { _tag: "Unready", why: "stopping" },
+          { _tag: "NotifyStopping" },
+          { _tag: "BeginDrain", reason: "terminate" }
+        ]
+      ]
+    }
     case "Delaying":
     case "Draining": {
       if (source !== "signal") return [state, []]
@@ -210,25 +277,61 @@ const terminate = <R, S, F>(
   }
 }
 
-const successorReady = <R, S, F>(state: State<R>, successor: S, pid: number): Step<R, S, F> => {
+const successorReady = <R, S, F>(state: State<R, S>, successor: S, pid: number, rules: Rules): Step<R, S, F> => {
   if (state.phase._tag !== "Restarting") return [state, [{ _tag: "KillSuccessor", successor }]]
+  const reply = state.phase.reply
+  if (rules.probation) {
+    return [
+      enter(state, { _tag: "Probation", reply, successor, pid, signals: 0 }),
+      [
+        { _tag: "WatchSuccessor", successor },
+        { _tag: "BeginProbation", pid },
+        { _tag: "Unready", why: "handed off" },
+        { _tag: "PauseServing" }
+      ]
+    ]
+  }
   return [
     enter(state, { _tag: "Draining", reason: "handoff", signals: 0 }),
     [
       { _tag: "ReleaseSuccessor", successor },
-      { _tag: "HandOff", reply: state.phase.reply, pid },
+      { _tag: "HandOff", reply, pid, ready: true },
       { _tag: "Unready", why: "handed off" },
       { _tag: "BeginDrain", reason: "handoff" }
     ]
   ]
 }
 
-const restartFailed = <R, S, F>(state: State<R>, failure: F): Step<R, S, F> =>
+// The window has passed with the successor alive: it replaces this process, whose servers have drained already.
+const probationOver = <R, S, F>(state: State<R, S>): Step<R, S, F> => {
+  if (state.phase._tag !== "Probation") return [state, []]
+  const { reply, successor, pid, signals } = state.phase
+  return [
+    enter(state, { _tag: "Draining", reason: "handoff", signals }),
+    [
+      { _tag: "ReleaseSuccessor", successor },
+      { _tag: "HandOff", reply, pid, ready: false },
+      { _tag: "BeginDrain", reason: "handoff" }
+    ]
+  ]
+}
+
+// The successor died within its window: this process serves again, on the sockets it kept.
+const successorExited = <R, S, F>(
+  state: State<R, S>,
+  event: Extract<Event<R, S, F>, { readonly _tag: "SuccessorExited" }>
+): Step<R, S, F> => {
+  if (state.phase._tag !== "Probation" || state.phase.pid !== event.pid) return [state, []]
+  const { pid, code, signal } = event
+  return [enter(state, { _tag: "Serving" }), [{ _tag: "HandBack", reply: state.phase.reply, pid, code, signal }]]
+}
+
+const restartFailed = <R, S, F>(state: State<R, S>, failure: F): Step<R, S, F> =>
   state.phase._tag === "Restarting"
     ? [enter(state, { _tag: "Serving" }), [{ _tag: "RestartFailed", reply: state.phase.reply, failure }]]
     : [state, []]
 
-const delayOver = <R, S, F>(state: State<R>): Step<R, S, F> =>
+const delayOver = <R, S, F>(state: State<R, S>): Step<R, S, F> =>
   state.phase._tag === "Delaying"
     ? [
         enter(state, { _tag: "Draining", reason: "terminate", signals: state.phase.signals }),
@@ -236,7 +339,7 @@ const delayOver = <R, S, F>(state: State<R>): Step<R, S, F> =>
       ]
     : [state, []]
 
-const drained = <R, S, F>(state: State<R>, millis: number): Step<R, S, F> => {
+const drained = <R, S, F>(state: State<R, S>, millis: number): Step<R, S, F> => {
   if (state.phase._tag !== "Draining") return [state, []]
   const { reason, signals } = state.phase
   const forced = signals >= 2
@@ -244,7 +347,7 @@ const drained = <R, S, F>(state: State<R>, millis: number): Step<R, S, F> => {
 }
 
 /** The next state, and what to do, when `event` arrives in `state`. */
-export const transition = <R, S, F>(state: State<R>, event: Event<R, S, F>, rules: Rules): Step<R, S, F> => {
+export const transition = <R, S, F>(state: State<R, S>, event: Event<R, S, F>, rules: Rules): Step<R, S, F> => {
   switch (event._tag) {
     case "Started":
       return started(state)
@@ -253,7 +356,11 @@ export const transition = <R, S, F>(state: State<R>, event: Event<R, S, F>, rule
     case "RestartRequested":
       return requestRestart(state, event.reply, event.signal, rules)
     case "SuccessorReady":
-      return successorReady(state, event.successor, event.pid)
+      return successorReady(state, event.successor, event.pid, rules)
+    case "ProbationOver":
+      return probationOver(state)
+    case "SuccessorExited":
+      return successorExited(state, event)
     case "RestartFailed":
       return restartFailed(state, event.failure)
     case "ParentExited":

@@ -55,6 +55,8 @@ export interface Child {
   readonly exited: Effect.Effect<Exited>
   /** Kills it (SIGKILL) if it still runs, and waits until it is reaped. */
   readonly kill: Effect.Effect<void>
+  /** Sends it SIGTERM if it still runs. */
+  readonly terminate: Effect.Effect<void>
   /** Leaves it running: this process may exit before it, and the channel's close tells it when. */
   readonly release: Effect.Effect<void>
 }
@@ -198,6 +200,9 @@ const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel): Ch
         return Effect.asVoid(exited)
       })
     ),
+    terminate: Effect.sync(() => {
+      if (exit === undefined) child.kill("SIGTERM")
+    }),
     release: Effect.andThen(
       channel.unref,
       Effect.sync(() => child.unref())

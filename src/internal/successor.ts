@@ -42,6 +42,8 @@ export interface Successor {
   /** Completes once it has exited. */
   readonly exited: Effect.Effect<Os.Exited>
   readonly kill: Effect.Effect<void>
+  /** Asks it to terminate gracefully (SIGTERM). */
+  readonly terminate: Effect.Effect<void>
   readonly release: Effect.Effect<void>
 }
 
@@ -76,7 +78,8 @@ export const start = (
     const child = yield* os.spawn(options.passed, { ...options.env, [TICKET_KEYS_VARIABLE]: "channel" })
     yield* child.channel.send(`${KEYS_PREFIX}${options.ticketKey}`)
     const ready = yield* Effect.cached(awaitReady(child))
-    return { pid: child.pid, ready, exited: child.exited, kill: child.kill, release: child.release }
+    const { pid, exited, kill, terminate, release } = child
+    return { pid, ready, exited, kill, terminate, release }
   })
 
 /** A successor's link to the parent that started it. */

@@ -51,6 +51,8 @@ export interface FakeChild {
   /** Exits (or dies of a signal): its end of the channel closes. */
   readonly exit: (exited: Os.Exited) => Effect.Effect<void>
   state: "running" | "killed" | "released" | "exited"
+  /** Asked to terminate (SIGTERM). */
+  terminated: boolean
 }
 
 /** The parent of the supervised process, when it has one; the test plays its part. */
@@ -75,7 +77,8 @@ const makeChild = (pid: number, passed: ReadonlyArray<Os.Passed>, env: Readonly<
           Effect.sync(() => void (child.state = child.state === "running" ? "exited" : child.state)),
           Effect.andThen(theirs.close, Deferred.succeed(exited, how))
         ),
-      state: "running"
+      state: "running",
+      terminated: false
     }
     const handle: Os.Child = {
       pid,
@@ -85,6 +88,7 @@ const makeChild = (pid: number, passed: ReadonlyArray<Os.Passed>, env: Readonly<
         if (child.state === "running" || child.state === "released") child.state = "killed"
         return Effect.andThen(own.close, Deferred.succeed(exited, { code: null, signal: "SIGKILL" }))
       }),
+      terminate: Effect.sync(() => void (child.terminated = true)),
       release: Effect.sync(() => void (child.state = "released"))
     }
     return { child, handle }
