@@ -8,9 +8,11 @@
  * them through Effect `Config`, checks every fd, and returns what was passed.
  *
  * Invariants, as libsystemd keeps them:
- * - `LISTEN_PID` absent, or not this process's pid: nothing was passed to us.
- * - `LISTEN_FDS` that is not a positive integer, or names that do not match
- *   the count, is an error, not a guess.
+ * - `LISTEN_PID` or `LISTEN_FDS` absent, or `LISTEN_PID` naming another
+ *   process: nothing was passed to us, whatever the other variables say.
+ * - A `LISTEN_PID` that is not a pid is an error, not a guess; so, once
+ *   `LISTEN_PID` names this process, is a `LISTEN_FDS` that is not a positive
+ *   integer, or names that do not match the count.
  * - Every passed fd must be an open, listening stream socket (TCP or unix),
  *   and is made close-on-exec, so it does not leak into subprocesses.
  * - The three variables are removed from the environment whether or not
@@ -212,8 +214,9 @@ export const checkFd = (fd: number, name: string): Effect.Effect<InheritedFd, Li
  *
  * **Details**
  *
- * Outside socket activation (no `LISTEN_PID`, or one that names another
- * process) it succeeds with an empty array, on any platform. Where the
+ * Outside socket activation (no `LISTEN_PID` or `LISTEN_FDS`, or a
+ * `LISTEN_PID` that names another process) it succeeds with an empty array,
+ * on any platform, without looking at `LISTEN_FDS`. Where the
  * native calls are not available, fds passed to this process are refused
  * (`ListenFdsUnsupported`). The variables are removed from
  * `process.env` in every case, unless `unsetEnvironment` is `false`.
