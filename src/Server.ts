@@ -286,6 +286,212 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
   return TrackedResponseFunction as unknown as typeof Http.ServerResponse
 }
 
+const invalidCombination = (options: Options): string | undefined =>
+  options.createServer !== undefined && (options.https !== undefined || options.http !== undefined)
+    ? "give the https and http options to createServer, not beside it"
+    : undefined
+
+/** The Node server of `options`: made here with the tracked response class, or by `createServer`. */
+const createNodeServer = (
+  spec: Listeners.ListenSpec,
+  options: Options,
+  tracker: Drain.Tracker,
+  ticketKeys: Buffer
+): Effect.Effect<NodeServer, ServerError> =>
+  Effect.try({
+    try: (): NodeServer => {
+      const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
+      if (options.https !== undefined) {
+        return Https.createServer({ ticketKeys, ...options.http, ...options.https, ServerResponse: Response })
+      }
+      if (options.createServer === undefined) return Http.createServer({ ...options.http, ServerResponse: Response })
+      const created = options.createServer()
+      // A TLS server (HTTP/2 over TLS, for example) resumes sessions across restarts too.
+      if ("setTicketKeys" in created) created.setTicketKeys(ticketKeys)
+      return created
+    },
+    catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
+  })
+
+/**
+ * Tracks each connection from its `connection` event: a TCP socket is tracked while in its handshake (for HTTPS),
+ * then as the TLS socket requests arrive on; an HTTP/2 session is attached to its connection.
+ */
+const trackConnections = (server: NodeServer, tracker: Drain.Tracker): void => {
+  // Node emits `session` from its own connection listener, just before ours runs for the same socket.
+  let session: Http2.ServerHttp2Session | undefined
+  const established = (connection: Drain.Connection) => {
+    if (session !== undefined) tracker.attachSession(connection, session)
+    session = undefined
+  }
+  const secure = "setSecureContext" in server
+  server.on("session", (created: Http2.ServerHttp2Session) => {
+    session = created
+  })
+  server.on("connection", (socket: Net.Socket) => {
+    if (secure) tracker.track(socket, "handshake")
+    else established(tracker.track(socket, "http"))
+  })
+  server.on("secureConnection", (socket: Tls.TLSSocket) => {
+    // Node keeps the TCP socket as `_parent`; failing that, it is the one in handshake from the same peer.
+    const raw =
+      (socket as unknown as { readonly _parent?: Net.Socket })._parent ??
+      tracker.find(
+        (connection) =>
+          connection.kind === "handshake" &&
+          connection.socket.remotePort === socket.remotePort &&
+          connection.socket.remoteAddress === socket.remoteAddress
+      )?.socket
+    established(raw !== undefined ? tracker.promote(raw, socket, "http") : tracker.track(socket, "http"))
+  })
+}
+
+/** The WebSocket upgrader, closed with the scope: each WebSocket it makes gets a 1001 close when the drain begins. */
+const webSocketServer = (
+  tracker: Drain.Tracker,
+  options: Options["websocket"]
+): Effect.Effect<TrackedWebSocketServer, never, Scope.Scope> =>
+  Effect.map(
+    Effect.acquireRelease(
+      Effect.sync(() => new TrackedWebSocketServer({ ...options, noServer: true })),
+      (upgrader) => Effect.callback<void>((resume) => void upgrader.close(() => resume(Effect.void)))
+    ),
+    (wss) => {
+      const webSockets = new Set<NodeWS.WebSocket>()
+      const goingAway = (client: NodeWS.WebSocket) => tracker.goAway(() => client.close(1001, "server going away"))
+      wss.onClient = (client) => {
+        if (tracker.draining) return goingAway(client)
+        webSockets.add(client)
+        client.once("close", () => webSockets.delete(client))
+      }
+      tracker.onDrain(() => {
+        for (const client of webSockets) goingAway(client)
+        webSockets.clear()
+      })
+      return wss
+    }
+  )
+
+/** Whether to run a request: not if it was read on a connection the drain is closing (it is refused). */
+type Admit = (request: Http.IncomingMessage, response: Http.ServerResponse) => boolean
+
+/** On a server made here, requests are tracked by their response class, without a listener per request. */
+const admitTrackedResponse =
+  (tracker: Drain.Tracker): Admit =>
+  (_request, response) => {
+    const tracked = response as TrackedResponse
+    if (tracked[kOpen]) return true
+    tracker.refuse(tracked[kConnection]!)
+    return false
+  }
+
+/** On a server from `createServer`, requests are tracked by a `close` listener. */
+const admitWithListener =
+  (tracker: Drain.Tracker): Admit =>
+  (request, response) => {
+    const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
+    if (connection !== undefined && connection.closing) {
+      tracker.refuse(connection)
+      return false
+    }
+    tracker.beginResponse(connection, response)
+    response.once("close", () => tracker.end(connection))
+    return true
+  }
+
+type Serve = Parameters<typeof HttpServer.make>[0]["serve"]
+type RequestHandler = (request: Http.IncomingMessage, response: Http.ServerResponse) => void
+type UpgradeHandler = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => void
+
+/** What serving an app needs of the server made for it. */
+interface Served {
+  readonly server: NodeServer
+  readonly listener: Listeners.Listener
+  readonly tracker: Drain.Tracker
+  readonly settings: Drain.Settings
+  readonly wss: TrackedWebSocketServer
+  readonly admit: Admit
+}
+
+/** The request and upgrade handlers of `NodeHttpServer`, for the app, their fibers in `scope`. */
+const makeHandlers = (
+  served: Served,
+  httpApp: Parameters<Serve>[0],
+  middleware: Parameters<Serve>[1],
+  scope: Scope.Scope
+) =>
+  Effect.all({
+    request: NodeHttpServer.makeHandler(httpApp, { middleware: middleware as never, scope }).pipe(
+      Drain.provideSignal(served.tracker.signal)
+    ) as Effect.Effect<RequestHandler>,
+    upgrade: NodeHttpServer.makeUpgradeHandler(Effect.succeed(served.wss), httpApp, {
+      middleware: middleware as never,
+      scope
+    }).pipe(Drain.provideSignal(served.tracker.signal)) as Effect.Effect<UpgradeHandler>
+  })
+
+/** Attaches the handlers, each request admitted first; returns what detaches them. */
+const attachHandlers = (
+  { admit, server, tracker }: Served,
+  handlers: { readonly request: RequestHandler; readonly upgrade: UpgradeHandler }
+): (() => void) => {
+  const onRequest = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    if (admit(request, response)) handlers.request(request, response)
+  }
+  const onCheckContinue = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    if (!admit(request, response)) return
+    response.writeContinue()
+    handlers.request(request, response)
+  }
+  const onUpgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    const connection = tracker.get(socket as Net.Socket)
+    if (connection !== undefined && connection.closing) return tracker.refuse(connection)
+    tracker.upgraded(connection)
+    handlers.upgrade(request, socket, head)
+  }
+  server.on("request", onRequest)
+  server.on("checkContinue", onCheckContinue)
+  server.on("upgrade", onUpgrade)
+  return () => {
+    server.off("request", onRequest)
+    server.off("checkContinue", onCheckContinue)
+    server.off("upgrade", onUpgrade)
+  }
+}
+
+/**
+ * Serves one app: forks the request scope first, attaches the handlers, adds the drain as a finalizer of the serve
+ * scope (so it runs before the request scope closes), then accepts.
+ */
+const serveApp = (served: Served): Serve => {
+  const address = Listeners.formatAddress(served.listener.address)
+  let serving = false
+  return Effect.fnUntraced(function* (httpApp, middleware) {
+    if (serving) {
+      return yield* Effect.die(
+        new Error(`effect-grace: ${address} has served an app already; give each app its own Server.layer`)
+      )
+    }
+    serving = true
+    const serveScope = yield* Effect.scope
+    // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
+    const requestScope = Scope.forkUnsafe(serveScope, "parallel")
+    const detach = attachHandlers(served, yield* makeHandlers(served, httpApp, middleware, requestScope))
+    yield* Scope.addFinalizer(
+      serveScope,
+      Effect.gen(function* () {
+        yield* Listeners.stopAccepting(served.listener)
+        yield* Drain.drainReported(served.tracker, served.settings, address)
+        detach()
+        // Nothing is left to close; this clears the connection checks Node runs for request timeouts.
+        served.server.close()
+      })
+    )
+    // Every handler is attached: accept.
+    yield* Effect.orDie(Listeners.serve(served.listener, served.server as Net.Server))
+  })
+}
+
 /**
  * Creates an `HttpServer` on a listener from `Listeners`: inherited when one
  * matches `spec`, bound otherwise. It accepts once an app is served on it,
@@ -332,164 +538,20 @@ export const make = (
   Scope.Scope | Listeners.Listeners
 > =>
   Effect.gen(function* () {
-    if (options.createServer !== undefined && (options.https !== undefined || options.http !== undefined)) {
-      return yield* new ServerError({
-        reason: new InvalidOptions({ detail: "give the https and http options to createServer, not beside it" })
-      })
-    }
+    const invalid = invalidCombination(options)
+    if (invalid !== undefined) return yield* new ServerError({ reason: new InvalidOptions({ detail: invalid }) })
     const settings = yield* Drain.resolveSettings(options)
-    const ticketKeys = yield* TicketKeys
     const tracker = new Drain.Tracker()
     yield* Drain.followClosing(tracker)
-    const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
-    const server = yield* Effect.try({
-      try: (): NodeServer => {
-        if (options.https !== undefined) {
-          return Https.createServer({ ticketKeys, ...options.http, ...options.https, ServerResponse: Response })
-        }
-        if (options.createServer === undefined) return Http.createServer({ ...options.http, ServerResponse: Response })
-        const created = options.createServer()
-        // A TLS server (HTTP/2 over TLS, for example) resumes sessions across restarts too.
-        if ("setTicketKeys" in created) created.setTicketKeys(ticketKeys)
-        return created
-      },
-      catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
-    })
+    const server = yield* createNodeServer(spec, options, tracker, yield* TicketKeys)
     const listeners = yield* Listeners.Listeners
     const listener = yield* listeners.listen(withName(spec, options.name))
-    const address = Listeners.formatAddress(listener.address)
-
-    // Node emits `session` from its own connection listener, just before ours runs for the same socket.
-    let session: Http2.ServerHttp2Session | undefined
-    const onSession = (created: Http2.ServerHttp2Session) => {
-      session = created
-    }
-    const established = (connection: Drain.Connection) => {
-      if (session !== undefined) tracker.attachSession(connection, session)
-      session = undefined
-    }
-    // The connection requests arrive on: the TLS socket for HTTPS. A TCP socket is tracked while in its handshake.
-    const secure = "setSecureContext" in server
-    const onConnection = (socket: Net.Socket) => {
-      if (secure) tracker.track(socket, "handshake")
-      else established(tracker.track(socket, "http"))
-    }
-    const onSecureConnection = (socket: Tls.TLSSocket) => {
-      // Node keeps the TCP socket as `_parent`; failing that, it is the one in handshake from the same peer.
-      const raw =
-        (socket as unknown as { readonly _parent?: Net.Socket })._parent ??
-        tracker.find(
-          (connection) =>
-            connection.kind === "handshake" &&
-            connection.socket.remotePort === socket.remotePort &&
-            connection.socket.remoteAddress === socket.remoteAddress
-        )?.socket
-      established(raw !== undefined ? tracker.promote(raw, socket, "http") : tracker.track(socket, "http"))
-    }
-    server.on("session", onSession)
-    server.on("connection", onConnection)
-    server.on("secureConnection", onSecureConnection)
-
-    const wss = yield* Effect.acquireRelease(
-      Effect.sync(() => new TrackedWebSocketServer({ ...options.websocket, noServer: true })),
-      (upgrader) => Effect.callback<void>((resume) => void upgrader.close(() => resume(Effect.void)))
-    )
-    const webSockets = new Set<NodeWS.WebSocket>()
-    const goingAway = (client: NodeWS.WebSocket) => tracker.goAway(() => client.close(1001, "server going away"))
-    wss.onClient = (client) => {
-      if (tracker.draining) return goingAway(client)
-      webSockets.add(client)
-      client.once("close", () => webSockets.delete(client))
-    }
-    tracker.onDrain(() => {
-      for (const client of webSockets) goingAway(client)
-      webSockets.clear()
-    })
-
-    // Requests on a server made here are tracked by their response class, without a listener per request; on a
-    // server from `createServer`, by a `close` listener.
-    const own = options.createServer === undefined
-    // Whether to run the request: not if it was read on a connection the drain is closing.
-    const track = (request: Http.IncomingMessage, response: Http.ServerResponse): boolean => {
-      const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
-      if (connection !== undefined && connection.closing) {
-        tracker.refuse(connection)
-        return false
-      }
-      tracker.beginResponse(connection, response)
-      response.once("close", () => tracker.end(connection))
-      return true
-    }
-    const admitted = (response: Http.ServerResponse): boolean => {
-      const tracked = response as TrackedResponse
-      if (tracked[kOpen]) return true
-      tracker.refuse(tracked[kConnection]!)
-      return false
-    }
-
-    let serving = false
+    trackConnections(server, tracker)
+    const wss = yield* webSocketServer(tracker, options.websocket)
+    const admit = options.createServer === undefined ? admitTrackedResponse(tracker) : admitWithListener(tracker)
     return HttpServer.make({
       address: listener.address,
-      serve: Effect.fnUntraced(function* (httpApp, middleware) {
-        if (serving) {
-          return yield* Effect.die(
-            new Error(`effect-grace: ${address} has served an app already; give each app its own Server.layer`)
-          )
-        }
-        serving = true
-        const serveScope = yield* Effect.scope
-        // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
-        const requestScope = Scope.forkUnsafe(serveScope, "parallel")
-        const handler = yield* NodeHttpServer.makeHandler(httpApp, {
-          middleware: middleware as never,
-          scope: requestScope
-        }).pipe(Drain.provideSignal(tracker.signal)) as Effect.Effect<
-          (request: Http.IncomingMessage, response: Http.ServerResponse) => void
-        >
-        const upgradeHandler = yield* NodeHttpServer.makeUpgradeHandler(Effect.succeed(wss), httpApp, {
-          middleware: middleware as never,
-          scope: requestScope
-        }).pipe(Drain.provideSignal(tracker.signal)) as Effect.Effect<
-          (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => void
-        >
-
-        const onRequest = own
-          ? (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-              if (admitted(response)) handler(request, response)
-            }
-          : (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-              if (track(request, response)) handler(request, response)
-            }
-        const onCheckContinue = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-          if (!(own ? admitted(response) : track(request, response))) return
-          response.writeContinue()
-          handler(request, response)
-        }
-        const onUpgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-          const connection = tracker.get(socket as Net.Socket)
-          if (connection !== undefined && connection.closing) return tracker.refuse(connection)
-          tracker.upgraded(connection)
-          upgradeHandler(request, socket, head)
-        }
-        server.on("request", onRequest)
-        server.on("checkContinue", onCheckContinue)
-        server.on("upgrade", onUpgrade)
-
-        yield* Scope.addFinalizer(
-          serveScope,
-          Effect.gen(function* () {
-            yield* Listeners.stopAccepting(listener)
-            yield* Drain.drainReported(tracker, settings, address)
-            server.off("request", onRequest)
-            server.off("checkContinue", onCheckContinue)
-            server.off("upgrade", onUpgrade)
-            // Nothing is left to close; this clears the connection checks Node runs for request timeouts.
-            server.close()
-          })
-        )
-        // Every handler is attached: accept.
-        yield* Effect.orDie(Listeners.serve(listener, server as Net.Server))
-      })
+      serve: serveApp({ server, listener, tracker, settings, wss, admit })
     })
   })
 
