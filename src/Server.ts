@@ -1,7 +1,8 @@
 /**
- * HTTP and HTTPS servers for `effect/http` apps, on listeners from
- * `Listeners`, whose shutdown is a drain: when the serve scope closes,
- * nothing in flight is lost.
+ * HTTP, HTTPS and HTTP/2 (over TLS) servers for `effect/http` apps, on
+ * listeners from `Listeners`, whose shutdown is a drain: when the serve scope
+ * closes, nothing in flight is lost. TLS servers share a session ticket key
+ * (`TicketKeyring`) that rotates and that restarts hand on.
  *
  * A server provides the same services as `NodeHttpServer.layer` and serves
  * requests with the same handlers (`NodeHttpServer.makeHandler` and
@@ -29,9 +30,10 @@
  *
  * @since 0.1.0
  */
+import type * as Config from "effect/Config"
 import type * as Context from "effect/Context"
 import * as Data from "effect/Data"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type { LazyArg } from "effect/Function"
 import type * as Etag from "effect/http/Etag"
@@ -43,7 +45,7 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import type * as NodeServices from "@effect/platform-node/NodeServices"
 import * as NodeWS from "@effect/platform-node/NodeWS"
 import * as Http from "node:http"
-import type * as Http2 from "node:http2"
+import * as Http2 from "node:http2"
 import * as Https from "node:https"
 import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
@@ -57,27 +59,73 @@ import * as Listeners from "./Listeners.ts"
 // -----------------------------------------------------------------------------
 
 /**
- * The TLS session ticket keys (48 bytes) of every HTTPS server that is not
- * given its own `ticketKeys`: a TLS 1.3 client (or a TLS 1.2 one with
- * tickets) resumes its session with any of them, and, under the
- * `Supervisor`, with the successor after a restart, which receives the keys
- * over the private readiness channel. By default they are made at random
- * once per process (or lineage of restarted processes).
+ * A TLS session ticket key (48 bytes) and when it was made.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TicketKey = Tickets.TicketKey
+
+/**
+ * The current session ticket key of the HTTPS servers of a context, and
+ * the servers that hold it (`register`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TicketKeyring = Tickets.Keyring
+
+/**
+ * The keyring of every TLS server (HTTPS, HTTP/2 over TLS) not given
+ * `ticketKeys` of its own: they share one session ticket key, so a TLS 1.3
+ * client (or a TLS 1.2 one with tickets) resumes its session with any of
+ * them, and, under the `Supervisor`, with the successor after a restart,
+ * which receives the key and its age over the private readiness channel.
  *
  * **Details**
  *
- * - `https.ticketKeys` given to a server is used as given, and not handed on
- *   by the supervisor: give the same keys to every generation yourself.
- * - A TLS server from `createServer` gets these keys too; to give it its
- *   own, provide this reference to its layer.
- * - Node takes one key at a time, with no previous key kept for resumption,
- *   so the keys are not rotated: a lineage keeps its keys as one process
- *   keeps its own. Stop and start the service to make new ones.
+ * - The key is replaced once it is 24 hours old (`GRACE_TICKET_ROTATION`
+ *   under the `Supervisor`, or `layerTicketKeyring`), its age counted across
+ *   restarts: a key that leaks opens the sessions of its own period only.
+ * - By default the keyring is made at its first use, once per process; it
+ *   rotates on a timer that each server runs in its own scope.
+ * - `https.ticketKeys` given to a server is used as given, never rotated nor
+ *   handed on by the supervisor: give the same keys to every generation
+ *   yourself.
+ * - A TLS server from `createServer` registers with the keyring too; to give
+ *   it a keyring of its own, provide this reference to its layer.
+ *
+ * **Gotchas**
+ *
+ * - Node holds one key per server, with no older key kept to decrypt
+ *   tickets: after a rotation, each client with an older ticket makes one
+ *   full handshake (and gets a new ticket), as a new client does.
  *
  * @since 0.1.0
  * @category references
  */
-export const TicketKeys: Context.Reference<Buffer> = Tickets.TicketKeys
+export const TicketKeyring: Context.Reference<TicketKeyring> = Tickets.TicketKeyring
+
+/**
+ * Provides `TicketKeyring`: a keyring with a fresh key, rotated every
+ * `rotateEvery`, else every `GRACE_TICKET_ROTATION` (a duration in Effect's
+ * syntax, or `off` never to rotate), else every 24 hours. The `Supervisor`
+ * provides its own, which restarts hand on; use this one without it.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTicketKeyring = (
+  options: { readonly rotateEvery?: Duration.Input | undefined } = {}
+): Layer.Layer<never, Config.ConfigError> =>
+  Layer.effect(TicketKeyring)(
+    Effect.flatMap(
+      options.rotateEvery !== undefined
+        ? Effect.succeed(Duration.fromInputUnsafe(options.rotateEvery))
+        : Tickets.ticketRotation,
+      (rotateEvery) => Tickets.makeKeyring({ rotateEvery })
+    )
+  )
 
 // -----------------------------------------------------------------------------
 // Errors
@@ -149,6 +197,15 @@ export class ServerError extends Data.TaggedError("ServerError")<{
 export type NodeServer = Http.Server | Https.Server | Http2.Http2Server | Http2.Http2SecureServer
 
 /**
+ * The HTTP/2 options of an HTTPS server with `http2`: those of
+ * `http2.createSecureServer` other than TLS's, which are given as `https`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Http2Options = Omit<Http2.SecureServerOptions, keyof Tls.TlsOptions>
+
+/**
  * Options of an HTTP server.
  *
  * @since 0.1.0
@@ -159,9 +216,16 @@ export interface Options {
   readonly name?: string | undefined
   /**
    * HTTPS: the key and certificate (and any other `tls` option). TLS runs over the listener, inherited or not.
-   * Without `ticketKeys`, the server uses `TicketKeys`, which a restart hands to the successor.
+   * Without `ticketKeys`, the server takes its session ticket key from `TicketKeyring`, which rotates it and which a
+   * restart hands to the successor.
    */
   readonly https?: Tls.SecureContextOptions & Tls.TlsOptions
+  /**
+   * With `https`: HTTP/2, chosen by ALPN, and HTTP/1.1 for clients that do not offer it (and for WebSockets), on one
+   * `Http2SecureServer`. `true`, or its HTTP/2 options (`settings`, `maxSessionMemory`, `allowHTTP1: false` to refuse
+   * HTTP/1.1, ...). Not to be combined with `http`, whose options are HTTP/1.1's.
+   */
+  readonly http2?: boolean | Http2Options | undefined
   /**
    * Node's HTTP server options: `requestTimeout`, `headersTimeout`, `keepAliveTimeout`, `maxHeaderSize`, ... A
    * `ServerResponse` class given here is extended (requests are tracked by a subclass), not replaced.
@@ -169,7 +233,7 @@ export interface Options {
   readonly http?: Http.ServerOptions
   /**
    * Creates the Node server, for what the other options do not cover (an
-   * HTTP/2 server, for example). It must not listen: the listener is
+   * cleartext HTTP/2 server, for example). It must not listen: the listener is
    * adopted once the app is attached. Not to be combined with `https` or
    * `http`.
    */
@@ -286,32 +350,49 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
   return TrackedResponseFunction as unknown as typeof Http.ServerResponse
 }
 
-const invalidCombination = (options: Options): string | undefined =>
-  options.createServer !== undefined && (options.https !== undefined || options.http !== undefined)
-    ? "give the https and http options to createServer, not beside it"
-    : undefined
+const invalidCombination = (options: Options): string | undefined => {
+  if (options.createServer !== undefined && (options.https !== undefined || options.http !== undefined)) {
+    return "give the https and http options to createServer, not beside it"
+  }
+  if (isHttp2(options) && options.https === undefined) {
+    return "http2 is served over TLS (ALPN): give https too, or createServer: () => http2.createServer() for cleartext"
+  }
+  if (isHttp2(options) && options.http !== undefined) {
+    return "the http options are HTTP/1.1's; give HTTP/2's as http2: { ... }"
+  }
+  return undefined
+}
 
-/** The Node server of `options`: made here with the tracked response class, or by `createServer`. */
+const isHttp2 = (options: Options): boolean => options.http2 !== undefined && options.http2 !== false
+
+/** The Node server of `options`: made here (HTTP/1.1 with the tracked response class), or by `createServer`. */
 const createNodeServer = (
   spec: Listeners.ListenSpec,
   options: Options,
-  tracker: Drain.Tracker,
-  ticketKeys: Buffer
+  tracker: Drain.Tracker
 ): Effect.Effect<NodeServer, ServerError> =>
   Effect.try({
     try: (): NodeServer => {
-      const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
-      if (options.https !== undefined) {
-        return Https.createServer({ ticketKeys, ...options.http, ...options.https, ServerResponse: Response })
+      if (options.createServer !== undefined) return options.createServer()
+      if (isHttp2(options)) {
+        const http2 = typeof options.http2 === "object" ? options.http2 : {}
+        return Http2.createSecureServer({ allowHTTP1: true, ...http2, ...options.https })
       }
-      if (options.createServer === undefined) return Http.createServer({ ...options.http, ServerResponse: Response })
-      const created = options.createServer()
-      // A TLS server (HTTP/2 over TLS, for example) resumes sessions across restarts too.
-      if ("setTicketKeys" in created) created.setTicketKeys(ticketKeys)
-      return created
+      const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
+      if (options.https === undefined) return Http.createServer({ ...options.http, ServerResponse: Response })
+      return Https.createServer({ ...options.http, ...options.https, ServerResponse: Response })
     },
     catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
   })
+
+/**
+ * A TLS server not given `ticketKeys` of its own takes the key of the context's keyring, for the scope's life: it
+ * resumes the sessions of its siblings and predecessors, and its key rotates. One from `createServer` always does.
+ */
+const shareTicketKey = (server: NodeServer, options: Options): Effect.Effect<void, never, Scope.Scope> =>
+  "setTicketKeys" in server && options.https?.ticketKeys === undefined
+    ? Effect.flatMap(Effect.service(TicketKeyring), (keyring) => keyring.register(server))
+    : Effect.void
 
 /**
  * Tracks each connection from its `connection` event: a TCP socket is tracked while in its handshake (for HTTPS),
@@ -385,7 +466,7 @@ const admitTrackedResponse =
     return false
   }
 
-/** On a server from `createServer`, requests are tracked by a `close` listener. */
+/** On a server from `createServer`, or an HTTP/2 one, requests are tracked by a `close` listener. */
 const admitWithListener =
   (tracker: Drain.Tracker): Admit =>
   (request, response) => {
@@ -510,8 +591,9 @@ const serveApp = (served: Served): Serve => {
  *   so it runs first and the fibers it leaves are interrupted after it.
  * - Upgrade requests become WebSockets as with `NodeHttpServer`.
  * - `Expect: 100-continue` is answered at once, as Node does by default.
- * - With `createServer` returning an HTTP/2 server, requests are served as
- *   `NodeHttpServer` serves them, and a drain sends each session a GOAWAY.
+ * - With `https` and `http2`, or `createServer` returning an HTTP/2 server,
+ *   requests are served as `NodeHttpServer` serves them, and a drain sends
+ *   each session a GOAWAY.
  *
  * **Gotchas**
  *
@@ -524,7 +606,7 @@ const serveApp = (served: Served): Serve => {
  *   without `Connection: close`; its connection is closed once quiet, like an
  *   idle one.
  * - HTTP/2 has no `Connection: close`: its sessions get a GOAWAY instead.
- *   WebSockets need HTTP/1.1, so `allowHTTP1` on an HTTP/2 TLS server.
+ *   WebSockets need HTTP/1.1, which `http2` allows unless told not to.
  *
  * @since 0.1.0
  * @category constructors
@@ -543,12 +625,14 @@ export const make = (
     const settings = yield* Drain.resolveSettings(options)
     const tracker = new Drain.Tracker()
     yield* Drain.followClosing(tracker)
-    const server = yield* createNodeServer(spec, options, tracker, yield* TicketKeys)
+    const server = yield* createNodeServer(spec, options, tracker)
+    yield* shareTicketKey(server, options)
     const listeners = yield* Listeners.Listeners
     const listener = yield* listeners.listen(withName(spec, options.name))
     trackConnections(server, tracker)
     const wss = yield* webSocketServer(tracker, options.websocket)
-    const admit = options.createServer === undefined ? admitTrackedResponse(tracker) : admitWithListener(tracker)
+    const own = options.createServer === undefined && !isHttp2(options)
+    const admit = own ? admitTrackedResponse(tracker) : admitWithListener(tracker)
     return HttpServer.make({
       address: listener.address,
       serve: serveApp({ server, listener, tracker, settings, wss, admit })
