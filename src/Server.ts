@@ -234,8 +234,8 @@ export interface Options {
   /**
    * Creates the Node server, for what the other options do not cover (an
    * cleartext HTTP/2 server, for example). It must not listen: the listener is
-   * adopted once the app is attached. Not to be combined with `https` or
-   * `http`.
+   * adopted once the app is attached. Not to be combined with `https`,
+   * `http2` or `http`.
    */
   readonly createServer?: LazyArg<NodeServer> | undefined
   /** Overrides `Drain.DrainTimeout` for this server. */
@@ -351,8 +351,11 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
 }
 
 const invalidCombination = (options: Options): string | undefined => {
-  if (options.createServer !== undefined && (options.https !== undefined || options.http !== undefined)) {
-    return "give the https and http options to createServer, not beside it"
+  if (
+    options.createServer !== undefined &&
+    (options.https !== undefined || options.http !== undefined || isHttp2(options))
+  ) {
+    return "give the https, http and http2 options to createServer, not beside it"
   }
   if (isHttp2(options) && options.https === undefined) {
     return "http2 is served over TLS (ALPN): give https too, or createServer: () => http2.createServer() for cleartext"

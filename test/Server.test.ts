@@ -116,6 +116,19 @@ const routes = (started = Deferred.makeUnsafe<void>()) =>
     HttpRouter.add("GET", "/never", Effect.andThen(Deferred.succeed(started, undefined), Effect.never))
   )
 
+/** `/ws`: a WebSocket that echoes what it receives. */
+const echo = HttpRouter.add(
+  "GET",
+  "/ws",
+  Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const socket = yield* request.upgrade
+    const reader = yield* socket.reader
+    const writer = yield* socket.writer
+    yield* Effect.forever(Effect.flatMap(reader.pull, (chunks) => writer.writeAll(chunks)))
+  }).pipe(Effect.scoped, Effect.ignore, Effect.as(HttpServerResponse.empty()))
+)
+
 /** A self-signed certificate for localhost, made now. */
 const certificate = Effect.gen(function* () {
   const { key, cert } = certificateFiles(yield* tempDir)
@@ -758,17 +771,6 @@ describe("Server", () => {
   it.live("a WebSocket gets a 1001 close when the drain begins", () => {
     const logs = captureLogs()
     return Effect.gen(function* () {
-      const echo = HttpRouter.add(
-        "GET",
-        "/ws",
-        Effect.gen(function* () {
-          const request = yield* HttpServerRequest.HttpServerRequest
-          const socket = yield* request.upgrade
-          const reader = yield* socket.reader
-          const writer = yield* socket.writer
-          yield* Effect.forever(Effect.flatMap(reader.pull, (chunks) => writer.writeAll(chunks)))
-        }).pipe(Effect.scoped, Effect.ignore, Effect.as(HttpServerResponse.empty()))
-      )
       const { ports, close } = yield* start(serve(echo, "127.0.0.1:0"))
       const ws = new WebSocket(`ws://127.0.0.1:${ports.unknown}/ws`)
       yield* Effect.addFinalizer(() => Effect.sync(() => ws.terminate()))
@@ -841,7 +843,7 @@ describe("Server", () => {
   )
 
   it.live(
-    "https with http2: HTTP/2 by ALPN, HTTP/1.1 otherwise, and both drain: a GOAWAY, then Connection: close",
+    "https with http2: HTTP/2 by ALPN, HTTP/1.1 (and WebSockets) otherwise; the drain: GOAWAY, Connection: close, 1001",
     () => {
       const logs = captureLogs()
       return Effect.gen(function* () {
@@ -849,6 +851,7 @@ describe("Server", () => {
         // `/slow?as=h1` and `/slow?as=h2` each tell the test when they have begun.
         const begun = { h1: Deferred.makeUnsafe<void>(), h2: Deferred.makeUnsafe<void>() }
         const app = Layer.mergeAll(
+          echo,
           HttpRouter.add("GET", "/", HttpServerResponse.text("ok")),
           HttpRouter.add("GET", "/fast", HttpServerResponse.text("fast")),
           HttpRouter.add("GET", "/slow", (request) =>
@@ -878,6 +881,17 @@ describe("Server", () => {
           assert.strictEqual(yield* version("--http1.1"), "1.1")
         }
 
+        // A WebSocket, over HTTP/1.1.
+        const ws = new WebSocket(`wss://localhost:${ports.secure}/ws`, { ca: tls.cert })
+        yield* Effect.addFinalizer(() => Effect.sync(() => ws.terminate()))
+        const wsClosed = Deferred.makeUnsafe<number>()
+        ws.on("close", (code) => Deferred.doneUnsafe(wsClosed, Effect.succeed(code)))
+        const echoed = yield* Effect.callback<string>((resume) => {
+          ws.on("open", () => ws.send("ping"))
+          ws.once("message", (data) => resume(Effect.succeed(`${data}`)))
+        })
+        assert.strictEqual(echoed, "ping")
+
         const goaway = Deferred.makeUnsafe<void>()
         session.on("goaway", () => Deferred.doneUnsafe(goaway, Effect.void))
         const slowH2 = yield* Effect.forkChild(h2Request(session, "/slow?as=h2"))
@@ -889,7 +903,8 @@ describe("Server", () => {
         const h1 = yield* Fiber.join(slowH1)
         assert.deepStrictEqual([h1.body.length, h1.headers.connection], [body, "close"])
         assert.isBelow(millis, 3000)
-        assert.include(logs.drains()[0]?.annotations, { requests: 2, completed: 2, toldToGoAway: 1, forced: 0, cut: 0 })
+        assert.strictEqual(yield* Deferred.await(wsClosed), 1001)
+        assert.include(logs.drains()[0]?.annotations, { requests: 2, completed: 2, toldToGoAway: 2, forced: 0, cut: 0 })
       }).pipe(Effect.provide(logs.layer))
     }
   )
@@ -952,6 +967,8 @@ describe("Server", () => {
       const conflicting = yield* made({ https: {}, createServer: () => Http2.createServer() })
       assert.strictEqual(conflicting._tag, "ServerError")
       assert.strictEqual(conflicting.reason._tag, "InvalidOptions")
+      const besideCreateServer = yield* made({ http2: true, createServer: () => Http2.createServer() })
+      assert.match(besideCreateServer.message, /give the https, http and http2 options to createServer/)
       const cleartextHttp2 = yield* made({ http2: true })
       assert.match(cleartextHttp2.message, /http2 is served over TLS/)
       const http1Options = yield* made({ https: {}, http2: true, http: { keepAliveTimeout: 1000 } })
