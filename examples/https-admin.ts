@@ -1,10 +1,13 @@
 /**
- * A public HTTPS port and an internal admin HTTP port in one process, each
- * its own app, restarted and stopped together without dropping a request.
+ * A public HTTPS port (HTTP/2, and HTTP/1.1 for clients without it) and an
+ * internal admin HTTP port in one process, each its own app, restarted and
+ * stopped together without dropping a request. TLS sessions resume across
+ * restarts; their ticket key is replaced every GRACE_TICKET_ROTATION
+ * (24 hours by default).
  *
  *   node examples/https-admin.ts --key key.pem --cert cert.pem [--public :8443] [--admin 127.0.0.1:9090]
  *
- * Public:  GET  /            hello, with the pid that served it
+ * Public:  GET  /            hello, with the pid that served it (try `curl --http2 -k`)
  * Admin:   GET  /health      ok
  *          POST /restart     restarts the whole process (new code, new certificates); 409 with the reason if it fails
  *
@@ -40,7 +43,7 @@ if (flags.key === undefined || flags.cert === undefined) {
   const Public = HttpRouter.serve(
     HttpRouter.add("GET", "/", HttpServerResponse.text(`hello over TLS from pid ${process.pid}\n`)),
     { disableListenLog: true }
-  ).pipe(Layer.provide(Server.layer({ name: "public", address: flags.public }, { https: tls })))
+  ).pipe(Layer.provide(Server.layer({ name: "public", address: flags.public }, { https: tls, http2: true })))
 
   const restart = Effect.gen(function* () {
     const supervisor = yield* Supervisor.Supervisor

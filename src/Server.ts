@@ -1,7 +1,8 @@
 /**
- * HTTP and HTTPS servers for `effect/http` apps, on listeners from
- * `Listeners`, whose shutdown is a drain: when the serve scope closes,
- * nothing in flight is lost.
+ * HTTP, HTTPS and HTTP/2 (over TLS) servers for `effect/http` apps, on
+ * listeners from `Listeners`, whose shutdown is a drain: when the serve scope
+ * closes, nothing in flight is lost. TLS servers share a session ticket key
+ * (`TicketKeyring`) that rotates and that restarts hand on.
  *
  * A server provides the same services as `NodeHttpServer.layer` and serves
  * requests with the same handlers (`NodeHttpServer.makeHandler` and
@@ -29,9 +30,10 @@
  *
  * @since 0.1.0
  */
+import type * as Config from "effect/Config"
 import type * as Context from "effect/Context"
 import * as Data from "effect/Data"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type { LazyArg } from "effect/Function"
 import type * as Etag from "effect/http/Etag"
@@ -43,7 +45,7 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import type * as NodeServices from "@effect/platform-node/NodeServices"
 import * as NodeWS from "@effect/platform-node/NodeWS"
 import * as Http from "node:http"
-import type * as Http2 from "node:http2"
+import * as Http2 from "node:http2"
 import * as Https from "node:https"
 import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
@@ -57,27 +59,73 @@ import * as Listeners from "./Listeners.ts"
 // -----------------------------------------------------------------------------
 
 /**
- * The TLS session ticket keys (48 bytes) of every HTTPS server that is not
- * given its own `ticketKeys`: a TLS 1.3 client (or a TLS 1.2 one with
- * tickets) resumes its session with any of them, and, under the
- * `Supervisor`, with the successor after a restart, which receives the keys
- * over the private readiness channel. By default they are made at random
- * once per process (or lineage of restarted processes).
+ * A TLS session ticket key (48 bytes) and when it was made.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TicketKey = Tickets.TicketKey
+
+/**
+ * The current session ticket key of the HTTPS servers of a context, and
+ * the servers that hold it (`register`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TicketKeyring = Tickets.Keyring
+
+/**
+ * The keyring of every TLS server (HTTPS, HTTP/2 over TLS) not given
+ * `ticketKeys` of its own: they share one session ticket key, so a TLS 1.3
+ * client (or a TLS 1.2 one with tickets) resumes its session with any of
+ * them, and, under the `Supervisor`, with the successor after a restart,
+ * which receives the key and its age over the private readiness channel.
  *
  * **Details**
  *
- * - `https.ticketKeys` given to a server is used as given, and not handed on
- *   by the supervisor: give the same keys to every generation yourself.
- * - A TLS server from `createServer` gets these keys too; to give it its
- *   own, provide this reference to its layer.
- * - Node takes one key at a time, with no previous key kept for resumption,
- *   so the keys are not rotated: a lineage keeps its keys as one process
- *   keeps its own. Stop and start the service to make new ones.
+ * - The key is replaced once it is 24 hours old (`GRACE_TICKET_ROTATION`
+ *   under the `Supervisor`, or `layerTicketKeyring`), its age counted across
+ *   restarts: a key that leaks opens the sessions of its own period only.
+ * - By default the keyring is made at its first use, once per process; it
+ *   rotates on a timer that each server runs in its own scope.
+ * - `https.ticketKeys` given to a server is used as given, never rotated nor
+ *   handed on by the supervisor: give the same keys to every generation
+ *   yourself.
+ * - A TLS server from `createServer` registers with the keyring too; to give
+ *   it a keyring of its own, provide this reference to its layer.
+ *
+ * **Gotchas**
+ *
+ * - Node holds one key per server, with no older key kept to decrypt
+ *   tickets: after a rotation, each client with an older ticket makes one
+ *   full handshake (and gets a new ticket), as a new client does.
  *
  * @since 0.1.0
  * @category references
  */
-export const TicketKeys: Context.Reference<Buffer> = Tickets.TicketKeys
+export const TicketKeyring: Context.Reference<TicketKeyring> = Tickets.TicketKeyring
+
+/**
+ * Provides `TicketKeyring`: a keyring with a fresh key, rotated every
+ * `rotateEvery`, else every `GRACE_TICKET_ROTATION` (a duration in Effect's
+ * syntax, or `off` never to rotate), else every 24 hours. The `Supervisor`
+ * provides its own, which restarts hand on; use this one without it.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTicketKeyring = (
+  options: { readonly rotateEvery?: Duration.Input | undefined } = {}
+): Layer.Layer<never, Config.ConfigError> =>
+  Layer.effect(TicketKeyring)(
+    Effect.flatMap(
+      options.rotateEvery !== undefined
+        ? Effect.succeed(Duration.fromInputUnsafe(options.rotateEvery))
+        : Tickets.ticketRotation,
+      (rotateEvery) => Tickets.makeKeyring({ rotateEvery })
+    )
+  )
 
 // -----------------------------------------------------------------------------
 // Errors
@@ -149,6 +197,15 @@ export class ServerError extends Data.TaggedError("ServerError")<{
 export type NodeServer = Http.Server | Https.Server | Http2.Http2Server | Http2.Http2SecureServer
 
 /**
+ * The HTTP/2 options of an HTTPS server with `http2`: those of
+ * `http2.createSecureServer` other than TLS's, which are given as `https`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Http2Options = Omit<Http2.SecureServerOptions, keyof Tls.TlsOptions>
+
+/**
  * Options of an HTTP server.
  *
  * @since 0.1.0
@@ -159,9 +216,16 @@ export interface Options {
   readonly name?: string | undefined
   /**
    * HTTPS: the key and certificate (and any other `tls` option). TLS runs over the listener, inherited or not.
-   * Without `ticketKeys`, the server uses `TicketKeys`, which a restart hands to the successor.
+   * Without `ticketKeys`, the server takes its session ticket key from `TicketKeyring`, which rotates it and which a
+   * restart hands to the successor.
    */
   readonly https?: Tls.SecureContextOptions & Tls.TlsOptions
+  /**
+   * With `https`: HTTP/2, chosen by ALPN, and HTTP/1.1 for clients that do not offer it (and for WebSockets), on one
+   * `Http2SecureServer`. `true`, or its HTTP/2 options (`settings`, `maxSessionMemory`, `allowHTTP1: false` to refuse
+   * HTTP/1.1, ...). Not to be combined with `http`, whose options are HTTP/1.1's.
+   */
+  readonly http2?: boolean | Http2Options | undefined
   /**
    * Node's HTTP server options: `requestTimeout`, `headersTimeout`, `keepAliveTimeout`, `maxHeaderSize`, ... A
    * `ServerResponse` class given here is extended (requests are tracked by a subclass), not replaced.
@@ -169,9 +233,9 @@ export interface Options {
   readonly http?: Http.ServerOptions
   /**
    * Creates the Node server, for what the other options do not cover (an
-   * HTTP/2 server, for example). It must not listen: the listener is
-   * adopted once the app is attached. Not to be combined with `https` or
-   * `http`.
+   * cleartext HTTP/2 server, for example). It must not listen: the listener is
+   * adopted once the app is attached. Not to be combined with `https`,
+   * `http2` or `http`.
    */
   readonly createServer?: LazyArg<NodeServer> | undefined
   /** Overrides `Drain.DrainTimeout` for this server. */
@@ -286,6 +350,232 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
   return TrackedResponseFunction as unknown as typeof Http.ServerResponse
 }
 
+const invalidCombination = (options: Options): string | undefined => {
+  if (
+    options.createServer !== undefined &&
+    (options.https !== undefined || options.http !== undefined || isHttp2(options))
+  ) {
+    return "give the https, http and http2 options to createServer, not beside it"
+  }
+  if (isHttp2(options) && options.https === undefined) {
+    return "http2 is served over TLS (ALPN): give https too, or createServer: () => http2.createServer() for cleartext"
+  }
+  if (isHttp2(options) && options.http !== undefined) {
+    return "the http options are HTTP/1.1's; give HTTP/2's as http2: { ... }"
+  }
+  return undefined
+}
+
+const isHttp2 = (options: Options): boolean => options.http2 !== undefined && options.http2 !== false
+
+/** The Node server of `options`: made here (HTTP/1.1 with the tracked response class), or by `createServer`. */
+const createNodeServer = (
+  spec: Listeners.ListenSpec,
+  options: Options,
+  tracker: Drain.Tracker
+): Effect.Effect<NodeServer, ServerError> =>
+  Effect.try({
+    try: (): NodeServer => {
+      if (options.createServer !== undefined) return options.createServer()
+      if (isHttp2(options)) {
+        const http2 = typeof options.http2 === "object" ? options.http2 : {}
+        return Http2.createSecureServer({ allowHTTP1: true, ...http2, ...options.https })
+      }
+      const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
+      if (options.https === undefined) return Http.createServer({ ...options.http, ServerResponse: Response })
+      return Https.createServer({ ...options.http, ...options.https, ServerResponse: Response })
+    },
+    catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
+  })
+
+/**
+ * A TLS server not given `ticketKeys` of its own takes the key of the context's keyring, for the scope's life: it
+ * resumes the sessions of its siblings and predecessors, and its key rotates. One from `createServer` always does.
+ */
+const shareTicketKey = (server: NodeServer, options: Options): Effect.Effect<void, never, Scope.Scope> =>
+  "setTicketKeys" in server && options.https?.ticketKeys === undefined
+    ? Effect.flatMap(Effect.service(TicketKeyring), (keyring) => keyring.register(server))
+    : Effect.void
+
+/**
+ * Tracks each connection from its `connection` event: a TCP socket is tracked while in its handshake (for HTTPS),
+ * then as the TLS socket requests arrive on; an HTTP/2 session is attached to its connection.
+ */
+const trackConnections = (server: NodeServer, tracker: Drain.Tracker): void => {
+  // Node emits `session` from its own connection listener, just before ours runs for the same socket.
+  let session: Http2.ServerHttp2Session | undefined
+  const established = (connection: Drain.Connection) => {
+    if (session !== undefined) tracker.attachSession(connection, session)
+    session = undefined
+  }
+  const secure = "setSecureContext" in server
+  server.on("session", (created: Http2.ServerHttp2Session) => {
+    session = created
+  })
+  server.on("connection", (socket: Net.Socket) => {
+    if (secure) tracker.track(socket, "handshake")
+    else established(tracker.track(socket, "http"))
+  })
+  server.on("secureConnection", (socket: Tls.TLSSocket) => {
+    // Node keeps the TCP socket as `_parent`; failing that, it is the one in handshake from the same peer.
+    const raw =
+      (socket as unknown as { readonly _parent?: Net.Socket })._parent ??
+      tracker.find(
+        (connection) =>
+          connection.kind === "handshake" &&
+          connection.socket.remotePort === socket.remotePort &&
+          connection.socket.remoteAddress === socket.remoteAddress
+      )?.socket
+    established(raw !== undefined ? tracker.promote(raw, socket, "http") : tracker.track(socket, "http"))
+  })
+}
+
+/** The WebSocket upgrader, closed with the scope: each WebSocket it makes gets a 1001 close when the drain begins. */
+const webSocketServer = (
+  tracker: Drain.Tracker,
+  options: Options["websocket"]
+): Effect.Effect<TrackedWebSocketServer, never, Scope.Scope> =>
+  Effect.map(
+    Effect.acquireRelease(
+      Effect.sync(() => new TrackedWebSocketServer({ ...options, noServer: true })),
+      (upgrader) => Effect.callback<void>((resume) => void upgrader.close(() => resume(Effect.void)))
+    ),
+    (wss) => {
+      const webSockets = new Set<NodeWS.WebSocket>()
+      const goingAway = (client: NodeWS.WebSocket) => tracker.goAway(() => client.close(1001, "server going away"))
+      wss.onClient = (client) => {
+        if (tracker.draining) return goingAway(client)
+        webSockets.add(client)
+        client.once("close", () => webSockets.delete(client))
+      }
+      tracker.onDrain(() => {
+        for (const client of webSockets) goingAway(client)
+        webSockets.clear()
+      })
+      return wss
+    }
+  )
+
+/** Whether to run a request: not if it was read on a connection the drain is closing (it is refused). */
+type Admit = (request: Http.IncomingMessage, response: Http.ServerResponse) => boolean
+
+/** On a server made here, requests are tracked by their response class, without a listener per request. */
+const admitTrackedResponse =
+  (tracker: Drain.Tracker): Admit =>
+  (_request, response) => {
+    const tracked = response as TrackedResponse
+    if (tracked[kOpen]) return true
+    tracker.refuse(tracked[kConnection]!)
+    return false
+  }
+
+/** On a server from `createServer`, or an HTTP/2 one, requests are tracked by a `close` listener. */
+const admitWithListener =
+  (tracker: Drain.Tracker): Admit =>
+  (request, response) => {
+    const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
+    if (connection !== undefined && connection.closing) {
+      tracker.refuse(connection)
+      return false
+    }
+    tracker.beginResponse(connection, response)
+    response.once("close", () => tracker.end(connection))
+    return true
+  }
+
+type Serve = Parameters<typeof HttpServer.make>[0]["serve"]
+type RequestHandler = (request: Http.IncomingMessage, response: Http.ServerResponse) => void
+type UpgradeHandler = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => void
+
+/** What serving an app needs of the server made for it. */
+interface Served {
+  readonly server: NodeServer
+  readonly listener: Listeners.Listener
+  readonly tracker: Drain.Tracker
+  readonly settings: Drain.Settings
+  readonly wss: TrackedWebSocketServer
+  readonly admit: Admit
+}
+
+/** The request and upgrade handlers of `NodeHttpServer`, for the app, their fibers in `scope`. */
+const makeHandlers = (
+  served: Served,
+  httpApp: Parameters<Serve>[0],
+  middleware: Parameters<Serve>[1],
+  scope: Scope.Scope
+) =>
+  Effect.all({
+    request: NodeHttpServer.makeHandler(httpApp, { middleware: middleware as never, scope }).pipe(
+      Drain.provideSignal(served.tracker.signal)
+    ) as Effect.Effect<RequestHandler>,
+    upgrade: NodeHttpServer.makeUpgradeHandler(Effect.succeed(served.wss), httpApp, {
+      middleware: middleware as never,
+      scope
+    }).pipe(Drain.provideSignal(served.tracker.signal)) as Effect.Effect<UpgradeHandler>
+  })
+
+/** Attaches the handlers, each request admitted first; returns what detaches them. */
+const attachHandlers = (
+  { admit, server, tracker }: Served,
+  handlers: { readonly request: RequestHandler; readonly upgrade: UpgradeHandler }
+): (() => void) => {
+  const onRequest = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    if (admit(request, response)) handlers.request(request, response)
+  }
+  const onCheckContinue = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    if (!admit(request, response)) return
+    response.writeContinue()
+    handlers.request(request, response)
+  }
+  const onUpgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    const connection = tracker.get(socket as Net.Socket)
+    if (connection !== undefined && connection.closing) return tracker.refuse(connection)
+    tracker.upgraded(connection)
+    handlers.upgrade(request, socket, head)
+  }
+  server.on("request", onRequest)
+  server.on("checkContinue", onCheckContinue)
+  server.on("upgrade", onUpgrade)
+  return () => {
+    server.off("request", onRequest)
+    server.off("checkContinue", onCheckContinue)
+    server.off("upgrade", onUpgrade)
+  }
+}
+
+/**
+ * Serves one app: forks the request scope first, attaches the handlers, adds the drain as a finalizer of the serve
+ * scope (so it runs before the request scope closes), then accepts.
+ */
+const serveApp = (served: Served): Serve => {
+  const address = Listeners.formatAddress(served.listener.address)
+  let serving = false
+  return Effect.fnUntraced(function* (httpApp, middleware) {
+    if (serving) {
+      return yield* Effect.die(
+        new Error(`effect-grace: ${address} has served an app already; give each app its own Server.layer`)
+      )
+    }
+    serving = true
+    const serveScope = yield* Effect.scope
+    // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
+    const requestScope = Scope.forkUnsafe(serveScope, "parallel")
+    const detach = attachHandlers(served, yield* makeHandlers(served, httpApp, middleware, requestScope))
+    yield* Scope.addFinalizer(
+      serveScope,
+      Effect.gen(function* () {
+        yield* Listeners.stopAccepting(served.listener)
+        yield* Drain.drainReported(served.tracker, served.settings, address)
+        detach()
+        // Nothing is left to close; this clears the connection checks Node runs for request timeouts.
+        served.server.close()
+      })
+    )
+    // Every handler is attached: accept.
+    yield* Effect.orDie(Listeners.serve(served.listener, served.server as Net.Server))
+  })
+}
+
 /**
  * Creates an `HttpServer` on a listener from `Listeners`: inherited when one
  * matches `spec`, bound otherwise. It accepts once an app is served on it,
@@ -304,8 +594,9 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
  *   so it runs first and the fibers it leaves are interrupted after it.
  * - Upgrade requests become WebSockets as with `NodeHttpServer`.
  * - `Expect: 100-continue` is answered at once, as Node does by default.
- * - With `createServer` returning an HTTP/2 server, requests are served as
- *   `NodeHttpServer` serves them, and a drain sends each session a GOAWAY.
+ * - With `https` and `http2`, or `createServer` returning an HTTP/2 server,
+ *   requests are served as `NodeHttpServer` serves them, and a drain sends
+ *   each session a GOAWAY.
  *
  * **Gotchas**
  *
@@ -318,7 +609,7 @@ const trackedResponse = (Base: typeof Http.ServerResponse, tracker: Drain.Tracke
  *   without `Connection: close`; its connection is closed once quiet, like an
  *   idle one.
  * - HTTP/2 has no `Connection: close`: its sessions get a GOAWAY instead.
- *   WebSockets need HTTP/1.1, so `allowHTTP1` on an HTTP/2 TLS server.
+ *   WebSockets need HTTP/1.1, which `http2` allows unless told not to.
  *
  * @since 0.1.0
  * @category constructors
@@ -332,164 +623,22 @@ export const make = (
   Scope.Scope | Listeners.Listeners
 > =>
   Effect.gen(function* () {
-    if (options.createServer !== undefined && (options.https !== undefined || options.http !== undefined)) {
-      return yield* new ServerError({
-        reason: new InvalidOptions({ detail: "give the https and http options to createServer, not beside it" })
-      })
-    }
+    const invalid = invalidCombination(options)
+    if (invalid !== undefined) return yield* new ServerError({ reason: new InvalidOptions({ detail: invalid }) })
     const settings = yield* Drain.resolveSettings(options)
-    const ticketKeys = yield* TicketKeys
     const tracker = new Drain.Tracker()
     yield* Drain.followClosing(tracker)
-    const Response = trackedResponse(options.http?.ServerResponse ?? Http.ServerResponse, tracker)
-    const server = yield* Effect.try({
-      try: (): NodeServer => {
-        if (options.https !== undefined) {
-          return Https.createServer({ ticketKeys, ...options.http, ...options.https, ServerResponse: Response })
-        }
-        if (options.createServer === undefined) return Http.createServer({ ...options.http, ServerResponse: Response })
-        const created = options.createServer()
-        // A TLS server (HTTP/2 over TLS, for example) resumes sessions across restarts too.
-        if ("setTicketKeys" in created) created.setTicketKeys(ticketKeys)
-        return created
-      },
-      catch: (cause) => new ServerError({ reason: new CreateFailed({ address: describe(spec), cause }) })
-    })
+    const server = yield* createNodeServer(spec, options, tracker)
+    yield* shareTicketKey(server, options)
     const listeners = yield* Listeners.Listeners
     const listener = yield* listeners.listen(withName(spec, options.name))
-    const address = Listeners.formatAddress(listener.address)
-
-    // Node emits `session` from its own connection listener, just before ours runs for the same socket.
-    let session: Http2.ServerHttp2Session | undefined
-    const onSession = (created: Http2.ServerHttp2Session) => {
-      session = created
-    }
-    const established = (connection: Drain.Connection) => {
-      if (session !== undefined) tracker.attachSession(connection, session)
-      session = undefined
-    }
-    // The connection requests arrive on: the TLS socket for HTTPS. A TCP socket is tracked while in its handshake.
-    const secure = "setSecureContext" in server
-    const onConnection = (socket: Net.Socket) => {
-      if (secure) tracker.track(socket, "handshake")
-      else established(tracker.track(socket, "http"))
-    }
-    const onSecureConnection = (socket: Tls.TLSSocket) => {
-      // Node keeps the TCP socket as `_parent`; failing that, it is the one in handshake from the same peer.
-      const raw =
-        (socket as unknown as { readonly _parent?: Net.Socket })._parent ??
-        tracker.find(
-          (connection) =>
-            connection.kind === "handshake" &&
-            connection.socket.remotePort === socket.remotePort &&
-            connection.socket.remoteAddress === socket.remoteAddress
-        )?.socket
-      established(raw !== undefined ? tracker.promote(raw, socket, "http") : tracker.track(socket, "http"))
-    }
-    server.on("session", onSession)
-    server.on("connection", onConnection)
-    server.on("secureConnection", onSecureConnection)
-
-    const wss = yield* Effect.acquireRelease(
-      Effect.sync(() => new TrackedWebSocketServer({ ...options.websocket, noServer: true })),
-      (upgrader) => Effect.callback<void>((resume) => void upgrader.close(() => resume(Effect.void)))
-    )
-    const webSockets = new Set<NodeWS.WebSocket>()
-    const goingAway = (client: NodeWS.WebSocket) => tracker.goAway(() => client.close(1001, "server going away"))
-    wss.onClient = (client) => {
-      if (tracker.draining) return goingAway(client)
-      webSockets.add(client)
-      client.once("close", () => webSockets.delete(client))
-    }
-    tracker.onDrain(() => {
-      for (const client of webSockets) goingAway(client)
-      webSockets.clear()
-    })
-
-    // Requests on a server made here are tracked by their response class, without a listener per request; on a
-    // server from `createServer`, by a `close` listener.
-    const own = options.createServer === undefined
-    // Whether to run the request: not if it was read on a connection the drain is closing.
-    const track = (request: Http.IncomingMessage, response: Http.ServerResponse): boolean => {
-      const connection = request.httpVersionMajor === 1 ? tracker.get(request.socket) : undefined
-      if (connection !== undefined && connection.closing) {
-        tracker.refuse(connection)
-        return false
-      }
-      tracker.beginResponse(connection, response)
-      response.once("close", () => tracker.end(connection))
-      return true
-    }
-    const admitted = (response: Http.ServerResponse): boolean => {
-      const tracked = response as TrackedResponse
-      if (tracked[kOpen]) return true
-      tracker.refuse(tracked[kConnection]!)
-      return false
-    }
-
-    let serving = false
+    trackConnections(server, tracker)
+    const wss = yield* webSocketServer(tracker, options.websocket)
+    const own = options.createServer === undefined && !isHttp2(options)
+    const admit = own ? admitTrackedResponse(tracker) : admitWithListener(tracker)
     return HttpServer.make({
       address: listener.address,
-      serve: Effect.fnUntraced(function* (httpApp, middleware) {
-        if (serving) {
-          return yield* Effect.die(
-            new Error(`effect-grace: ${address} has served an app already; give each app its own Server.layer`)
-          )
-        }
-        serving = true
-        const serveScope = yield* Effect.scope
-        // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
-        const requestScope = Scope.forkUnsafe(serveScope, "parallel")
-        const handler = yield* NodeHttpServer.makeHandler(httpApp, {
-          middleware: middleware as never,
-          scope: requestScope
-        }).pipe(Drain.provideSignal(tracker.signal)) as Effect.Effect<
-          (request: Http.IncomingMessage, response: Http.ServerResponse) => void
-        >
-        const upgradeHandler = yield* NodeHttpServer.makeUpgradeHandler(Effect.succeed(wss), httpApp, {
-          middleware: middleware as never,
-          scope: requestScope
-        }).pipe(Drain.provideSignal(tracker.signal)) as Effect.Effect<
-          (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => void
-        >
-
-        const onRequest = own
-          ? (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-              if (admitted(response)) handler(request, response)
-            }
-          : (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-              if (track(request, response)) handler(request, response)
-            }
-        const onCheckContinue = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-          if (!(own ? admitted(response) : track(request, response))) return
-          response.writeContinue()
-          handler(request, response)
-        }
-        const onUpgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-          const connection = tracker.get(socket as Net.Socket)
-          if (connection !== undefined && connection.closing) return tracker.refuse(connection)
-          tracker.upgraded(connection)
-          upgradeHandler(request, socket, head)
-        }
-        server.on("request", onRequest)
-        server.on("checkContinue", onCheckContinue)
-        server.on("upgrade", onUpgrade)
-
-        yield* Scope.addFinalizer(
-          serveScope,
-          Effect.gen(function* () {
-            yield* Listeners.stopAccepting(listener)
-            yield* Drain.drainReported(tracker, settings, address)
-            server.off("request", onRequest)
-            server.off("checkContinue", onCheckContinue)
-            server.off("upgrade", onUpgrade)
-            // Nothing is left to close; this clears the connection checks Node runs for request timeouts.
-            server.close()
-          })
-        )
-        // Every handler is attached: accept.
-        yield* Effect.orDie(Listeners.serve(listener, server as Net.Server))
-      })
+      serve: serveApp({ server, listener, tracker, settings, wss, admit })
     })
   })
 

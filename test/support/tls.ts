@@ -1,8 +1,10 @@
 /**
- * TLS for tests: a certificate made now, and a client that reports whether
- * its session was resumed. Every wait is bounded.
+ * TLS for tests: a certificate made now, a client that reports whether its
+ * session was resumed, an HTTP/2 request, and curl. Every wait is bounded.
  */
-import { execFileSync } from "node:child_process"
+import { execFile, execFileSync } from "node:child_process"
+import * as Fs from "node:fs"
+import type * as Http2 from "node:http2"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
 import * as Effect from "effect/Effect"
@@ -61,3 +63,35 @@ export const tlsConnect = (port: number, ca: Buffer, protocol: "http/1.1" | "h2"
       orElse: () => Effect.fail(new Error(`no TLS exchange with port ${port} within 10 s`))
     })
   )
+
+/** One request on an HTTP/2 session, read to the end, bounded: its status and body. */
+export const h2Request = (session: Http2.ClientHttp2Session, path: string) =>
+  Effect.callback<{ readonly status: number; readonly body: string }, Error>((resume) => {
+    const stream = session.request({ ":path": path })
+    let status = 0
+    let body = ""
+    stream.on("response", (headers) => (status = Number(headers[":status"])))
+    stream.on("data", (chunk: Buffer) => (body += chunk.toString()))
+    stream.on("end", () => resume(Effect.succeed({ status, body })))
+    stream.on("error", (error) => resume(Effect.fail(error)))
+    return Effect.sync(() => stream.close())
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: "10 seconds",
+      orElse: () => Effect.fail(new Error(`no HTTP/2 answer to ${path} within 10 s`))
+    })
+  )
+
+/** Where curl is, if it is installed. */
+export const curlPath = ["/usr/bin/curl", "/usr/local/bin/curl"].find((path) => Fs.existsSync(path))
+
+/** Runs curl with `args`, bounded, killed if interrupted: what it printed. */
+export const curl = (args: ReadonlyArray<string>) =>
+  Effect.callback<string, Error>((resume) => {
+    const child = execFile(
+      curlPath ?? "curl",
+      ["--silent", "--show-error", "--max-time", "10", ...args],
+      (error, out) => resume(error === null ? Effect.succeed(out) : Effect.fail(error))
+    )
+    return Effect.sync(() => child.kill())
+  })
