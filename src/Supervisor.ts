@@ -3,35 +3,43 @@
  * of the same program (new code, new configuration, new certificates) without
  * refusing or dropping a connection, and terminates gracefully.
  *
- * `layer(app)` is what a program launches (`Layer.launch(Supervisor.layer(App))`
- * with `NodeRuntime.runMain({ teardown: Supervisor.teardown })`). It builds the
+ * `layer(app)` is what a program launches:
+ * `Layer.launch(Supervisor.layer(App)).pipe(Supervisor.runMain)`. It builds the
  * application's layers (its servers) on Listeners, says it is ready, and
  * waits. On the restart signal (`SIGUSR2` by default) or a call to `restart`,
  * it starts a successor with every active listener as fds 3.. (`LISTEN_FDS`,
- * `LISTEN_FDNAMES`, `LISTEN_PID`), waits until the successor's own servers
- * listen, and only then drains: the servers drain as finalizers of the
- * application's scope, and the program ends. On `SIGTERM` or `SIGINT` it
- * drains the same way.
+ * `LISTEN_FDNAMES`, `LISTEN_PID`), and waits until the successor's own servers
+ * listen. Then the successor is on probation: this process stops accepting
+ * and drains, but keeps its sockets and its application, and takes the
+ * service back if the successor dies within the window. Once the window has
+ * passed it finishes its drain and the program ends. On `SIGTERM` or `SIGINT`
+ * it drains the same way.
  *
- * Its life is a small state machine (internal/machine.ts), and what it asks
- * of the operating system (signals, the successor, the PID file) goes through
- * one service, which tests replace.
+ * Its whole life is a state machine (internal/machine.ts) that one fiber
+ * follows, taking events (signals, calls, the successor's readiness or exit,
+ * timers, the drain's end) from a queue; what it asks of the operating system
+ * (signals, children, the PID file) goes through one service, which tests
+ * replace, and the successor protocol (internal/successor.ts) sits above it.
  *
  * Invariants, as cloudflare/tableflip keeps them:
  * - One restart at a time; none before this process is ready, none while its
  *   own parent is still draining, none once it is draining itself. Every
- *   refusal is logged, whoever asked.
- * - A termination wins over a restart under way: the successor is killed and
- *   reaped, and systemd hears nothing after `STOPPING=1`.
+ *   request and refusal is logged, whoever asked.
+ * - A termination wins over whatever is under way: a start-up is cut (what it
+ *   built is closed), a restart's successor is killed and reaped, and systemd
+ *   hears nothing after `STOPPING=1`.
  * - The old process stops accepting only after the successor is ready, and
  *   the two share one listening socket, so no connection is refused.
  * - A failed restart (spawn failure, early exit, readiness timeout) leaves
  *   this process serving, is reported as a typed `RestartError`, and leaves no
- *   successor behind: it is killed and reaped.
+ *   successor behind: it is killed and reaped. A successor that dies within
+ *   its probation hands the service back: this process accepts again on the
+ *   same sockets, and `restart` fails with `HandedBack`.
  * - Every drain has a deadline (the servers' drain timeout); a second
  *   `SIGTERM`/`SIGINT` during it ends the process at once.
  * - Under systemd (`NOTIFY_SOCKET`): `READY=1` at start, `RELOADING=1` when a
- *   restart begins, `MAINPID=<successor>` and `READY=1` at hand-off, and
+ *   restart begins, `READY=1` once the successor is ready, `MAINPID=<successor>`
+ *   once its probation has passed (never a process that has exited), and
  *   `STOPPING=1` on termination.
  *
  * @since 0.1.0
@@ -429,7 +437,8 @@ interface Resources {
   readonly parent: Successor.ParentLink | undefined
   readonly listeners: Listeners.Listeners["Service"]
   readonly notify: Notify.Notify["Service"]
-  readonly ticketKeys: Buffer
+  /** The TLS session ticket key of this lineage, handed down and rotated. */
+  readonly keyring: Tickets.Keyring
   /** Why listeners cannot be handed on here, if they cannot. */
   readonly handOffBlocked: RestartUnsupported | undefined
   /** The compile cache's directory, for successors, if it is on. */
@@ -452,12 +461,6 @@ const handOffBlocked = (os: Os.Os): RestartUnsupported | undefined => {
   })
 }
 
-// The ticket keys travel as base64 on the channel; anything else is ignored, and this process makes its own.
-const decodeTicketKeys = (text: string | undefined): Buffer | undefined => {
-  const decoded = text === undefined ? undefined : Buffer.from(text, "base64")
-  return decoded?.length === Tickets.TICKET_KEYS_BYTES ? decoded : undefined
-}
-
 /** Signals first, so that none takes its default action (SIGUSR2 would kill the process) and none is lost. */
 const acquire = (settings: Settings) =>
   Effect.gen(function* () {
@@ -470,9 +473,12 @@ const acquire = (settings: Settings) =>
     // A Notify given by the caller (a test's) wins over the one NOTIFY_SOCKET names.
     const given = yield* Effect.serviceOption(Notify.Notify)
     const notify = Option.isSome(given) ? given.value : yield* Notify.make
-    // TLS sessions resume across restarts: the keys of the first generation, handed down.
-    const inherited = link === undefined ? undefined : decodeTicketKeys(yield* link.ticketKey)
-    const ticketKeys = inherited ?? (yield* Tickets.TicketKeys)
+    // TLS sessions resume across restarts: the parent's key, with its age; a key that is not one is ignored.
+    const inherited = link === undefined ? undefined : yield* link.ticketKey
+    const keyring = yield* Tickets.makeKeyring({
+      initial: inherited === undefined ? undefined : Tickets.decode(inherited),
+      rotateEvery: yield* Tickets.ticketRotation
+    })
     const compileCache = settings.compileCache === false ? undefined : os.enableCompileCache(settings.compileCache)
     return {
       os,
@@ -480,7 +486,7 @@ const acquire = (settings: Settings) =>
       parent: link,
       listeners,
       notify,
-      ticketKeys,
+      keyring,
       handOffBlocked: handOffBlocked(os),
       compileCache
     }
@@ -564,14 +570,14 @@ const logged = (runtime: Runtime, message: string, annotations: Readonly<Record<
 // the machine's once it is ready and told; one that fails, times out or is interrupted before that is killed here.
 const restartWork = (runtime: Runtime) =>
   Effect.gen(function* () {
-    const { os, listeners, ticketKeys, compileCache } = runtime.resources
+    const { os, listeners, keyring, compileCache } = runtime.resources
     const passed = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
     yield* logged(runtime, "effect-grace: restart started", { listeners: passed.length })
     const spawned = yield* Clock.currentTimeMillis
     const outcome = yield* Effect.acquireUseRelease(
       Successor.start(os, {
         passed,
-        ticketKey: ticketKeys.toString("base64"),
+        ticketKey: Tickets.encode(yield* keyring.current),
         env: compileCache === undefined ? {} : { NODE_COMPILE_CACHE: compileCache }
       }),
       (successor) =>
@@ -872,11 +878,11 @@ type Provided = Listeners.Listeners | Supervisor | Health.Health
 
 /** Builds the application in its own scope, on a fiber the machine can interrupt; tells the machine how it went. */
 const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) => {
-  const { listeners, ticketKeys } = runtime.resources
+  const { listeners, keyring } = runtime.resources
   const provided = app.pipe(
     Layer.provide(Layer.succeed(Listeners.Listeners)(listeners)),
     Layer.provide(Layer.succeed(Supervisor)(serviceOf(runtime))),
-    Layer.provide(Layer.succeed(Tickets.TicketKeys)(ticketKeys)),
+    Layer.provide(Layer.succeed(Tickets.TicketKeyring)(keyring)),
     Layer.provide(Layer.succeed(Health.Health)(runtime.health.health)),
     Layer.provide(Layer.succeed(DrainInternal.Closing)(Deferred.await(runtime.closing))),
     Layer.provide(Layer.succeed(DrainInternal.Forced)(Deferred.await(runtime.forced))),
@@ -971,9 +977,10 @@ const claimProgram = (as: "layer" | "run") =>
  * - Ready means every server listens. Only then are unclaimed inherited fds
  *   closed, the PID file written, and the parent (after a restart) or
  *   systemd (`READY=1`) told.
- * - A successor receives its parent's TLS session ticket keys
- *   (`Server.TicketKeys`) over the private readiness channel before it builds
- *   `app`, so clients resume their TLS sessions across a restart.
+ * - A successor receives its parent's TLS session ticket key, with its age
+ *   (`Server.TicketKeyring`), over the private readiness channel before it
+ *   builds `app`, so clients resume their TLS sessions across a restart; the
+ *   key rotates every 24 hours (`GRACE_TICKET_ROTATION`).
  * - Every restart attempt, refused or failed ones too, is logged with its
  *   reason, is a span (`effect-grace.restart`) and counts in `metrics`.
  * - A termination at any moment ends the same way, during start-up too (the

@@ -11,123 +11,14 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
-import * as References from "effect/References"
 import * as TestClock from "effect/testing/TestClock"
-import * as Health from "../src/Health.ts"
 import * as Notify from "../src/Notify.ts"
-import * as Server from "../src/Server.ts"
 import * as Supervisor from "../src/Supervisor.ts"
-import * as DrainInternal from "../src/internal/drain.ts"
 import * as Os from "../src/internal/os.ts"
+import * as Tickets from "../src/internal/tickets.ts"
 import * as Program from "../src/internal/program.ts"
 import * as FakeOs from "./support/os.ts"
-
-/** Yields to the other fibers until `check` holds: a bound on scheduler turns, not on time. */
-const until = (check: () => boolean, what: string) =>
-  Effect.gen(function* () {
-    for (let turn = 0; turn < 10_000; turn++) {
-      if (check()) return
-      yield* Effect.yieldNow
-    }
-    return yield* Effect.die(new Error(`never: ${what}`))
-  })
-
-/** As `until`, for a check that is an Effect. */
-const untilEffect = (check: Effect.Effect<boolean>, what: string) =>
-  Effect.gen(function* () {
-    for (let turn = 0; turn < 10_000; turn++) {
-      if (yield* check) return
-      yield* Effect.yieldNow
-    }
-    return yield* Effect.die(new Error(`never: ${what}`))
-  })
-
-/**
- * Runs an application under the supervisor on a fake OS. The application records its drain; `gate`, if given, holds
- * its start-up until opened, and `drainGate` its drain.
- */
-const supervised = (
-  options: Supervisor.Options & {
-    readonly pid?: number
-    readonly parentPid?: number
-    readonly parentValues?: Readonly<Record<string, string>>
-    readonly spawnGate?: Deferred.Deferred<void>
-    readonly gate?: Deferred.Deferred<void>
-    readonly drainGate?: Deferred.Deferred<void>
-    /** The parent sends these ticket keys on the channel, or goes before it sends any. */
-    readonly keysFrom?: Buffer
-    readonly parentGone?: boolean
-  } = {}
-) =>
-  Effect.gen(function* () {
-    const fake = yield* FakeOs.make(options)
-    if (options.keysFrom !== undefined)
-      yield* fake.parent!.channel.send(`ticket-keys ${options.keysFrom.toString("base64")}`)
-    if (options.parentGone === true) yield* fake.parent!.exits
-    const notes: Array<string> = []
-    const events: Array<string> = []
-    const warnings: Array<{ message: string; reason: unknown }> = []
-    const logs: Array<string> = []
-    let supervisor: Supervisor.Supervisor["Service"] | undefined
-    let health: Health.Health["Service"] | undefined
-    let ticketKeys: Buffer | undefined
-    const App = Layer.effectDiscard(
-      Effect.gen(function* () {
-        supervisor = yield* Supervisor.Supervisor
-        health = yield* Health.Health
-        ticketKeys = yield* Server.TicketKeys
-        // What a server does when the shutdown delay begins, and when its drain is forced.
-        const closing = yield* DrainInternal.Closing
-        const forced = yield* DrainInternal.Forced
-        yield* Effect.forkScoped(
-          Effect.andThen(
-            closing,
-            Effect.sync(() => void events.push("closing"))
-          )
-        )
-        yield* Effect.addFinalizer(() =>
-          Effect.andThen(
-            Effect.raceFirst(
-              options.drainGate !== undefined ? Deferred.await(options.drainGate) : Effect.void,
-              Effect.andThen(
-                forced,
-                Effect.sync(() => void events.push("forced"))
-              )
-            ),
-            Effect.sync(() => void events.push("drained"))
-          )
-        )
-        if (options.gate !== undefined) yield* Deferred.await(options.gate)
-      })
-    )
-    const logger = Logger.make(({ fiber, logLevel, message }) => {
-      const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
-      logs.push(text)
-      if (logLevel !== "Warn") return
-      warnings.push({ message: text, reason: fiber.getRef(References.CurrentLogAnnotations).reason })
-    })
-    const fiber = yield* Effect.forkChild(
-      // No probation unless a test asks for one: its window is a test of its own.
-      Supervisor.run(App, { probation: 0, ...options }).pipe(
-        Effect.provideService(Os.Os, fake.os),
-        Effect.provide(Notify.layerCallback((message) => Effect.sync(() => void notes.push(message)))),
-        Effect.provide(Logger.layer([logger]))
-      )
-    )
-    yield* until(() => supervisor !== undefined, "the application building")
-    if (options.gate === undefined) yield* until(() => logs.includes("effect-grace: ready"), "ready")
-    return {
-      fake,
-      notes,
-      events,
-      warnings,
-      logs,
-      fiber,
-      supervisor: supervisor!,
-      health: health!,
-      ticketKeys: () => ticketKeys!
-    }
-  })
+import { supervised, until, untilEffect } from "./support/supervised.ts"
 
 const reasonOf = (effect: Effect.Effect<number, Supervisor.RestartError>) =>
   Effect.map(Effect.flip(effect), (error) => error.reason)
@@ -207,7 +98,7 @@ describe("Supervisor, on a fake OS", () => {
       assert.deepStrictEqual(error.reason, new Supervisor.ExitedBeforeReady({ pid: failed.pid, code: 1, signal: null }))
       assert.strictEqual(failed.state, "exited")
       assert.strictEqual(s.notes.at(-1), "READY=1", "systemd hears the reload is over")
-      assert.isTrue(s.warnings.some((w) => w.reason === "ExitedBeforeReady"))
+      assert.isTrue(s.warnings().some((w) => w.reason === "ExitedBeforeReady"))
       assert.deepStrictEqual(s.events, [], "still serving")
       const next = yield* Effect.forkChild(s.supervisor.restart)
       yield* (yield* s.fake.spawned).sayReady
@@ -229,7 +120,7 @@ describe("Supervisor, on a fake OS", () => {
       assert.strictEqual(error.reason._tag, "NotReadyInTime")
       assert.strictEqual(hung.state, "killed")
       assert.strictEqual(s.notes.at(-1), "READY=1")
-      assert.isTrue(s.warnings.some((w) => w.reason === "NotReadyInTime"))
+      assert.isTrue(s.warnings().some((w) => w.reason === "NotReadyInTime"))
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
     })
@@ -276,7 +167,7 @@ describe("Supervisor, on a fake OS", () => {
       yield* successor.sayReady
       yield* until(() => s.notes.length === 3, "MAINPID")
       yield* s.fake.signal("SIGTERM")
-      yield* until(() => s.logs.includes("effect-grace: termination requested"), "the signal handled")
+      yield* until(() => s.logs().includes("effect-grace: termination requested"), "the signal handled")
       yield* Deferred.succeed(drainGate, undefined)
       yield* Fiber.join(s.fiber)
       assert.strictEqual(successor.state, "released")
@@ -292,7 +183,7 @@ describe("Supervisor, on a fake OS", () => {
       yield* s.fake.signal("SIGTERM")
       yield* until(() => s.notes.includes("STOPPING=1"), "STOPPING")
       yield* s.fake.signal("SIGUSR2")
-      yield* until(() => s.warnings.some((w) => w.reason === "NotServing"), "the refusal logged")
+      yield* until(() => s.warnings().some((w) => w.reason === "NotServing"), "the refusal logged")
       assert.strictEqual(s.fake.children.length, 0)
       assert.deepStrictEqual(s.fake.forced, [])
       yield* s.fake.signal("SIGTERM")
@@ -313,9 +204,9 @@ describe("Supervisor, on a fake OS", () => {
       assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["stopping"] })
       assert.deepStrictEqual(s.notes.slice(1), ["STOPPING=1"])
       yield* TestClock.adjust("1999 millis")
-      assert.notInclude(s.logs, "effect-grace: draining")
+      assert.notInclude(s.logs(), "effect-grace: draining")
       yield* TestClock.adjust("1 millis")
-      yield* until(() => s.logs.includes("effect-grace: draining"), "the drain")
+      yield* until(() => s.logs().includes("effect-grace: draining"), "the drain")
       assert.isTrue((yield* s.health.status).live, "live until the process exits")
       yield* Deferred.succeed(drainGate, undefined)
       yield* Fiber.join(s.fiber)
@@ -363,7 +254,7 @@ describe("Supervisor, on a fake OS", () => {
       assert.include((refused as Supervisor.RestartUnsupported).detail, "PID 1")
       yield* s.fake.signal("SIGUSR2")
       yield* until(
-        () => s.warnings.filter((w) => w.reason === "RestartUnsupported").length === 2,
+        () => s.warnings().filter((w) => w.reason === "RestartUnsupported").length === 2,
         "both refusals logged"
       )
       assert.strictEqual(s.fake.children.length, 0)
@@ -437,7 +328,7 @@ describe("Supervisor, on a fake OS", () => {
       assert.deepStrictEqual(s.fake.pidFile, ["remove /run/app.pid"], "no PID file written, none left")
       assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["stopping"] })
       assert.deepStrictEqual(
-        s.logs.filter((line) => line.startsWith("effect-grace:")),
+        s.logs().filter((line) => line.startsWith("effect-grace:")),
         ["effect-grace: termination requested", "effect-grace: draining", "effect-grace: stopped"]
       )
     })
@@ -488,7 +379,7 @@ describe("Supervisor, on a fake OS", () => {
       const child = yield* s.fake.spawned
       assert.strictEqual(child.env.EFFECT_GRACE_TICKET_KEYS, "channel")
       const line = yield* child.channel.receive
-      assert.strictEqual(line, `ticket-keys ${s.ticketKeys().toString("base64")}`)
+      assert.strictEqual(line, `ticket-keys ${Tickets.encode(s.ticketKey)}`)
       yield* child.sayReady
       yield* Fiber.join(s.fiber)
       assert.strictEqual(child.state, "released")
@@ -497,13 +388,13 @@ describe("Supervisor, on a fake OS", () => {
 
   it.effect("the successor protocol, child side: the parent's keys before the application, ready once it serves", () =>
     Effect.gen(function* () {
-      const keys = Buffer.alloc(48, 7)
+      const keys: Tickets.TicketKey = { key: Buffer.alloc(48, 7), createdAt: 0 }
       const s = yield* supervised({
         parentPid: 41,
         parentValues: { EFFECT_GRACE_TICKET_KEYS: "channel" },
         keysFrom: keys
       })
-      assert.deepStrictEqual(s.ticketKeys(), keys, "the application's servers use the parent's keys")
+      assert.deepStrictEqual(s.ticketKey, keys, "the application's servers use the parent's key, with its age")
       assert.strictEqual(yield* s.fake.parent!.channel.receive, "ready")
       assert.deepStrictEqual(s.notes, [], "the parent tells systemd, not the successor")
       assert.deepStrictEqual(yield* s.supervisor.parentPid, Option.some(41))
@@ -521,7 +412,7 @@ describe("Supervisor, on a fake OS", () => {
         parentValues: { EFFECT_GRACE_TICKET_KEYS: "channel" },
         parentGone: true
       })
-      assert.strictEqual(s.ticketKeys().length, 48)
+      assert.strictEqual(s.ticketKey.key.length, 48)
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
     })

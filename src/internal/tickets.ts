@@ -177,17 +177,3 @@ export const ticketRotation: Config.Config<Duration.Duration> = Config.option(Co
     })
   )
 )
-
-// -----------------------------------------------------------------------------
-// Until the Supervisor hands on the keyring's key
-// -----------------------------------------------------------------------------
-
-let processKeys: Buffer | undefined
-
-/**
- * @deprecated A fixed key per process, which the `Supervisor` still reads and hands to its successor; servers no
- * longer read it. Remove once the `Supervisor` hands on `TicketKeyring`'s current key (`encode`).
- */
-export const TicketKeys: Context.Reference<Buffer> = Context.Reference<Buffer>("effect-grace/TicketKeys", {
-  defaultValue: () => (processKeys ??= randomBytes(TICKET_KEYS_BYTES))
-})

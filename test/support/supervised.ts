@@ -1,23 +1,37 @@
 /**
- * An application under the supervisor on the fake OS, as `test/Supervisor.unit.test.ts` runs one, recording every
- * log line with its level and annotations, for tests of what an operator reads.
+ * An application under the supervisor on the fake OS (test/support/os.ts),
+ * under the test's clock: what it sees of the supervisor, what it was told
+ * (systemd's datagrams), what its servers did (`events`: closing, paused,
+ * resumed, forced, drained), and every log line with its level and
+ * annotations.
  */
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as References from "effect/References"
+import * as Health from "../../src/Health.ts"
 import * as Notify from "../../src/Notify.ts"
+import * as Server from "../../src/Server.ts"
 import * as Supervisor from "../../src/Supervisor.ts"
 import * as DrainInternal from "../../src/internal/drain.ts"
+import * as Gate from "../../src/internal/gate.ts"
 import * as Os from "../../src/internal/os.ts"
+import * as Tickets from "../../src/internal/tickets.ts"
 import * as FakeOs from "./os.ts"
 
 /** Yields to the other fibers until `check` holds: a bound on scheduler turns, not on time. */
 export const until = (check: () => boolean, what: string) =>
+  untilEffect(
+    Effect.sync(() => check()),
+    what
+  )
+
+/** As `until`, for a check that is an Effect. */
+export const untilEffect = (check: Effect.Effect<boolean>, what: string) =>
   Effect.gen(function* () {
     for (let turn = 0; turn < 10_000; turn++) {
-      if (check()) return
+      if (yield* check) return
       yield* Effect.yieldNow
     }
     return yield* Effect.die(new Error(`never: ${what}`))
@@ -30,49 +44,92 @@ export interface Line {
   readonly annotations: Readonly<Record<string, unknown>>
 }
 
-/**
- * Runs an application under the supervisor on a fake OS, its logs recorded. `gate`, if given, holds the
- * application's start-up until opened, and `drainGate` its drain.
- */
-export const supervised = (
-  options: Supervisor.Options & {
-    readonly pid?: number
-    readonly spawnGate?: Deferred.Deferred<void>
-    readonly gate?: Deferred.Deferred<void>
-    readonly drainGate?: Deferred.Deferred<void>
-  } = {}
-) =>
+export interface SupervisedOptions extends Supervisor.Options {
+  readonly pid?: number
+  readonly parentPid?: number
+  readonly parentValues?: Readonly<Record<string, string>>
+  readonly spawnGate?: Deferred.Deferred<void>
+  /** Holds the application's start-up until opened. */
+  readonly gate?: Deferred.Deferred<void>
+  /** Holds the application's drain, and its servers' pause, until opened. */
+  readonly drainGate?: Deferred.Deferred<void>
+  /** The parent sends this ticket key on the channel first. */
+  readonly keysFrom?: Tickets.TicketKey
+  /** The parent goes before it sends anything. */
+  readonly parentGone?: boolean
+}
+
+/** An application whose one server records what the supervisor makes it do. */
+const application = (options: SupervisedOptions, events: Array<string>, seen: (app: Seen) => void) =>
+  Layer.effectDiscard(
+    Effect.gen(function* () {
+      seen({
+        supervisor: yield* Supervisor.Supervisor,
+        health: yield* Health.Health,
+        ticketKey: yield* (yield* Server.TicketKeyring).current
+      })
+      const record = (event: string) => Effect.sync(() => void events.push(event))
+      const held = options.drainGate !== undefined ? Deferred.await(options.drainGate) : Effect.void
+      // What a server does when the shutdown delay begins, when it is paused or resumed, and when its drain is forced.
+      const forced = Effect.andThen(yield* DrainInternal.Forced, record("forced"))
+      yield* Effect.forkScoped(Effect.andThen(yield* DrainInternal.Closing, record("closing")))
+      yield* (yield* Gate.Gate).register({
+        pause: Effect.andThen(record("paused"), Effect.raceFirst(held, forced)),
+        resume: record("resumed")
+      })
+      yield* Effect.addFinalizer(() => Effect.andThen(Effect.raceFirst(held, forced), record("drained")))
+      if (options.gate !== undefined) yield* Deferred.await(options.gate)
+    })
+  )
+
+interface Seen {
+  readonly supervisor: Supervisor.Supervisor["Service"]
+  readonly health: Health.Health["Service"]
+  readonly ticketKey: Tickets.TicketKey
+}
+
+/** Runs the application under the supervisor on a fake OS, with no probation unless `options` asks for one. */
+export const supervised = (options: SupervisedOptions = {}) =>
   Effect.gen(function* () {
     const fake = yield* FakeOs.make(options)
+    if (options.keysFrom !== undefined) {
+      yield* fake.parent!.channel.send(`ticket-keys ${Tickets.encode(options.keysFrom)}`)
+    }
+    if (options.parentGone === true) yield* fake.parent!.exits
+    const notes: Array<string> = []
+    const events: Array<string> = []
     const lines: Array<Line> = []
-    let supervisor: Supervisor.Supervisor["Service"] | undefined
-    const App = Layer.effectDiscard(
-      Effect.gen(function* () {
-        supervisor = yield* Supervisor.Supervisor
-        const forced = yield* DrainInternal.Forced
-        yield* Effect.addFinalizer(() =>
-          Effect.raceFirst(options.drainGate !== undefined ? Deferred.await(options.drainGate) : Effect.void, forced)
-        )
-        if (options.gate !== undefined) yield* Deferred.await(options.gate)
-      })
-    )
+    let seen: Seen | undefined
     const logger = Logger.make(({ fiber, logLevel, message }) => {
-      lines.push({
-        level: logLevel,
-        message: (Array.isArray(message) ? message : [message]).map(String).join(" "),
-        annotations: { ...fiber.getRef(References.CurrentLogAnnotations) }
-      })
+      const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+      lines.push({ level: logLevel, message: text, annotations: { ...fiber.getRef(References.CurrentLogAnnotations) } })
     })
     const fiber = yield* Effect.forkChild(
-      Supervisor.run(App, options).pipe(
+      Supervisor.run(
+        application(options, events, (app) => void (seen = app)),
+        { probation: 0, ...options }
+      ).pipe(
         Effect.provideService(Os.Os, fake.os),
-        Effect.provide(Notify.layerTest(() => Effect.void)),
+        Effect.provide(Notify.layerCallback((message) => Effect.sync(() => void notes.push(message)))),
         Effect.provide(Logger.layer([logger]))
       )
     )
-    yield* until(() => supervisor !== undefined, "the application building")
-    if (options.gate === undefined) {
-      yield* until(() => lines.some((line) => line.message === "effect-grace: ready"), "ready")
+    yield* until(() => seen !== undefined, "the application building")
+    const logs = () => lines.map((line) => line.message)
+    if (options.gate === undefined) yield* until(() => logs().includes("effect-grace: ready"), "ready")
+    return {
+      fake,
+      notes,
+      events,
+      lines,
+      /** Every message logged, in order. */
+      logs,
+      /** The warnings, with the reason each names. */
+      warnings: () =>
+        lines.filter((line) => line.level === "Warn").map((line) => ({ ...line, reason: line.annotations.reason })),
+      fiber,
+      supervisor: seen!.supervisor,
+      health: seen!.health,
+      ticketKey: seen!.ticketKey
     }
-    return { fake, lines, fiber, supervisor: supervisor! }
   })
