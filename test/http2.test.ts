@@ -127,7 +127,7 @@ const round = (options: Server.Options, client: Http2.SecureClientSessionOptions
     const port = (listener!.address as NetAddress.InetAddress).port
     const traffic = yield* Effect.acquireRelease(
       Effect.sync(() => load(`${scheme}://127.0.0.1:${port}`, client, 8, 4)),
-      (traffic) => Effect.sync(() => traffic.destroy())
+      (started) => Effect.sync(() => started.destroy())
     )
     yield* eventually(() => traffic.answered() >= 200, "200 streams answered before the drain")
     // The drain begins while streams are in flight and more are on their way.
