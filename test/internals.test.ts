@@ -11,7 +11,7 @@
  * - The order of an HTTP/2 server's `session` event: src/Server.ts,
  *   `onSession` / `established`.
  * - `OutgoingMessage#shouldKeepAlive`: src/internal/drain.ts, `closeAfter`.
- * - `net.Server.prototype.close` on an HTTP server: src/Listeners.ts,
+ * - `net.Server.prototype.close` on an HTTP or HTTP/2 server: src/Listeners.ts,
  *   `stopAccepting`.
  * - `net.Socket#destroySoon`: src/internal/drain.ts, `refuse`, and
  *   src/SocketServer.ts, `closeSoon`.
@@ -364,6 +364,40 @@ describe("Node internals", () => {
         assert.isTrue(
           answered._tag === "Success" && !client.destroyed,
           relied(internal, "an idle kept-alive connection stays open and is answered")
+        )
+      })
+  )
+
+  it.live(
+    "Node internal: net.Server.prototype.close on an Http2Server closes the listening handle, not its sessions",
+    () =>
+      Effect.gen(function* () {
+        const internal = "net.Server.prototype.close called on an Http2Server"
+        const server = Http2.createServer()
+        server.on("stream", (stream) => {
+          stream.respond({ ":status": 200 })
+          stream.end("ok")
+        })
+        const port = yield* listening(server)
+        const session = Http2.connect(`http://127.0.0.1:${port}`)
+        yield* Effect.addFinalizer(() => Effect.sync(() => session.destroy()))
+        let goaway = false
+        session.on("goaway", () => (goaway = true))
+        const stream = (what: string) =>
+          awaiting<void>(what, (done, fail) => {
+            const request = session.request({ ":path": "/" })
+            request.resume()
+            request.once("end", () => done())
+            request.once("error", fail)
+          })
+        yield* Effect.orDie(stream("a first stream"))
+        // Http2Server's own close would send every session a GOAWAY (the drain does, in two steps).
+        Net.Server.prototype.close.call(server)
+        assert.isFalse(server.listening, relied(internal, "the server stops listening"))
+        const answered = yield* Effect.result(stream("a stream after the close"))
+        assert.isTrue(
+          answered._tag === "Success" && !goaway,
+          relied(internal, "an open session is neither sent a GOAWAY nor closed, and its next stream is answered")
         )
       })
   )
