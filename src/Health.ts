@@ -10,7 +10,16 @@
  * - The application can mark itself unready for a reason of its own (a
  *   database it depends on is down), and ready again; it is ready only when
  *   no such reason remains.
- * - Live until the process exits.
+ * - Live until the process exits: `/livez` answers 200 whenever it is
+ *   answered at all, while starting, serving, stopping and handed off.
+ *
+ * Liveness is the process answering, and nothing more. A failed liveness
+ * probe makes Kubernetes kill the container, so a liveness of its own that
+ * turned false (past a drain deadline, after a hand-off) would kill the
+ * process in the middle of the very drain this library makes graceful, and a
+ * drain already ends at its deadline. What liveness is for, a process that is
+ * wedged, fails the probe by not answering: a blocked event loop accepts no
+ * request and answers none, and the probe's `timeoutSeconds` catches it.
  *
  * `routes` answers `GET /readyz` and `GET /livez` with 200 or 503 and a short
  * body, on any server the application mounts them on (a public port or an
@@ -32,6 +41,7 @@ import * as Layer from "effect/Layer"
  */
 export interface Status {
   readonly ready: boolean
+  /** Always `true`: a process that can say anything is live (see the module's notes). */
   readonly live: boolean
   /** Why not ready: `starting`, `stopping`, `handed off`, or the application's own reasons. */
   readonly reasons: ReadonlyArray<string>

@@ -1,5 +1,7 @@
 import { afterEach, assert, beforeEach, describe, it, vi } from "@effect/vitest"
-import { ActivityClock } from "../src/internal/drain.ts"
+import type * as Http2 from "node:http2"
+import type * as Net from "node:net"
+import { ActivityClock, Connection, goAwayGracefully } from "../src/internal/drain.ts"
 
 // The clock's own timer and time, under vitest's fake timers: each step below is exact.
 describe("ActivityClock", () => {
@@ -61,5 +63,93 @@ describe("ActivityClock", () => {
     assert.strictEqual(clock.latest(latest, now), now)
     assert.strictEqual(clock.latest(latest - 63, now), now - 630)
     clock.stop()
+  })
+})
+
+/** An HTTP/2 session as the drain sees it: what it was sent, and the PINGs waiting for their acks. */
+const fakeSession = (options: { readonly pingRefused?: boolean } = {}) => {
+  const sent: Array<string> = []
+  const acks: Array<() => void> = []
+  const session = {
+    closed: false,
+    destroyed: false,
+    goaway: (code: number, last: number) => void sent.push(`goaway ${code} ${last}`),
+    ping: (ack: () => void) => {
+      if (options.pingRefused === true) return false
+      sent.push("ping")
+      acks.push(ack)
+      return true
+    },
+    close: () => {
+      sent.push("close")
+      session.closed = true
+    }
+  }
+  const connection = new Connection({ bytesRead: 0 } as Net.Socket, "session", 0)
+  connection.session = session as unknown as Http2.ServerHttp2Session
+  const streams = (open: number) => {
+    connection.streams = open
+    connection.streamsChanged?.()
+  }
+  return { sent, acks, connection, streams }
+}
+
+// The two GOAWAYs of RFC 9113, section 6.8, with the session's streams and PINGs played by hand.
+describe("goAwayGracefully", () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] })
+  })
+  afterEach(() => {
+    vi.useRealTimers()
+  })
+
+  it("with streams open: a GOAWAY admitting every stream, then the final one after two PING round trips", () => {
+    const { sent, acks, connection, streams } = fakeSession()
+    streams(4)
+    goAwayGracefully(connection)
+    assert.deepStrictEqual(sent, [`goaway 0 ${2 ** 31 - 1}`, "ping"])
+    acks[0]!()
+    assert.deepStrictEqual(sent.slice(2), ["ping"], "the first ack may come ahead of streams: one more round trip")
+    acks[1]!()
+    assert.deepStrictEqual(sent.slice(3), ["close"])
+    streams(0)
+    vi.advanceTimersByTime(5000)
+    assert.strictEqual(sent.filter((frame) => frame === "close").length, 1)
+  })
+
+  it("the final GOAWAY goes as soon as no stream is open, Node reading nothing more then", () => {
+    const { sent, connection, streams } = fakeSession()
+    streams(1)
+    goAwayGracefully(connection)
+    streams(0)
+    assert.deepStrictEqual(sent, [`goaway 0 ${2 ** 31 - 1}`, "ping", "close"])
+  })
+
+  it("a quiet session is told once a stream arrives, or closed after the grace", () => {
+    const told = fakeSession()
+    goAwayGracefully(told.connection)
+    assert.deepStrictEqual(told.sent, [])
+    told.streams(1)
+    assert.deepStrictEqual(told.sent, [`goaway 0 ${2 ** 31 - 1}`, "ping"])
+
+    const quiet = fakeSession()
+    goAwayGracefully(quiet.connection)
+    vi.advanceTimersByTime(999)
+    assert.deepStrictEqual(quiet.sent, [])
+    vi.advanceTimersByTime(1)
+    assert.deepStrictEqual(quiet.sent, ["close"])
+  })
+
+  it("without an ack (or a PING refused), the final GOAWAY goes after the grace (or at once)", () => {
+    const silent = fakeSession()
+    silent.streams(2)
+    goAwayGracefully(silent.connection)
+    vi.advanceTimersByTime(1000)
+    assert.deepStrictEqual(silent.sent, [`goaway 0 ${2 ** 31 - 1}`, "ping", "close"])
+
+    const refused = fakeSession({ pingRefused: true })
+    refused.streams(2)
+    goAwayGracefully(refused.connection)
+    assert.deepStrictEqual(refused.sent, [`goaway 0 ${2 ** 31 - 1}`, "close"])
   })
 })
