@@ -505,14 +505,15 @@ const acquire = (state: State, request: Request): Effect.Effect<Listener, Listen
     return Sys.native().available ? bindNative(bindable) : bindPortable(bindable)
   })
 
-// Whoever holds the fd closes it: the acceptor, the Node server that took it, or else this module.
+// Whoever holds the fd closes it: the acceptor, the Node server that took it, or else this module (a listener never
+// served, or paused).
 const closeListener = (listener: Listener): void => {
   const acceptor = acceptors.get(listener)
   if (acceptor !== undefined) return acceptor.close()
   const server = adopted.get(listener)
   // Closing the server closes the fd (and never unlinks: it has no path); it may have closed already.
-  if (server !== undefined) return void (server.listening && server.close())
-  if (listener.fd !== undefined) closeSync(listener.fd)
+  if (server?.listening) return void server.close()
+  if (listener.fd !== undefined && (server === undefined || kept.has(listener))) closeSync(listener.fd)
 }
 
 const activate = (state: State, order: number, listener: Listener): void => {
@@ -588,6 +589,18 @@ export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Ef
  * @category serving
  */
 export const serve = (listener: Listener, server: Net.Server): Effect.Effect<void, ListenersError> =>
+  Effect.suspend(() => {
+    const acceptor = acceptors.get(listener)
+    if (acceptor !== undefined) {
+      acceptor.serve(server)
+      adopted.set(listener, server)
+      return Effect.void
+    }
+    adopted.set(listener, server)
+    return listenOn(listener, server)
+  })
+
+const listenOn = (listener: Listener, server: Net.Server): Effect.Effect<void, ListenersError> =>
   Effect.callback<void, ListenersError>((resume) => {
     const onError = (cause: Error) => {
       server.off("listening", onListening)
@@ -599,25 +612,57 @@ export const serve = (listener: Listener, server: Net.Server): Effect.Effect<voi
     }
     const onListening = () => {
       server.off("error", onError)
-      adopted.set(listener, server)
       resume(Effect.void)
-    }
-    const acceptor = acceptors.get(listener)
-    if (acceptor !== undefined) {
-      acceptor.serve(server)
-      adopted.set(listener, server)
-      return resume(Effect.void)
     }
     server.once("error", onError)
     server.once("listening", onListening)
-    server.listen({ fd: listener.fd } as Net.ListenOptions)
     // Node takes the fd synchronously (its error and listening events come later): from here its server owns it,
     // and closing the server closes the fd, even if this fiber is interrupted before the listening event.
-    if (server.listening) adopted.set(listener, server)
+    kept.delete(listener)
+    server.listen({ fd: listener.fd } as Net.ListenOptions)
     return Effect.sync(() => {
       server.off("error", onError)
       server.off("listening", onListening)
     })
+  })
+
+// Listeners whose fd this module holds while their server does not accept (paused): see `pauseAccepting`.
+const kept = new WeakSet<Listener>()
+
+/**
+ * Stops a served listener accepting but keeps its socket open, to accept
+ * again (`resumeAccepting`): connections that arrive meanwhile wait in its
+ * backlog, which a successor sharing the socket accepts from. Needs the
+ * native calls; without them it stops accepting as `stopAccepting` does.
+ *
+ * @since 0.1.0
+ * @category serving
+ */
+export const pauseAccepting = (listener: Listener): Effect.Effect<void> =>
+  Effect.sync(() => {
+    const server = adopted.get(listener)
+    if (listener.fd === undefined || server === undefined || !server.listening) return
+    // A copy of the fd first: closing the server's handle closes the fd it took, not the socket.
+    const copy = Sys.dup(listener.fd)
+    Net.Server.prototype.close.call(server)
+    if (Result.isFailure(copy)) return
+    // The listener's fd is the one open for its socket in this process, the one a restart hands on.
+    ;(listener as { fd: number | undefined }).fd = copy.success
+    kept.add(listener)
+  })
+
+/**
+ * Starts a paused listener (`pauseAccepting`) accepting again, on the same
+ * socket: connections waiting in its backlog are accepted now. A listener
+ * that accepts already, or that was stopped for good, is left as it is.
+ *
+ * @since 0.1.0
+ * @category serving
+ */
+export const resumeAccepting = (listener: Listener): Effect.Effect<void, ListenersError> =>
+  Effect.suspend(() => {
+    const server = adopted.get(listener)
+    return server !== undefined && !server.listening && kept.has(listener) ? listenOn(listener, server) : Effect.void
   })
 
 /**

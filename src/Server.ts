@@ -52,6 +52,7 @@ import type { Duplex } from "node:stream"
 import type * as Tls from "node:tls"
 import * as Drain from "./internal/drain.ts"
 import * as Tickets from "./internal/tickets.ts"
+import * as Gate from "./internal/gate.ts"
 import * as Listeners from "./Listeners.ts"
 
 // -----------------------------------------------------------------------------
@@ -561,16 +562,20 @@ const serveApp = (served: Served): Serve => {
     // Forked first, so that it closes (interrupting what the drain leaves) after the drain below.
     const requestScope = Scope.forkUnsafe(serveScope, "parallel")
     const detach = attachHandlers(served, yield* makeHandlers(served, httpApp, middleware, requestScope))
+    // Stopping to accept and draining: for good when the scope closes, or paused while a successor is on probation.
+    const drained = Drain.drainReported(served.tracker, served.settings, address)
     yield* Scope.addFinalizer(
       serveScope,
-      Effect.gen(function* () {
-        yield* Listeners.stopAccepting(served.listener)
-        yield* Drain.drainReported(served.tracker, served.settings, address)
-        detach()
-        // Nothing is left to close; this clears the connection checks Node runs for request timeouts.
-        served.server.close()
-      })
+      Effect.andThen(
+        Effect.andThen(Listeners.stopAccepting(served.listener), drained),
+        Effect.sync(() => {
+          detach()
+          // Nothing is left to close; this clears the connection checks Node runs for request timeouts.
+          served.server.close()
+        })
+      )
     )
+    yield* Gate.registerServer(served.listener, served.tracker, drained)
     // Every handler is attached: accept.
     yield* Effect.orDie(Listeners.serve(served.listener, served.server as Net.Server))
   })

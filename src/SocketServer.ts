@@ -39,6 +39,7 @@ import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Net from "node:net"
 import { Draining } from "./Drain.ts"
 import * as Drain from "./internal/drain.ts"
+import * as Gate from "./internal/gate.ts"
 import * as Listeners from "./Listeners.ts"
 
 // -----------------------------------------------------------------------------
@@ -137,6 +138,9 @@ const makeRunWith = (listener: Listeners.Listener, settings: Drain.Settings): Ru
         const server = Net.createServer()
         server.on("connection", (conn: Net.Socket) => serveConnection(conn, { tracker, handler, services, handlers }))
         yield* Scope.addFinalizer(scope, drain(listener, tracker, settings, address))
+        // A raw connection has no requests to refuse, and nothing to tell to go away.
+        const drained = Drain.drainReported(tracker, settings, address, ["refused", "toldToGoAway"])
+        yield* Scope.provide(Gate.registerServer(listener, tracker, drained), scope)
         // The handler is attached: accept.
         yield* Effect.mapError(Listeners.serve(listener, server), openError)
         yield* Deferred.succeed(listening, undefined)

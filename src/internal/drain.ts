@@ -29,7 +29,6 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
-import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { DrainTimeout, Draining, IdleGrace, metrics } from "../Drain.ts"
 import type { DrainSignal } from "../Drain.ts"
@@ -146,11 +145,17 @@ export const drainReported = (
   settings: Settings,
   server: string,
   omit: ReadonlyArray<keyof DrainReport> = []
-): Effect.Effect<DrainReport> =>
+): Effect.Effect<DrainReport | "resumed"> =>
   Effect.gen(function* () {
+    // A drain under way (a paused server's) reports itself: this one waits for its end.
+    if (tracker.drainUnderway) return yield* tracker.drain(settings)
     // The caller has stopped accepting: from here on, new connections go to a successor, or are refused.
     yield* Effect.logDebug("effect-grace: drain started").pipe(Effect.annotateLogs({ server, pid: process.pid }))
     const report = yield* tracker.drain(settings)
+    if (report === "resumed") {
+      yield* Effect.logInfo("effect-grace: accepting again").pipe(Effect.annotateLogs({ server, pid: process.pid }))
+      return report
+    }
     if (report.connections === 0 && !(yield* settings.started)) return report
     const counts = Object.fromEntries(
       Object.entries(report).filter(([key]) => !omit.includes(key as keyof DrainReport))
@@ -365,7 +370,10 @@ export class Tracker {
   private state: "serving" | "closing" | "draining" | "done" = "serving"
   private idleGraceMs = 0
   private readonly hooks: Array<() => void> = []
-  private readonly started = Deferred.makeUnsafe<void>()
+  private started = Deferred.makeUnsafe<void>()
+  // The drain under way, which a final drain joins; and what ends it early, a resume (the server accepts again).
+  private underway: Deferred.Deferred<DrainReport> | undefined = undefined
+  private resumed: Deferred.Deferred<void> | undefined = undefined
   private onEmpty: (() => void) | undefined = undefined
   private finished = 0
   private inFlight = 0
@@ -376,7 +384,8 @@ export class Tracker {
 
   /** The signal handlers of this server see as `Draining`. */
   readonly signal: DrainSignal = {
-    await: Deferred.await(this.started),
+    // A fresh signal after a resume: the one of the drain that was resumed has fired.
+    await: Effect.suspend(() => Deferred.await(this.started)),
     isDraining: Effect.sync(() => this.state !== "serving")
   }
 
@@ -517,7 +526,7 @@ export class Tracker {
     if (this.state !== "serving") return
     this.state = "closing"
     Deferred.doneUnsafe(this.started, Effect.void)
-    for (const hook of this.hooks.splice(0)) hook()
+    for (const hook of this.hooks) hook()
     for (const connection of this.connections.values()) {
       if (connection.session !== undefined) this.goAway(() => goAwayGracefully(connection))
       if (connection.response !== undefined) closeAfter(connection.response)
@@ -530,10 +539,36 @@ export class Tracker {
     f()
   }
 
-  /** Runs `f` when the drain begins, or at once during one. */
+  /** Runs `f` whenever a drain begins (again after a resume), and at once during one. */
   onDrain(f: () => void): void {
+    this.hooks.push(f)
     if (this.draining) f()
-    else this.hooks.push(f)
+  }
+
+  /** Whether a drain is under way (begun, not yet over). */
+  get drainUnderway(): boolean {
+    return this.underway !== undefined
+  }
+
+  /**
+   * Ends the drain under way and serves again, as before it (a hand-back):
+   * connections already closing close, the others are served as usual, and
+   * the drain's effect ends without forcing anything. Nothing if no drain is
+   * under way.
+   */
+  resume(): void {
+    if (this.underway === undefined || this.state !== "draining") return
+    this.state = "serving"
+    this.started = Deferred.makeUnsafe<void>()
+    this.underway = undefined
+    this.onEmpty = undefined
+    for (const connection of this.connections.values()) {
+      if (connection.closing) continue
+      clearTimeout(connection.timer)
+      connection.timer = undefined
+    }
+    this.finished = this.completed = this.refused = this.toldToGoAway = 0
+    if (this.resumed !== undefined) Deferred.doneUnsafe(this.resumed, Effect.void)
   }
 
   private release(connection: Connection): void {
@@ -579,12 +614,14 @@ export class Tracker {
    * is left at `timeout` (an Effect timer: a `TestClock` drives it). The
    * caller has stopped accepting.
    */
-  drain(settings: Settings): Effect.Effect<DrainReport> {
+  drain(settings: Settings): Effect.Effect<DrainReport | "resumed"> {
     return Effect.suspend(() => {
-      if (this.state === "draining" || this.state === "done") {
-        return Effect.die(new Error("effect-grace: a server drains only once"))
-      }
+      if (this.state === "done") return Effect.die(new Error("effect-grace: a server drains only once"))
+      // A drain under way (a pause's) is joined: its end is this one's.
+      if (this.underway !== undefined) return Deferred.await(this.underway)
       const started = performance.now()
+      const underway = (this.underway = Deferred.makeUnsafe<DrainReport>())
+      const resumed = (this.resumed = Deferred.makeUnsafe<void>())
       this.beginClosing()
       this.state = "draining"
       this.idleGraceMs = Duration.toMillis(settings.idleGrace)
@@ -598,26 +635,38 @@ export class Tracker {
         })
       })
       const deadline = Effect.raceFirst(Effect.sleep(settings.timeout), settings.forced)
-      const ended = Effect.raceFirst(Effect.as(emptied, Option.some(true)), Effect.as(deadline, Option.none()))
-      return Effect.map(ended, (done) => {
-        const cut = Option.isNone(done) ? this.inFlight : 0
-        const forced = Option.isNone(done) ? this.destroyAll() : 0
-        this.clock.stop()
-        this.onEmpty = undefined
-        this.state = "done"
-        return {
-          connections: this.finished + forced,
-          finished: this.finished,
-          forced,
-          requests: this.requests,
-          completed: this.completed,
-          cut,
-          refused: this.refused,
-          toldToGoAway: this.toldToGoAway,
-          millis: Math.round(performance.now() - started)
-        }
+      const ended = Effect.raceAll([
+        Effect.as(emptied, "emptied" as const),
+        Effect.as(deadline, "deadline" as const),
+        Effect.as(Deferred.await(resumed), "resumed" as const)
+      ])
+      return Effect.map(ended, (end) => {
+        if (end === "resumed") return end
+        const report = this.finish(end === "deadline", started)
+        Deferred.doneUnsafe(underway, Effect.succeed(report))
+        return report
       })
     })
+  }
+
+  // The drain's end: at the deadline, what is left is destroyed.
+  private finish(atDeadline: boolean, started: number): DrainReport {
+    const cut = atDeadline ? this.inFlight : 0
+    const forced = atDeadline ? this.destroyAll() : 0
+    this.clock.stop()
+    this.onEmpty = undefined
+    this.state = "done"
+    return {
+      connections: this.finished + forced,
+      finished: this.finished,
+      forced,
+      requests: this.requests,
+      completed: this.completed,
+      cut,
+      refused: this.refused,
+      toldToGoAway: this.toldToGoAway,
+      millis: Math.round(performance.now() - started)
+    }
   }
 
   // The deadline: every connection left is destroyed. Returns how many there were.

@@ -9,6 +9,8 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import * as Listeners from "../Listeners.ts"
+import type * as Drain from "./drain.ts"
 
 /** One server's part. */
 export interface Pausable {
@@ -46,3 +48,24 @@ export const make = () => {
     resume: Effect.suspend(() => Effect.forEach([...servers], (s) => s.resume, { discard: true }))
   }
 }
+
+/**
+ * Registers a served listener with the supervisor's gate, for the serve scope's life. Pausing stops it accepting
+ * (its socket kept open) and runs `drain`, the same drain its scope's finalizer runs, which then joins the one under
+ * way; resuming ends the drain without forcing anything and accepts again on the same socket.
+ */
+export const registerServer = (
+  listener: Listeners.Listener,
+  tracker: Drain.Tracker,
+  drain: Effect.Effect<unknown>
+): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const gate = yield* Gate
+    const resume = Effect.andThen(
+      Effect.sync(() => tracker.resume()),
+      Listeners.resumeAccepting(listener).pipe(
+        Effect.catch((error) => Effect.logError(`effect-grace: cannot accept again: ${error.message}`))
+      )
+    )
+    yield* gate.register({ pause: Effect.andThen(Listeners.pauseAccepting(listener), Effect.asVoid(drain)), resume })
+  })

@@ -36,6 +36,7 @@ const IPPROTO_IPV6 = 41
 const IPV6_V6ONLY = 26
 const F_GETFD = 1
 const F_SETFD = 2
+const F_DUPFD_CLOEXEC = 1030
 const FD_CLOEXEC = 1
 const MSG_NOSIGNAL = 0x4000
 const MSG_DONTWAIT = 0x40
@@ -276,6 +277,10 @@ export const setCloseOnExec = (fd: number, on: boolean): Result.Result<void, Sys
     return Result.map(check(lib, "fcntl", lib.fcntl(fd, F_SETFD, "int", next)), () => undefined)
   })
 }
+
+/** A new fd, close-on-exec, for the same open socket (or file) as `fd`: closing one leaves the other open. */
+export const dup = (fd: number): Result.Result<number, SysError> =>
+  withLibc("fcntl", (lib) => check(lib, "fcntl", lib.fcntl(fd, F_DUPFD_CLOEXEC, "int", 3)))
 
 /** Whether FD_CLOEXEC is set. */
 export const isCloseOnExec = (fd: number): Result.Result<boolean, SysError> => {
