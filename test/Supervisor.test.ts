@@ -6,7 +6,7 @@ import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Sys from "../src/internal/sys.ts"
-import { keepAliveLoad, request } from "./support/http.ts"
+import { keepAliveLoad, request, steadyLoad } from "./support/http.ts"
 import type { Reply } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { certificateFiles, tlsConnect } from "./support/tls.ts"
@@ -78,7 +78,10 @@ const start = (options: {
         for (const pid of processesTagged(tag)) process.kill(pid, "SIGKILL")
       })
     )
-    const fixture = yield* spawnFixture("supervised", options.specs(tag), { env: options.env ?? {} })
+    // A hand-off at once, unless the test is about the probation window (test/handback.test.ts).
+    const fixture = yield* spawnFixture("supervised", options.specs(tag), {
+      env: { GRACE_PROBATION: "0", ...options.env }
+    })
     const first = yield* readyOf(fixture, fixture.pid)
     return { fixture, tag, first }
   })
@@ -611,5 +614,174 @@ describe("Supervisor", () => {
         assert.deepStrictEqual(processesTagged(tag), [])
       }),
     { timeout: 30_000 }
+  )
+})
+
+// -----------------------------------------------------------------------------
+// Hand-back
+// -----------------------------------------------------------------------------
+
+describe("Supervisor, hand-back", () => {
+  /** The fixture with a probation window, a mode file, and steady requests on new connections. */
+  const underLoad = (probation: string, env: Record<string, string> = {}) =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const modeFile = Path.join(dir, "mode")
+      const port = yield* freePort()
+      const started = yield* start({
+        specs: (id) => [`${id}=127.0.0.1:${port}`],
+        env: { GRACE_PROBATION: probation, FIXTURE_MODE_FILE: modeFile, ...env }
+      })
+      const load = yield* steadyLoad(`http://127.0.0.1:${port}/`, 4)
+      yield* Effect.addFinalizer(() => load.stop)
+      return { ...started, port, load, mode: (mode: string) => Fs.writeFileSync(modeFile, mode) }
+    })
+
+  /** A restart whose successor reports ready: its pid, once the old process has begun its probation. */
+  const successorOnProbation = (fixture: Spawned, generation: Generation) =>
+    Effect.gen(function* () {
+      const since = fixture.lines.length
+      const pattern = new RegExp(
+        `"effect-grace: successor ready".*"pid":${generation.pid},"successor":(\\d+),"probationMillis"`
+      )
+      process.kill(generation.pid, "SIGUSR2")
+      // This restart's line: the same process may have had a successor before.
+      const match = yield* eventually(
+        () => fixture.lines.slice(since).flatMap((line) => line.match(pattern) ?? [])[1],
+        "the successor ready"
+      )
+      return Number(match)
+    })
+
+  /** After the successor's death: it was served again by `old` within 500 ms, and no connection was ever refused. */
+  const handedBack = (s: Effect.Success<ReturnType<typeof underLoad>>, successor: number, diedAt: number) =>
+    Effect.gen(function* () {
+      yield* s.fixture.waitForLine(new RegExp(`"reason":"HandedBack"`))
+      yield* eventually(() => s.load.outcomes.some((o) => o.at > diedAt + 500), "half a second of load after the death")
+      const first = s.load.outcomes.find((o) => o.at > diedAt && o.pid === s.first.pid)
+      assert.isDefined(first, "the old process answers again")
+      assert.isAtMost(first!.at - diedAt, 500, "answered again within 500 ms of the death")
+      const after = s.load.outcomes.filter((o) => o.at > diedAt + 100)
+      assert.isTrue(
+        after.every((o) => o.pid === s.first.pid),
+        `from then on only the old pid: ${JSON.stringify(after.filter((o) => o.pid !== s.first.pid))}`
+      )
+      const failed = s.load.outcomes.filter((o) => o.code !== undefined)
+      assert.isFalse(
+        failed.some((o) => o.code === "ECONNREFUSED"),
+        `no connection refused: ${JSON.stringify(failed)}`
+      )
+      // Only what was in flight on the dead successor's connections may fail: one request per client at most.
+      assert.isAtMost(failed.length, 4, JSON.stringify(failed))
+      assert.isTrue(
+        s.load.outcomes.some((o) => o.pid === successor),
+        "the successor served before it died"
+      )
+    })
+
+  it.live(
+    "a successor that dies a second after ready: the old process takes the service back, nothing refused, and restarts again",
+    () =>
+      Effect.gen(function* () {
+        const s = yield* underLoad("3 seconds")
+        yield* eventually(() => s.load.outcomes.length >= 50, "load before the restart")
+        s.mode("die:1200")
+        const successor = yield* successorOnProbation(s.fixture, s.first)
+        const dying = yield* s.fixture.waitForLine(new RegExp(`^dying ${successor} (\\d+)$`))
+        yield* handedBack(s, successor, Number(dying[1]))
+        // The PID file and the next restart: this process is the service again.
+        s.mode("ok")
+        const next = yield* successorOnProbation(s.fixture, s.first)
+        yield* s.fixture.waitForLine(new RegExp(`"effect-grace: probation over".*"pid":${s.first.pid}\\b`))
+        assert.deepStrictEqual(yield* s.fixture.exited(), { code: 0, signal: null })
+        yield* eventually(() => s.load.outcomes.at(-1)?.pid === next, "the second successor answering")
+        yield* s.load.stop
+        assert.isFalse(s.load.outcomes.some((o) => o.code === "ECONNREFUSED"))
+      }),
+    { timeout: 60_000 }
+  )
+
+  it.live(
+    "kill -9 of the successor within its window: the old process takes the service back",
+    () =>
+      Effect.gen(function* () {
+        const s = yield* underLoad("3 seconds")
+        yield* eventually(() => s.load.outcomes.length >= 50, "load before the restart")
+        const successor = yield* successorOnProbation(s.fixture, s.first)
+        yield* eventually(() => s.load.outcomes.some((o) => o.pid === successor), "the successor serving")
+        const diedAt = Date.now()
+        process.kill(successor, "SIGKILL")
+        yield* handedBack(s, successor, diedAt)
+        assert.isTrue(isAlive(s.first.pid))
+        const warning = s.fixture.lines.find((line) => line.includes('"reason":"HandedBack"'))!
+        assert.include(warning, "was killed by SIGKILL within its probation window")
+      }),
+    { timeout: 60_000 }
+  )
+
+  it.live(
+    "a healthy successor: the old process stops accepting at once, and exits 0 once the window has passed",
+    () =>
+      Effect.gen(function* () {
+        const s = yield* underLoad("1500 millis")
+        const successor = yield* successorOnProbation(s.fixture, s.first)
+        const ready = Date.now()
+        yield* s.fixture.waitForLine(new RegExp(`"effect-grace: drain started".*"pid":${s.first.pid}\\b`))
+        assert.deepStrictEqual(yield* s.fixture.exited(), { code: 0, signal: null })
+        assert.isAtLeast(Date.now() - ready, 1400, "alive for the window")
+        yield* s.load.stop
+        assert.deepStrictEqual(
+          s.load.outcomes.filter((o) => o.code !== undefined),
+          []
+        )
+        assert.strictEqual(s.load.outcomes.at(-1)?.pid, successor)
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "under systemd: READY=1 when the successor is ready, MAINPID only once its window has passed; never a dead pid",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const notifySocket = Path.join(dir, "notify.sock")
+        const bound = Sys.bindDatagram(notifySocket)
+        assert.isTrue(Result.isSuccess(bound))
+        const fd = (bound as Result.Success<number, never>).success
+        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+        // Each datagram as it arrives, with whether the MAINPID it names is alive then.
+        const received: Array<string> = []
+        const nextDatagram = eventually(() => {
+          const datagram = Sys.receiveDatagram(fd)
+          if (Result.isFailure(datagram) || datagram.success === undefined) return undefined
+          const text = datagram.success.toString()
+          const main = text.match(/MAINPID=(\d+)/)?.[1]
+          received.push(main !== undefined && !isAlive(Number(main)) ? `${text} (dead)` : text)
+          return received.at(-1)!
+        }, "a notify datagram")
+        const s = yield* underLoad("1 second", { NOTIFY_SOCKET: notifySocket })
+        assert.strictEqual(yield* nextDatagram, "READY=1")
+        s.mode("die:1000")
+        const dying = yield* successorOnProbation(s.fixture, s.first)
+        assert.match(yield* nextDatagram, /^RELOADING=1\nMONOTONIC_USEC=\d+$/)
+        assert.strictEqual(yield* nextDatagram, "READY=1", "the reload is over; the main process is still this one")
+        assert.match(yield* nextDatagram, /^STATUS=serving again: the successor \(pid \d+\) exited with code 1/)
+        yield* s.fixture.waitForLine(new RegExp(`^dying ${dying} `))
+        s.mode("ok")
+        const next = yield* successorOnProbation(s.fixture, s.first)
+        assert.match(yield* nextDatagram, /^RELOADING=1/)
+        assert.strictEqual(yield* nextDatagram, "READY=1")
+        assert.strictEqual(yield* nextDatagram, `MAINPID=${next}`, "named once its window has passed, alive")
+        assert.deepStrictEqual(yield* s.fixture.exited(), { code: 0, signal: null })
+        assert.isFalse(
+          received.some((text) => text.includes("(dead)")),
+          received.join(" | ")
+        )
+        assert.isFalse(
+          received.some((text) => text.includes(`MAINPID=${dying}`)),
+          "never the successor that died"
+        )
+      }),
+    { timeout: 60_000 }
   )
 })

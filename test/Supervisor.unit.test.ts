@@ -6,6 +6,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Result from "effect/Result"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
@@ -19,6 +20,7 @@ import * as Tickets from "../src/internal/tickets.ts"
 import * as Program from "../src/internal/program.ts"
 import * as FakeOs from "./support/os.ts"
 import { supervised, until, untilEffect } from "./support/supervised.ts"
+import type { SupervisedOptions } from "./support/supervised.ts"
 
 const reasonOf = (effect: Effect.Effect<number, Supervisor.RestartError>) =>
   Effect.map(Effect.flip(effect), (error) => error.reason)
@@ -415,6 +417,98 @@ describe("Supervisor, on a fake OS", () => {
       assert.strictEqual(s.ticketKey.key.length, 48)
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
+    })
+  )
+})
+
+describe("Supervisor, a successor on probation", () => {
+  const onProbation = (options: SupervisedOptions = {}) =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ probation: "5 seconds", pidFile: "/run/app.pid", ...options })
+      const restart = yield* Effect.forkChild(Effect.result(s.supervisor.restart))
+      const child = yield* s.fake.spawned
+      yield* child.sayReady
+      yield* until(() => s.events.includes("paused"), "the servers paused")
+      return { ...s, child, restart }
+    })
+
+  it.effect("ready: the servers pause, READY=1 but no MAINPID yet; the window passes: MAINPID, released, drained", () =>
+    Effect.gen(function* () {
+      const s = yield* onProbation()
+      assert.deepStrictEqual(s.notes.slice(2), ["READY=1"], "the reload is over; the main process stays this one")
+      assert.strictEqual(s.child.state, "running")
+      assert.isUndefined(s.restart.pollUnsafe(), "the caller waits for the window")
+      assert.deepStrictEqual((yield* s.health.status).reasons, ["handed off"])
+      yield* TestClock.adjust("4999 millis")
+      assert.strictEqual(s.child.state, "running")
+      yield* TestClock.adjust("1 millis")
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.notes.slice(3), ["MAINPID=200"])
+      assert.strictEqual(s.child.state, "released")
+      assert.deepStrictEqual(s.events, ["paused", "drained"])
+      assert.deepStrictEqual(yield* Fiber.join(s.restart), Result.succeed(200))
+    })
+  )
+
+  for (const drainedFirst of [false, true]) {
+    it.effect(
+      `the successor exits within the window (${drainedFirst ? "after" : "before"} the old drain ended): handed back`,
+      () =>
+        Effect.gen(function* () {
+          const drainGate = yield* Deferred.make<void>()
+          const s = yield* onProbation({ drainGate })
+          if (drainedFirst) yield* Deferred.succeed(drainGate, undefined)
+          yield* TestClock.adjust("1 second")
+          yield* s.child.exit({ code: 1, signal: null })
+          const answer = yield* Fiber.join(s.restart)
+          assert.isTrue(Result.isFailure(answer))
+          const reason = (answer as Result.Failure<number, Supervisor.RestartError>).failure.reason
+          assert.deepStrictEqual(reason, new Supervisor.HandedBack({ pid: 200, code: 1, signal: null }))
+          assert.deepStrictEqual(s.events, ["paused", "resumed"])
+          assert.deepStrictEqual(yield* s.health.status, { ready: true, live: true, reasons: [] })
+          assert.deepStrictEqual(s.fake.pidFile, ["write /run/app.pid", "write /run/app.pid"], "named again")
+          assert.match(s.notes.at(-1)!, /^STATUS=serving again: the successor \(pid 200\) exited with code 1/)
+          assert.notInclude(s.notes.join("\n"), "MAINPID", "systemd never heard of the successor as main")
+          assert.isTrue(s.warnings().some((w) => w.reason === "HandedBack"))
+          // The window's timer is gone; the next restart works.
+          yield* TestClock.adjust("10 seconds")
+          assert.isUndefined(s.fiber.pollUnsafe(), "serving on")
+          const next = yield* Effect.forkChild(s.supervisor.restart)
+          const second = yield* s.fake.spawned
+          yield* second.sayReady
+          yield* TestClock.adjust("5 seconds")
+          assert.strictEqual(yield* Fiber.join(next), 201)
+          if (!drainedFirst) yield* Deferred.succeed(drainGate, undefined)
+          yield* Fiber.join(s.fiber)
+        })
+    )
+  }
+
+  it.effect("a restart during the window is refused; a successor that exits after it is not watched", () =>
+    Effect.gen(function* () {
+      const s = yield* onProbation()
+      assert.strictEqual((yield* reasonOf(s.supervisor.restart))._tag, "AlreadyInProgress")
+      yield* s.fake.signal("SIGUSR2")
+      yield* until(() => s.warnings().filter((w) => w.reason === "AlreadyInProgress").length === 2, "both refused")
+      yield* TestClock.adjust("5 seconds")
+      yield* Fiber.join(s.fiber)
+      yield* s.child.exit({ code: 0, signal: null })
+      assert.isFalse(s.events.includes("resumed"))
+      assert.strictEqual(s.fake.children.length, 1)
+    })
+  )
+
+  it.effect("SIGTERM during the window: the successor is told to terminate, this process drains, STOPPING=1", () =>
+    Effect.gen(function* () {
+      const s = yield* onProbation()
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+      assert.isTrue(s.child.terminated)
+      assert.deepStrictEqual(s.notes.slice(3), ["STOPPING=1"])
+      assert.notInclude(s.notes.join("\n"), "MAINPID")
+      assert.deepStrictEqual(s.events, ["paused", "drained"])
+      assert.isTrue(Result.isFailure(yield* Fiber.join(s.restart)))
+      assert.deepStrictEqual(s.fake.pidFile, ["write /run/app.pid", "remove /run/app.pid"])
     })
   )
 })

@@ -177,4 +177,50 @@ describe("the supervisor's state machine", () => {
     assert.deepStrictEqual(step(serving, { _tag: "Drained", millis: 1 }), [serving, []])
     assert.deepStrictEqual(step(serving, { _tag: "DelayOver" }), [serving, []])
   })
+
+  describe("a successor on probation", () => {
+    const probation = at({ _tag: "Probation", reply: "first", successor: "successor", pid: 200, signals: 0 })
+
+    it("ready with a window: watched, READY=1, unready, the servers paused; no MAINPID yet", () => {
+      const [next, actions] = step(restarting, ready, { probation: true })
+      assert.deepStrictEqual(next, probation)
+      assert.deepStrictEqual(tags(actions), ["WatchSuccessor", "BeginProbation", "Unready", "PauseServing"])
+    })
+
+    it("the window passes: released, MAINPID, the drain", () => {
+      const [next, actions] = step(probation, { _tag: "ProbationOver" })
+      assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "handoff", signals: 0 })
+      assert.deepStrictEqual(tags(actions), ["ReleaseSuccessor", "HandOff", "BeginDrain"])
+      assert.deepStrictEqual(actions[1], { _tag: "HandOff", reply: "first", pid: 200, ready: false })
+      assert.deepStrictEqual(step(serving, { _tag: "ProbationOver" }), [serving, []])
+    })
+
+    it("the successor exits within it: serving again, handed back with its exit", () => {
+      const exited: Event = { _tag: "SuccessorExited", pid: 200, code: null, signal: "SIGKILL" }
+      const [next, actions] = step(probation, exited)
+      assert.deepStrictEqual(next, serving)
+      assert.deepStrictEqual(actions, [{ _tag: "HandBack", reply: "first", pid: 200, code: null, signal: "SIGKILL" }])
+      // Another pid, or another phase: nothing.
+      assert.deepStrictEqual(step(probation, { ...exited, pid: 201 }), [probation, []])
+      assert.deepStrictEqual(step(handingOff, exited), [handingOff, []])
+    })
+
+    it("a restart is refused as one in progress", () => {
+      assert.deepStrictEqual(refusal(probation, restart()).refusal, { _tag: "AlreadyInProgress" })
+    })
+
+    it("a termination ends both: the successor told to terminate, the caller refused, STOPPING=1, the drain", () => {
+      const [next, actions] = step(probation, term())
+      assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "terminate", signals: 1 })
+      assert.deepStrictEqual(tags(actions), [
+        "Log termination requested",
+        "TerminateSuccessor",
+        "Refuse",
+        "Unready",
+        "NotifyStopping",
+        "BeginDrain"
+      ])
+      assert.deepStrictEqual(tags(step(next, term())[1]), ["Log termination requested", "ForceExit"])
+    })
+  })
 })

@@ -7,12 +7,14 @@ import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 
-/** An optional duration in Effect's syntax (`30 seconds`, `500 millis`). */
+/** An optional duration in Effect's syntax (`30 seconds`, `500 millis`), or `0`. */
 export const duration = (name: string): Config.Config<Option.Option<Duration.Duration>> =>
   Config.option(
     Config.String(name).pipe(
       Config.flatMap((raw) => {
-        const parsed = Duration.fromInput(raw.trim() as Duration.Input)
+        // A bare 0 is no time at all, whatever its unit: the way to turn a window or a delay off.
+        const parsed =
+          raw.trim() === "0" ? Option.some(Duration.zero) : Duration.fromInput(raw.trim() as Duration.Input)
         return Option.isSome(parsed)
           ? Config.succeed(parsed.value)
           : Config.fail(

@@ -545,7 +545,7 @@ export class Tracker {
     if (this.draining) f()
   }
 
-  /** Whether a drain is under way (begun, not yet over). */
+  /** Whether a drain has begun (and was not resumed): another drain joins it. */
   get drainUnderway(): boolean {
     return this.underway !== undefined
   }
@@ -616,9 +616,9 @@ export class Tracker {
    */
   drain(settings: Settings): Effect.Effect<DrainReport | "resumed"> {
     return Effect.suspend(() => {
-      if (this.state === "done") return Effect.die(new Error("effect-grace: a server drains only once"))
-      // A drain under way (a pause's) is joined: its end is this one's.
+      // A drain begun already (a pause's) is joined: its end, or the end it had, is this one's.
       if (this.underway !== undefined) return Deferred.await(this.underway)
+      if (this.state === "done") return Effect.die(new Error("effect-grace: a server drains only once"))
       const started = performance.now()
       const underway = (this.underway = Deferred.makeUnsafe<DrainReport>())
       const resumed = (this.resumed = Deferred.makeUnsafe<void>())

@@ -157,6 +157,37 @@ export const keepAliveLoad = (urls: ReadonlyArray<string>) =>
     return { answers, failures, stop }
   })
 
+/** One request of `steadyLoad`: when it ended, and the pid that answered it or the error code it failed with. */
+export interface Outcome {
+  readonly at: number
+  readonly pid?: number
+  readonly code?: string
+}
+
+/**
+ * Clients each sending request after request to `url`, every one on a new connection (so that a refused connection
+ * shows), until `stop`; every outcome, as it comes.
+ */
+export const steadyLoad = (url: string, clients: number) =>
+  Effect.gen(function* () {
+    const load = { sending: true }
+    const outcomes: Array<Outcome> = []
+    const client = Effect.gen(function* () {
+      while (load.sending) {
+        const reply = yield* Effect.result(request(url, { timeout: "5 seconds" }))
+        const at = Date.now()
+        if (reply._tag === "Success") outcomes.push({ at, pid: Number(reply.success.body.match(/pid (\d+)/)?.[1]) })
+        else outcomes.push({ at, code: (reply.failure as NodeJS.ErrnoException).code ?? reply.failure.message })
+      }
+    })
+    const fibers = yield* Effect.forEach(Array.from({ length: clients }), () => Effect.forkChild(client))
+    const stop = Effect.andThen(
+      Effect.sync(() => void (load.sending = false)),
+      Effect.forEach(fibers, Fiber.join, { discard: true })
+    )
+    return { outcomes, stop }
+  })
+
 /**
  * Requests `url` on new connections until one is answered from `pid` (a body saying `pid <n>`), bounded: once a
  * successor is ready the old process stops accepting soon, but until then the kernel may give either a connection.
