@@ -759,7 +759,8 @@ describe("Supervisor, hand-back", () => {
           received.push(main !== undefined && !isAlive(Number(main)) ? `${text} (dead)` : text)
           return received.at(-1)!
         }, "a notify datagram")
-        const s = yield* underLoad("1 second", { NOTIFY_SOCKET: notifySocket })
+        // A window well past the death, which comes about a second after the successor starts.
+        const s = yield* underLoad("3 seconds", { NOTIFY_SOCKET: notifySocket })
         assert.strictEqual(yield* nextDatagram, "READY=1")
         s.mode("die:1000")
         const dying = yield* successorOnProbation(s.fixture, s.first)

@@ -197,7 +197,8 @@ describe("HTTP/2 at a drain", () => {
       })
   )
 
-  it.live.skipIf(h2load === undefined)(
+  // Skipped on a machine without h2load, never in CI (.ci/run installs it), where its absence fails.
+  it.live.skipIf(h2load === undefined && process.env.CI !== "true")(
     "h2load across a restart of a real process: h2load -c 8 -m 4, one restart mid-run, no stream fails",
     () =>
       Effect.gen(function* () {
