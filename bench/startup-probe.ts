@@ -89,7 +89,7 @@ for (const file of [
   "Health.ts",
   "Notify.ts",
   "Server.ts",
-  "SocketServer.ts",
+  "TcpServer.ts",
   "Supervisor.ts",
   "index.ts"
 ]) {

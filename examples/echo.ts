@@ -11,7 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import type * as Socket from "effect/socket/Socket"
-import { Drain, Listeners, SocketServer, Supervisor } from "../src/index.ts"
+import { Drain, Listeners, Supervisor, TcpServer } from "../src/index.ts"
 
 const { values: flags } = parseArgs({ options: { listen: { type: "string", default: ":7007" } } })
 
@@ -28,7 +28,7 @@ const echo = (socket: Socket.Socket) =>
     })
   )
 
-const Echo = SocketServer.serve(echo).pipe(Layer.provide(SocketServer.layer(flags.listen)))
+const Echo = TcpServer.serve(echo).pipe(Layer.provide(TcpServer.layer(flags.listen)))
 
 const Banner = Layer.effectDiscard(
   Effect.gen(function* () {

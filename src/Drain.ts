@@ -1,5 +1,5 @@
 /**
- * The drain, as the servers of `Server` and `SocketServer` do it when their
+ * The drain, as the servers of `Server` and `TcpServer` do it when their
  * scope closes: its knobs, and the signal a handler sees.
  *
  * Invariants of every drain:
@@ -129,7 +129,7 @@ const never: DrainSignal = { await: Effect.never, isDraining: Effect.succeed(fal
 /**
  * The drain signal of the server running the current handler. Every request
  * (and upgraded connection) of a `Server`, and every connection handler of a
- * `SocketServer`, sees its server's signal. A reference, not a service: a
+ * `TcpServer`, sees its server's signal. A reference, not a service: a
  * handler that uses it runs anywhere, and outside a server the signal never
  * fires.
  *

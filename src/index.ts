@@ -4,7 +4,7 @@
  * - `ListenFds`: the systemd socket-passing protocol (sd_listen_fds).
  * - `Listeners`: listening sockets inherited when passed in, bound when not.
  * - `Server`: HTTP and HTTPS servers for `effect/http` apps that drain when their scope closes.
- * - `SocketServer`: raw TCP and unix socket servers that drain the same way.
+ * - `TcpServer`: raw TCP and unix socket servers (effect's `SocketServer`) that drain the same way.
  * - `Drain`: the drain's knobs and the signal a handler sees.
  * - `Health`: readiness and liveness, and the probe routes.
  * - `Supervisor`: zero-downtime restarts on a signal, graceful termination, systemd notify.
@@ -51,4 +51,4 @@ export * as Supervisor from "./Supervisor.ts"
 /**
  * @since 0.1.0
  */
-export * as SocketServer from "./SocketServer.ts"
+export * as TcpServer from "./TcpServer.ts"

@@ -14,7 +14,7 @@
  * - `net.Server.prototype.close` on an HTTP or HTTP/2 server: src/Listeners.ts,
  *   `stopAccepting`.
  * - `net.Socket#destroySoon`: src/internal/drain.ts, `refuse`, and
- *   src/SocketServer.ts, `closeSoon`.
+ *   src/TcpServer.ts, `closeSoon`.
  * - An HTTP server's timeouts set up by its own `listening` event:
  *   src/internal/portable.ts, `Acceptor.serve`.
  */

@@ -4,7 +4,8 @@
  *
  * A server provides effect's `SocketServer.SocketServer`: `run(handler)`
  * serves each connection with an Effect handler that gets a `Socket.Socket`,
- * as `NodeSocketServer` does.
+ * as `NodeSocketServer` does. The module has a name of its own, so that it
+ * sits beside `effect/socket/SocketServer` in one file without an alias.
  *
  * Invariants:
  * - It accepts only once `run` has attached the handler.
@@ -248,7 +249,7 @@ export const layer = (
  * ```ts
  * import { Effect, Layer } from "effect"
  * import type { Socket } from "effect/socket"
- * import { Drain, Listeners, SocketServer } from "effect-grace"
+ * import { Drain, Listeners, TcpServer } from "effect-grace"
  *
  * const echo = (socket: Socket.Socket) =>
  *   Effect.scoped(
@@ -260,8 +261,8 @@ export const layer = (
  *     })
  *   )
  *
- * const Echo = SocketServer.serve(echo).pipe(
- *   Layer.provide(SocketServer.layer(":7007")),
+ * const Echo = TcpServer.serve(echo).pipe(
+ *   Layer.provide(TcpServer.layer(":7007")),
  *   Layer.provide(Listeners.layer)
  * )
  * ```

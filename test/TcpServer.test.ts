@@ -16,7 +16,7 @@ import * as Net from "node:net"
 import * as Path from "node:path"
 import * as Listeners from "../src/Listeners.ts"
 import * as Drain from "../src/Drain.ts"
-import * as SocketServer from "../src/SocketServer.ts"
+import * as TcpServer from "../src/TcpServer.ts"
 import { connectOptions, exchange } from "./support/net.ts"
 import type { Target } from "./support/net.ts"
 import { untilRefused } from "./support/http.ts"
@@ -43,8 +43,8 @@ const startServer = <E>(
     const scope = yield* Scope.make()
     yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
     const context = yield* Layer.buildWithScope(
-      SocketServer.serve(handler).pipe(
-        Layer.provide(SocketServer.layer(options.spec ?? "127.0.0.1:0", { drainTimeout: options.drainTimeout })),
+      TcpServer.serve(handler).pipe(
+        Layer.provide(TcpServer.layer(options.spec ?? "127.0.0.1:0", { drainTimeout: options.drainTimeout })),
         Layer.provideMerge(Listeners.layerFrom([]))
       ),
       scope
@@ -94,7 +94,7 @@ const received = (socket: Net.Socket) =>
     socket.on("close", () => resume(Effect.succeed({ data, error })))
   })
 
-describe("SocketServer", () => {
+describe("TcpServer", () => {
   it.live("an exchange in flight when the scope closes completes; new connections are refused", () => {
     const drains = captureDrains()
     return Effect.gen(function* () {
