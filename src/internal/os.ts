@@ -12,7 +12,7 @@ import type { ChildProcess } from "node:child_process"
 import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import * as Module from "node:module"
 import * as Net from "node:net"
-import { dirname, join } from "node:path"
+import { basename, dirname, join } from "node:path"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -130,11 +130,14 @@ const signals = (names: ReadonlyArray<NodeJS.Signals>) =>
     return Stream.fromQueue(queue)
   })
 
-// Already on (NODE_COMPILE_CACHE, or the program's own call) counts as on, in the directory it has.
+// Already on (NODE_COMPILE_CACHE, or the program's own call) counts as on, in the directory it has. Node then names
+// the folder of this Node version inside it: a successor is given the folder itself, where Node finds the same one.
 const enableCompileCache = (directory: true | string): string | undefined => {
   const result = Module.enableCompileCache(directory === true ? undefined : directory)
   const { ENABLED, ALREADY_ENABLED } = Module.constants.compileCacheStatus
-  return result.status === ENABLED || result.status === ALREADY_ENABLED ? result.directory : undefined
+  if (result.status !== ENABLED && result.status !== ALREADY_ENABLED) return undefined
+  const found = result.directory
+  return found !== undefined && basename(found).startsWith(`v${process.versions.node}-`) ? dirname(found) : found
 }
 
 const foreignHandlers = (names: ReadonlyArray<NodeJS.Signals>) =>
