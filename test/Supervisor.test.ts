@@ -129,6 +129,32 @@ const parentOf = (pid: number): number => {
  * Until the kernel has moved `child` away from `parent`: the parent has exited for good. A process whose memory is
  * gone (not `isAlive`) may still be closing its fds; a restart asked of its successor then is rightly refused.
  */
+/**
+ * A notify socket of the test's own, as systemd's: its path, the next datagram (a bounded wait), the datagrams
+ * waiting now, and every one received.
+ */
+const notifySocket = Effect.gen(function* () {
+  const path = Path.join(yield* tempDir, "notify.sock")
+  const bound = Sys.bindDatagram(path)
+  assert.isTrue(Result.isSuccess(bound))
+  const fd = (bound as Result.Success<number, never>).success
+  yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+  const received: Array<string> = []
+  const poll = (): string | undefined => {
+    const datagram = Sys.receiveDatagram(fd)
+    if (Result.isFailure(datagram)) throw new Error(Sys.formatSysError(datagram.failure))
+    if (datagram.success === undefined) return undefined
+    received.push(datagram.success.toString())
+    return received.at(-1)
+  }
+  const waiting = (): Array<string> => {
+    const now: Array<string> = []
+    for (let datagram = poll(); datagram !== undefined; datagram = poll()) now.push(datagram)
+    return now
+  }
+  return { path, received, next: eventually(poll, "a notify datagram"), waiting }
+})
+
 const orphaned = (child: number, parent: number) =>
   eventually(() => parentOf(child) !== parent, `pid ${child} to lose its parent ${parent}`)
 
@@ -339,25 +365,12 @@ describe("Supervisor", () => {
     "systemd notify: READY, RELOADING with MONOTONIC_USEC, MAINPID with READY, STOPPING, in order",
     () =>
       Effect.gen(function* () {
-        const dir = yield* tempDir
-        const notifySocket = Path.join(dir, "notify.sock")
-        const bound = Sys.bindDatagram(notifySocket)
-        assert.isTrue(Result.isSuccess(bound))
-        const fd = (bound as Result.Success<number, never>).success
-        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
-        const received: Array<string> = []
-        const nextDatagram = eventually(() => {
-          const datagram = Sys.receiveDatagram(fd)
-          if (Result.isFailure(datagram)) throw new Error(Sys.formatSysError(datagram.failure))
-          if (datagram.success === undefined) return undefined
-          received.push(datagram.success.toString())
-          return datagram.success.toString()
-        }, "a notify datagram")
-
+        const notify = yield* notifySocket
+        const nextDatagram = notify.next
         const port = yield* freePort()
         const { fixture, first } = yield* start({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
-          env: { NOTIFY_SOCKET: notifySocket }
+          env: { NOTIFY_SOCKET: notify.path }
         })
         assert.strictEqual(yield* nextDatagram, "READY=1")
         const second = yield* restart(fixture, first)
@@ -368,8 +381,8 @@ describe("Supervisor", () => {
         process.kill(second.pid, "SIGTERM")
         assert.strictEqual(yield* nextDatagram, "STOPPING=1")
         yield* gone(second.pid)
-        assert.isUndefined((Sys.receiveDatagram(fd) as Result.Success<Buffer | undefined, never>).success)
-        assert.strictEqual(received.length, 4)
+        assert.deepStrictEqual(notify.waiting(), [])
+        assert.strictEqual(notify.received.length, 4)
       }),
     { timeout: 30_000 }
   )
@@ -523,17 +536,12 @@ describe("Supervisor", () => {
     "SIGTERM during a restart: the successor is killed, the old process drains and exits 0, STOPPING=1 is last",
     () =>
       Effect.gen(function* () {
-        const dir = yield* tempDir
-        const modeFile = Path.join(dir, "mode")
-        const notifySocket = Path.join(dir, "notify.sock")
-        const bound = Sys.bindDatagram(notifySocket)
-        assert.isTrue(Result.isSuccess(bound))
-        const fd = (bound as Result.Success<number, never>).success
-        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+        const modeFile = Path.join(yield* tempDir, "mode")
+        const notify = yield* notifySocket
         const port = yield* freePort()
         const { fixture, tag, first } = yield* start({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
-          env: { FIXTURE_MODE_FILE: modeFile, NOTIFY_SOCKET: notifySocket }
+          env: { FIXTURE_MODE_FILE: modeFile, NOTIFY_SOCKET: notify.path }
         })
         // The successor will never be ready.
         Fs.writeFileSync(modeFile, "hang")
@@ -543,12 +551,7 @@ describe("Supervisor", () => {
         process.kill(first.pid, "SIGTERM")
         assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
         yield* eventually(() => processesTagged(tag).length === 0, "no process of the run left")
-        const received: Array<string> = []
-        for (;;) {
-          const datagram = Sys.receiveDatagram(fd)
-          if (Result.isFailure(datagram) || datagram.success === undefined) break
-          received.push(datagram.success.toString())
-        }
+        const received = notify.waiting()
         assert.strictEqual(received.length, 3, received.join(" | "))
         assert.strictEqual(received[0], "READY=1")
         assert.match(received[1]!, /^RELOADING=1\nMONOTONIC_USEC=\d+$/)
@@ -586,30 +589,19 @@ describe("Supervisor", () => {
     "SIGTERM during a slow start-up: exit 0, STOPPING=1 and never READY=1",
     () =>
       Effect.gen(function* () {
-        const dir = yield* tempDir
-        const modeFile = Path.join(dir, "mode")
+        const modeFile = Path.join(yield* tempDir, "mode")
         Fs.writeFileSync(modeFile, "hang")
-        const notifySocket = Path.join(dir, "notify.sock")
-        const bound = Sys.bindDatagram(notifySocket)
-        assert.isTrue(Result.isSuccess(bound))
-        const fd = (bound as Result.Success<number, never>).success
-        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+        const notify = yield* notifySocket
         const port = yield* freePort()
         const tag = `t${process.pid}x${Math.random().toString(36).slice(2, 10)}`
         const fixture = yield* spawnFixture("supervised", [`${tag}=127.0.0.1:${port}`], {
-          env: { FIXTURE_MODE_FILE: modeFile, NOTIFY_SOCKET: notifySocket }
+          env: { FIXTURE_MODE_FILE: modeFile, NOTIFY_SOCKET: notify.path }
         })
         // Its application is being built, and will not be ready by itself.
         yield* fixture.waitForLine(new RegExp(`^starting ${fixture.pid}$`))
         process.kill(fixture.pid, "SIGTERM")
         assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
-        const received: Array<string> = []
-        for (;;) {
-          const datagram = Sys.receiveDatagram(fd)
-          if (Result.isFailure(datagram) || datagram.success === undefined) break
-          received.push(datagram.success.toString())
-        }
-        assert.deepStrictEqual(received, ["STOPPING=1"])
+        assert.deepStrictEqual(notify.waiting(), ["STOPPING=1"])
         assert.isTrue(fixture.lines.some((line) => line.includes('"effect-grace: termination requested"')))
         assert.deepStrictEqual(processesTagged(tag), [])
       }),
@@ -743,24 +735,16 @@ describe("Supervisor, hand-back", () => {
     "under systemd: READY=1 when the successor is ready, MAINPID only once its window has passed; never a dead pid",
     () =>
       Effect.gen(function* () {
-        const dir = yield* tempDir
-        const notifySocket = Path.join(dir, "notify.sock")
-        const bound = Sys.bindDatagram(notifySocket)
-        assert.isTrue(Result.isSuccess(bound))
-        const fd = (bound as Result.Success<number, never>).success
-        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.closeSync(fd)))
+        const notify = yield* notifySocket
         // Each datagram as it arrives, with whether the MAINPID it names is alive then.
         const received: Array<string> = []
-        const nextDatagram = eventually(() => {
-          const datagram = Sys.receiveDatagram(fd)
-          if (Result.isFailure(datagram) || datagram.success === undefined) return undefined
-          const text = datagram.success.toString()
+        const nextDatagram = Effect.map(notify.next, (text) => {
           const main = text.match(/MAINPID=(\d+)/)?.[1]
           received.push(main !== undefined && !isAlive(Number(main)) ? `${text} (dead)` : text)
           return received.at(-1)!
-        }, "a notify datagram")
+        })
         // A window well past the death, which comes about a second after the successor starts.
-        const s = yield* underLoad("3 seconds", { NOTIFY_SOCKET: notifySocket })
+        const s = yield* underLoad("3 seconds", { NOTIFY_SOCKET: notify.path })
         assert.strictEqual(yield* nextDatagram, "READY=1")
         s.mode("die:1000")
         const dying = yield* successorOnProbation(s.fixture, s.first)
