@@ -110,7 +110,7 @@ describe.each(versions)("the packed package on Node %s", (major) => {
       process.kill(first, "SIGUSR2")
       // The successor shares the program's stdout.
       const ready = yield* program.waitForLine(
-        new RegExp(`effect-grace: successor ready \\{ pid: ${first}, successor: (\\d+) \\}`),
+        new RegExp(`effect-grace: successor ready \\{ pid: ${first}, successor: (\\d+)[, ]`),
         "30 seconds"
       )
       const second = Number(ready[1])

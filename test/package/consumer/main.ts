@@ -10,6 +10,8 @@ const describe = (reason: Supervisor.RestartErrorReason): string => {
       return `could not spawn: ${String(reason.cause)}`
     case "ExitedBeforeReady":
       return `exited with ${reason.code ?? reason.signal}`
+    case "HandedBack":
+      return `pid ${reason.pid} died within its probation, with ${reason.code ?? reason.signal}`
     case "NotReadyInTime":
       return `not ready within ${Duration.format(reason.timeout)}`
     case "AlreadyInProgress":
