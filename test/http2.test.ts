@@ -30,6 +30,7 @@ import * as Server from "../src/Server.ts"
 import { tempDir } from "./support/fs.ts"
 import { freePort } from "./support/net.ts"
 import { eventually, spawnFixture } from "./support/process.ts"
+import type { Spawned } from "./support/process.ts"
 import { certificateFiles } from "./support/tls.ts"
 
 // -----------------------------------------------------------------------------
@@ -198,58 +199,79 @@ describe("HTTP/2 at a drain", () => {
   )
 
   // Skipped on a machine without h2load, never in CI (.ci/run installs it), where its absence fails.
-  it.live.skipIf(h2load === undefined && process.env.CI !== "true")(
-    "h2load across a restart of a real process: h2load -c 8 -m 4, one restart mid-run, no stream fails",
-    () =>
-      Effect.gen(function* () {
-        const tag = `h2t${process.pid}x${Math.random().toString(36).slice(2, 10)}`
-        yield* Effect.addFinalizer(() =>
-          Effect.sync(() => {
-            for (const pid of processesTagged(tag)) process.kill(pid, "SIGKILL")
+  for (const kind of ["h2c", "h2"] as const) {
+    it.live.skipIf(h2load === undefined && process.env.CI !== "true")(
+      `h2load across restarts of a real process (${kind}): -c 8 -m 4, a restart mid-run, 3 times: no stream fails`,
+      () =>
+        Effect.gen(function* () {
+          const tag = `h2t${process.pid}x${Math.random().toString(36).slice(2, 10)}`
+          yield* Effect.addFinalizer(() =>
+            Effect.sync(() => {
+              for (const pid of processesTagged(tag)) process.kill(pid, "SIGKILL")
+            })
+          )
+          const port = yield* freePort()
+          const { key, cert } = certificateFiles(yield* tempDir)
+          const fixture = yield* spawnFixture("supervised", [`${kind}:${tag}=127.0.0.1:${port}`], {
+            // A hand-off at once: each round restarts the generation the previous one left.
+            env: { FIXTURE_TLS_KEY: key, FIXTURE_TLS_CERT: cert, GRACE_PROBATION: "0" }
           })
-        )
-        const port = yield* freePort()
-        const { key, cert } = certificateFiles(yield* tempDir)
-        const fixture = yield* spawnFixture("supervised", [`h2:${tag}=127.0.0.1:${port}`], {
-          env: { FIXTURE_TLS_KEY: key, FIXTURE_TLS_CERT: cert }
-        })
-        yield* fixture.waitForLine(new RegExp(`"effect-grace: ready".*"pid":${fixture.pid}\\b`))
-        const run = yield* Effect.forkChild(
-          Effect.callback<string, Error>((resume) => {
-            const child = execFile(
-              h2load!,
-              ["-c", "8", "-m", "4", "-D", "3", `https://127.0.0.1:${port}/`],
-              { timeout: 20_000 },
-              (error, stdout) => resume(error === null ? Effect.succeed(stdout) : Effect.fail(error))
-            )
-            return Effect.sync(() => child.kill("SIGKILL"))
-          })
-        )
-        // The load is on: h2load's 8 connections are established (the server's side of each, in /proc/net/tcp).
-        const established = () =>
-          Fs.readFileSync("/proc/net/tcp", "utf8")
-            .split("\n")
-            .filter((line) => {
-              const fields = line.trim().split(/\s+/)
-              return fields[1]?.endsWith(`:${port.toString(16).toUpperCase().padStart(4, "0")}`) && fields[3] === "01"
-            }).length
-        yield* eventually(() => established() >= 8, "h2load's 8 connections")
-        process.kill(fixture.pid, "SIGUSR2")
-        yield* fixture.waitForLine(new RegExp(`"effect-grace: successor ready".*"pid":${fixture.pid}\\b`))
-        // Only the old process drains here: the successor serves on.
-        const drained = yield* fixture.waitForLine(/"effect-grace: drain finished"/)
-        const output = yield* Fiber.join(run)
-        const requests = output.match(
-          /requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored/
-        )
-        assert.isNotNull(requests, output)
-        const [, total, succeeded, failed, errored] = requests!.map(Number)
-        assert.deepStrictEqual({ failed, errored }, { failed: 0, errored: 0 }, output)
-        assert.strictEqual(succeeded, total)
-        assert.isAbove(succeeded!, 0)
-        assert.match(drained.input!, /"toldToGoAway":8\b/)
-        assert.match(drained.input!, /"cut":0\b/)
-      }),
-    60_000
-  )
+          yield* fixture.waitForLine(new RegExp(`"effect-grace: ready".*"pid":${fixture.pid}\\b`))
+          let generation = fixture.pid
+          for (let round = 1; round <= 3; round++) {
+            generation = yield* restartUnderH2load(fixture, generation, port, kind === "h2" ? "https" : "http")
+          }
+        }),
+      90_000
+    )
+  }
 })
+
+/** One round: h2load on the server's port, a restart of `generation` mid-run, no stream failed; the successor's pid. */
+const restartUnderH2load = (fixture: Spawned, generation: number, port: number, scheme: "http" | "https") =>
+  Effect.gen(function* () {
+    const since = fixture.lines.length
+    const run = yield* Effect.forkChild(
+      Effect.callback<string, Error>((resume) => {
+        const child = execFile(
+          h2load!,
+          ["-c", "8", "-m", "4", "-D", "3", `${scheme}://127.0.0.1:${port}/`],
+          { timeout: 20_000 },
+          (error, stdout) => resume(error === null ? Effect.succeed(stdout) : Effect.fail(error))
+        )
+        return Effect.sync(() => child.kill("SIGKILL"))
+      })
+    )
+    // The load is on: h2load's 8 connections are established (the server's side of each, in /proc/net/tcp).
+    const established = () =>
+      Fs.readFileSync("/proc/net/tcp", "utf8")
+        .split("\n")
+        .filter((line) => {
+          const fields = line.trim().split(/\s+/)
+          return fields[1]?.endsWith(`:${port.toString(16).toUpperCase().padStart(4, "0")}`) && fields[3] === "01"
+        }).length
+    yield* eventually(() => established() >= 8, "h2load's 8 connections")
+    process.kill(generation, "SIGUSR2")
+    const ready = new RegExp(`"effect-grace: successor ready".*"pid":${generation},"successor":(\\d+)`)
+    const successor = yield* eventually(
+      () => fixture.lines.slice(since).flatMap((line) => line.match(ready) ?? [])[1],
+      "the successor ready"
+    )
+    // Only the old process drains here: the successor serves on.
+    const drained = yield* eventually(
+      () => fixture.lines.slice(since).find((line) => line.includes('"effect-grace: drain finished"')),
+      "the old process's drain"
+    )
+    const output = yield* Fiber.join(run)
+    const requests = output.match(
+      /requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored/
+    )
+    assert.isNotNull(requests, output)
+    const [, total, succeeded, failed, errored] = requests!.map(Number)
+    assert.deepStrictEqual({ failed, errored }, { failed: 0, errored: 0 }, output)
+    assert.strictEqual(succeeded, total)
+    assert.isAbove(succeeded!, 0)
+    assert.match(drained, /"toldToGoAway":8\b/)
+    assert.match(drained, /"cut":0\b/)
+    return Number(successor)
+  })
