@@ -10,7 +10,7 @@
 import { execFileSync, spawn } from "node:child_process"
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import * as Net from "node:net"
-import { availableParallelism, setPriority, tmpdir } from "node:os"
+import { availableParallelism, loadavg, setPriority, tmpdir } from "node:os"
 import { join, relative } from "node:path"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
@@ -505,5 +505,7 @@ export const machine = (directory?: string) => ({
   revision: revision(directory),
   node: process.version,
   cpus: availableParallelism(),
+  /** 1, 5 and 15 minute load averages when this is read (the run's own load included): how busy the machine was. */
+  loadAverage: loadavg().map((n) => Math.round(n * 100) / 100),
   date: new Date().toISOString()
 })
