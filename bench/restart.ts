@@ -17,6 +17,13 @@
  *   with `NODE_COMPILE_CACHE` set for the first generation too (a systemd
  *   unit that sets it), `off` with `GRACE_COMPILE_CACHE=off`.
  *   `NODE_COMPILE_CACHE` from this shell never reaches the demo.
+ * - `--flat-cache`: a stand-in for a fix of the supervisor at dbf7ab1, which
+ *   hands its successors the directory Node resolved (with Node's own
+ *   `v<version>-<arch>-<hash>-<uid>` folder in it) when the cache was already
+ *   on (`NODE_COMPILE_CACHE`): the successor's Node adds that folder again,
+ *   so each generation from the third on (from the second with `first`)
+ *   caches one level deeper and reads nothing. A link from that folder to
+ *   itself makes every level the same directory.
  * - `--renice N`: a prototype of a lower CPU priority for the successor until
  *   it is ready: the successor (found as the child of the process signalled)
  *   gets nice N, every thread, as soon as it appears, and 0 again at its
@@ -57,7 +64,9 @@
  * its next request. It also counts what autocannon does not: a request left
  * unanswered when the server closes the connection.
  */
+import { execFileSync } from "node:child_process"
 import type { EventEmitter } from "node:events"
+import { symlinkSync } from "node:fs"
 import * as Path from "node:path"
 import * as Http from "node:http"
 import { Worker } from "node:worker_threads"
@@ -97,7 +106,8 @@ const { values: flags } = parseArgs({
     demo: { type: "string" },
     "compile-cache": { type: "string", default: "fresh" },
     renice: { type: "string", default: "0" },
-    out: { type: "string" }
+    out: { type: "string" },
+    "flat-cache": { type: "boolean", default: false }
   }
 })
 const COMPILE_CACHE_MODES = ["fresh", "first", "off"] as const
@@ -112,6 +122,8 @@ const settings = {
   path: "/sleep/?duration=0s",
   requestTimeoutSeconds: 10,
   compileCache,
+  /** `--flat-cache`: every generation's compile cache in one directory whatever the supervisor hands on. */
+  flatCache: flags["flat-cache"],
   /** The successor's nice value until its banner; 0: left alone. */
   renice: Number(flags.renice)
 }
@@ -342,6 +354,15 @@ interface Restart {
 const demoPath =
   flags.demo === undefined ? new URL("../examples/demo.ts", import.meta.url).pathname : Path.resolve(flags.demo)
 
+/** Node's own folder in a compile cache directory, linked to itself (see `--flat-cache`). */
+const flattenCache = (directory: string) => {
+  const script = `const m = require("node:module"); m.enableCompileCache(${JSON.stringify(directory)}); m.getCompileCacheDir()`
+  const env = { ...process.env }
+  delete env.NODE_COMPILE_CACHE
+  const versioned = execFileSync(process.execPath, ["-p", script], { encoding: "utf8", env }).trim()
+  symlinkSync(".", Path.join(versioned, Path.basename(versioned)))
+}
+
 /** The first generation's environment: a compile cache directory of this run's alone (see `--compile-cache`). */
 const demoEnv = (directory: string): Record<string, string | undefined> => ({
   GRACE_COMPILE_CACHE: compileCache === "off" ? "off" : directory,
@@ -416,6 +437,7 @@ const main = async () => {
       `127.0.0.1:${ports.join(", ")}, ${settings.steadyMs} ms steady state after each\n`
   )
   const cache = freshCompileCache()
+  if (settings.flatCache) flattenCache(cache.directory)
   const demo = spawnNode([demoPath, ...ports.flatMap((port, i) => [`--a${i}`, `127.0.0.1:${port}`])], {
     group: true,
     env: demoEnv(cache.directory)
@@ -819,6 +841,7 @@ const settingsText = (s: typeof settings) =>
       first: "compile cache in a fresh directory, NODE_COMPILE_CACHE set for the first generation too",
       off: "compile cache off (GRACE_COMPILE_CACHE=off)"
     }[s.compileCache],
+    ...(s.flatCache ? ["every generation's compile cache in one directory (--flat-cache)"] : []),
     s.renice === 0 ? "successor at the same priority" : `successor at nice ${s.renice} until its banner`
   ].join(", ")
 
