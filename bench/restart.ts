@@ -553,18 +553,57 @@ const summarize = (input: {
   readonly probes: ReadonlyArray<Probe>
 }) => {
   const { restarts, results, probes } = input
-  const overlaps = (start: number, end: number, to: (restart: Restart) => number) =>
-    restarts.some((restart) => start <= to(restart) && end >= restart.signalled)
+  const overlaps = (start: number, end: number, from: (r: Restart) => number, to: (r: Restart) => number) =>
+    restarts.some((restart) => start <= to(restart) && end >= from(restart))
 
   const steady: Array<number> = []
   const during: Array<number> = []
+  // Where in a restart the tail is: the successor starting, the hand-over (ready to the old process gone), and the
+  // second after it (counted as steady), where the successor serves with code not yet optimized.
   const startup: Array<number> = []
+  const handover: Array<number> = []
+  const after: Array<number> = []
   for (let i = 0; i < record.ends.length; i++) {
     const end = record.ends[i]!
     const latency = record.latencies[i]!
-    if (end - latency < input.measuredFrom) continue
-    ;(overlaps(end - latency, end, (r) => r.drained) ? during : steady).push(latency)
-    if (overlaps(end - latency, end, (r) => r.ready)) startup.push(latency)
+    const start = end - latency
+    if (start < input.measuredFrom) continue
+    ;(overlaps(
+      start,
+      end,
+      (r) => r.signalled,
+      (r) => r.drained
+    )
+      ? during
+      : steady
+    ).push(latency)
+    if (
+      overlaps(
+        start,
+        end,
+        (r) => r.signalled,
+        (r) => r.ready
+      )
+    )
+      startup.push(latency)
+    if (
+      overlaps(
+        start,
+        end,
+        (r) => r.ready,
+        (r) => r.drained
+      )
+    )
+      handover.push(latency)
+    else if (
+      overlaps(
+        start,
+        start,
+        (r) => r.drained,
+        (r) => r.drained + 1000
+      )
+    )
+      after.push(latency)
   }
   const latency = (values: Array<number>) => {
     const sorted = sortedOf(values)
@@ -613,7 +652,13 @@ const summarize = (input: {
       missing: values.length - sorted.length
     }
   }
-  const latencies = { steady: latency(steady), duringRestarts: latency(during), startup: latency(startup) }
+  const latencies = {
+    steady: latency(steady),
+    duringRestarts: latency(during),
+    startup: latency(startup),
+    handover: latency(handover),
+    afterRestarts: latency(after)
+  }
   return {
     requests: {
       sent: sum((r) => r.requests.sent),
@@ -739,10 +784,9 @@ const printAndWrite = (output: Output, svg: string) => {
         `${fixed(output.latency.duringRestarts.p50Ms)} / ${fixed(output.latency.duringRestarts.p99Ms)} / ${fixed(output.latency.duringRestarts.maxMs)} ms (${output.latency.duringRestarts.requests} requests)`
       ],
       ["p99 during restarts / p99 steady (target at most 1.3)", fixed(output.latency.p99DuringOverSteady)],
-      [
-        "latency during start-up, signal to successor ready (p50 / p99 / max)",
-        `${fixed(output.latency.startup.p50Ms)} / ${fixed(output.latency.startup.p99Ms)} / ${fixed(output.latency.startup.maxMs)} ms (${output.latency.startup.requests} requests)`
-      ],
+      ["  of which: start-up, signal to successor ready (p50 / p99 / max)", latencyText(output.latency.startup)],
+      ["  of which: hand-over, successor ready to old process gone", latencyText(output.latency.handover)],
+      ["steady, but in the second after the old process is gone", latencyText(output.latency.afterRestarts)],
       ["ready, signal to the successor's banner (median, min-max)", spreadText(output.ready)],
       ["handoff, signal to first answer from the new pid (median, min-max)", spreadText(output.handoff)],
       ["old process gone, signal to its exit (median, min-max)", spreadText(output.drained)],
@@ -813,7 +857,8 @@ const printAndWrite = (output: Output, svg: string) => {
       "",
       "Latency is per request, from write to last byte. A restart's window runs from the signal to the old " +
         'process\'s exit: requests overlapping a window are "during restarts", the others (after the warm-up) ' +
-        '"steady". "Start-up" is the part of the window from the signal to the successor\'s banner.',
+        '"steady". Within a window, "start-up" runs from the signal to the successor\'s banner, "hand-over" from ' +
+        "there to the old process's exit (a request overlapping both counts in both).",
       "",
       summary,
       "",
@@ -829,6 +874,13 @@ const printAndWrite = (output: Output, svg: string) => {
     flags.out === undefined ? undefined : Path.resolve(flags.out)
   )
 }
+
+const latencyText = (l: {
+  readonly p50Ms: number
+  readonly p99Ms: number
+  readonly maxMs: number
+  readonly requests: number
+}) => `${fixed(l.p50Ms)} / ${fixed(l.p99Ms)} / ${fixed(l.maxMs)} ms (${l.requests} requests)`
 
 const spreadText = (spread: { readonly medianMs: number; readonly minMs: number; readonly maxMs: number }) =>
   `${fixed(spread.medianMs, 0)} ms, ${fixed(spread.minMs, 0)}-${fixed(spread.maxMs, 0)}`
