@@ -553,13 +553,14 @@ const summarize = (input: {
   readonly probes: ReadonlyArray<Probe>
 }) => {
   const { restarts, results, probes } = input
+  const afterwards = (r: Restart) => r.drained + 500
   const overlaps = (start: number, end: number, from: (r: Restart) => number, to: (r: Restart) => number) =>
     restarts.some((restart) => start <= to(restart) && end >= from(restart))
 
   const steady: Array<number> = []
   const during: Array<number> = []
   // Where in a restart the tail is: the successor starting, the hand-over (ready to the old process gone), and the
-  // second after it (counted as steady), where the successor serves with code not yet optimized.
+  // half second after it (counted as steady), where the successor serves with code not yet optimized.
   const startup: Array<number> = []
   const handover: Array<number> = []
   const after: Array<number> = []
@@ -595,15 +596,7 @@ const summarize = (input: {
       )
     )
       handover.push(latency)
-    else if (
-      overlaps(
-        start,
-        start,
-        (r) => r.drained,
-        (r) => r.drained + 1000
-      )
-    )
-      after.push(latency)
+    else if (overlaps(start, start, (r) => r.drained, afterwards)) after.push(latency)
   }
   const latency = (values: Array<number>) => {
     const sorted = sortedOf(values)
@@ -786,7 +779,7 @@ const printAndWrite = (output: Output, svg: string) => {
       ["p99 during restarts / p99 steady (target at most 1.3)", fixed(output.latency.p99DuringOverSteady)],
       ["  of which: start-up, signal to successor ready (p50 / p99 / max)", latencyText(output.latency.startup)],
       ["  of which: hand-over, successor ready to old process gone", latencyText(output.latency.handover)],
-      ["steady, but in the second after the old process is gone", latencyText(output.latency.afterRestarts)],
+      ["steady, but in the half second after the old process is gone", latencyText(output.latency.afterRestarts)],
       ["ready, signal to the successor's banner (median, min-max)", spreadText(output.ready)],
       ["handoff, signal to first answer from the new pid (median, min-max)", spreadText(output.handoff)],
       ["old process gone, signal to its exit (median, min-max)", spreadText(output.drained)],
