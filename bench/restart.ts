@@ -553,9 +553,15 @@ const summarize = (input: {
   readonly probes: ReadonlyArray<Probe>
 }) => {
   const { restarts, results, probes } = input
-  const afterwards = (r: Restart) => r.drained + 500
-  const overlaps = (start: number, end: number, from: (r: Restart) => number, to: (r: Restart) => number) =>
-    restarts.some((restart) => start <= to(restart) && end >= from(restart))
+  // A request belongs to a phase of a restart if it overlaps it, from one time of the restart to another.
+  const phase =
+    (from: keyof Restart, to: keyof Restart, extraMs = 0) =>
+    (start: number, end: number) =>
+      restarts.some((restart) => start <= restart[to] + extraMs && end >= restart[from])
+  const inWindow = phase("signalled", "drained")
+  const inStartup = phase("signalled", "ready")
+  const inHandover = phase("ready", "drained")
+  const inAfter = phase("drained", "drained", 500)
 
   const steady: Array<number> = []
   const during: Array<number> = []
@@ -569,34 +575,10 @@ const summarize = (input: {
     const latency = record.latencies[i]!
     const start = end - latency
     if (start < input.measuredFrom) continue
-    ;(overlaps(
-      start,
-      end,
-      (r) => r.signalled,
-      (r) => r.drained
-    )
-      ? during
-      : steady
-    ).push(latency)
-    if (
-      overlaps(
-        start,
-        end,
-        (r) => r.signalled,
-        (r) => r.ready
-      )
-    )
-      startup.push(latency)
-    if (
-      overlaps(
-        start,
-        end,
-        (r) => r.ready,
-        (r) => r.drained
-      )
-    )
-      handover.push(latency)
-    else if (overlaps(start, start, (r) => r.drained, afterwards)) after.push(latency)
+    ;(inWindow(start, end) ? during : steady).push(latency)
+    if (inStartup(start, end)) startup.push(latency)
+    if (inHandover(start, end)) handover.push(latency)
+    else if (inAfter(start, start)) after.push(latency)
   }
   const latency = (values: Array<number>) => {
     const sorted = sortedOf(values)
