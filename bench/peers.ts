@@ -35,6 +35,7 @@ import type { Requests } from "./load.ts"
 import {
   fixed,
   freePorts,
+  freshCompileCache,
   isAlive,
   machine,
   markdownTable,
@@ -125,11 +126,11 @@ const BANNER = /^Serving .* with pid (\d+)\.$/
 const grace = async (port: number): Promise<Target> => {
   // The demo wants three ports; the load goes to the first.
   const [a1, a2] = await freePorts(2)
+  // As the supervisor does by default, in a directory of this run's own: no run reads an earlier one's cache.
+  const cache = freshCompileCache()
   const demo: Child = spawnNode(
     [demoPath, "--a0", `127.0.0.1:${port}`, "--a1", `127.0.0.1:${a1}`, "--a2", `127.0.0.1:${a2}`],
-    {
-      group: true
-    }
+    { group: true, env: { GRACE_COMPILE_CACHE: cache.directory, NODE_COMPILE_CACHE: undefined } }
   )
   let current = Number((await demo.waitForLine(BANNER, 20_000))[1])
   return {
@@ -145,7 +146,10 @@ const grace = async (port: number): Promise<Target> => {
       await until(() => !isAlive(from), 30_000, `pid ${from} to drain and exit`)
       return { signalled, ready, drained: now() }
     },
-    stop: () => demo.stop(5000)
+    stop: async () => {
+      await demo.stop(5000)
+      cache.remove()
+    }
   }
 }
 

@@ -3,7 +3,32 @@
  * restarted again and again with `SIGUSR2` while keep-alive clients hammer
  * all three ports; every request must be answered.
  *
- *   npm run bench:restart [-- --restarts 20 --connections 48 --steady 1500]
+ *   npm run bench:restart [-- --restarts 20 --connections 48 --steady 1500 --warmup 2000]
+ *
+ * Options:
+ * - `--quick`: a shorter run (6 restarts, 800 ms steady, 1000 ms warm-up),
+ *   unless those are given too.
+ * - `--demo PATH`: the demo to restart, for instance an older checkout's
+ *   `examples/demo.ts`; the revision recorded is that checkout's.
+ * - `--compile-cache fresh|first|off`: each run has a compile cache
+ *   directory of its own (`GRACE_COMPILE_CACHE`), empty at the start, so that
+ *   runs compare: `fresh` (the default) as the supervisor does by default
+ *   (the second generation writes the cache, later ones read it), `first`
+ *   with `NODE_COMPILE_CACHE` set for the first generation too (a systemd
+ *   unit that sets it), `off` with `GRACE_COMPILE_CACHE=off`.
+ *   `NODE_COMPILE_CACHE` from this shell never reaches the demo.
+ * - `--flat-cache`: a stand-in for a fix of the supervisor at dbf7ab1, which
+ *   hands its successors the directory Node resolved (with Node's own
+ *   `v<version>-<arch>-<hash>-<uid>` folder in it) when the cache was already
+ *   on (`NODE_COMPILE_CACHE`): the successor's Node adds that folder again,
+ *   so each generation from the third on (from the second with `first`)
+ *   caches one level deeper and reads nothing. A link from that folder to
+ *   itself makes every level the same directory.
+ * - `--renice N`: a prototype of a lower CPU priority for the successor until
+ *   it is ready: the successor (found as the child of the process signalled)
+ *   gets nice N, every thread, as soon as it appears, and 0 again at its
+ *   banner. Needs root (or CAP_SYS_NICE) to go back to 0.
+ * - `--out DIR`: where to write the results (default `bench/results/`).
  *
  * Load: autocannon, `--connections` keep-alive connections spread over the
  * three ports, each sending `GET /sleep/?duration=0s` as soon as the previous
@@ -21,8 +46,10 @@
  *   target is 0; the script exits 1 otherwise. Every failure is listed with
  *   its time relative to the restart it fell into.
  * - latency: per request, from write to last byte; "during restarts" are the
- *   requests that overlap a window from a signal to the old process's exit,
- *   "steady" all the others after the warm-up.
+ *   requests that overlap a restart window, from a signal to the old
+ *   process's exit, "steady" all the others after the warm-up; "start-up"
+ *   the requests overlapping a signal to the successor's banner (part of the
+ *   window, where the successor's start-up competes for the CPU).
  * - handoff: from the signal to the first prober answer from the new pid.
  *   ready: signal to the successor's banner. drained: signal to the old
  *   process's exit.
@@ -37,13 +64,18 @@
  * its next request. It also counts what autocannon does not: a request left
  * unanswered when the server closes the connection.
  */
+import { execFileSync } from "node:child_process"
 import type { EventEmitter } from "node:events"
+import { symlinkSync } from "node:fs"
+import * as Path from "node:path"
 import * as Http from "node:http"
+import { Worker } from "node:worker_threads"
 import type * as Net from "node:net"
 import { parseArgs } from "node:util"
 import type autocannon from "autocannon"
 import {
   fixed,
+  freshCompileCache,
   freePorts,
   isAlive,
   machine,
@@ -51,6 +83,7 @@ import {
   percentile,
   processGroup,
   processStats,
+  setNice,
   sleep,
   sortedOf,
   spawnNode,
@@ -65,19 +98,34 @@ import type { Panel } from "./svg.ts"
 
 const { values: flags } = parseArgs({
   options: {
-    restarts: { type: "string", default: "20" },
+    restarts: { type: "string" },
     connections: { type: "string", default: "48" },
-    steady: { type: "string", default: "1500" },
-    warmup: { type: "string", default: "2000" }
+    steady: { type: "string" },
+    warmup: { type: "string" },
+    quick: { type: "boolean", default: false },
+    demo: { type: "string" },
+    "compile-cache": { type: "string", default: "fresh" },
+    renice: { type: "string", default: "0" },
+    out: { type: "string" },
+    "flat-cache": { type: "boolean", default: false }
   }
 })
+const COMPILE_CACHE_MODES = ["fresh", "first", "off"] as const
+const compileCache = flags["compile-cache"] as (typeof COMPILE_CACHE_MODES)[number]
+if (!COMPILE_CACHE_MODES.includes(compileCache))
+  throw new Error(`--compile-cache ${compileCache}: use ${COMPILE_CACHE_MODES.join(", ")}`)
 const settings = {
-  restarts: Number(flags.restarts),
+  restarts: Number(flags.restarts ?? (flags.quick ? 6 : 20)),
   connections: Number(flags.connections),
-  steadyMs: Number(flags.steady),
-  warmupMs: Number(flags.warmup),
+  steadyMs: Number(flags.steady ?? (flags.quick ? 800 : 1500)),
+  warmupMs: Number(flags.warmup ?? (flags.quick ? 1000 : 2000)),
   path: "/sleep/?duration=0s",
-  requestTimeoutSeconds: 10
+  requestTimeoutSeconds: 10,
+  compileCache,
+  /** `--flat-cache`: every generation's compile cache in one directory whatever the supervisor hands on. */
+  flatCache: flags["flat-cache"],
+  /** The successor's nice value until its banner; 0: left alone. */
+  renice: Number(flags.renice)
 }
 const BANNER = /^Serving .* with pid (\d+)\.$/
 const ANSWER = /from pid (\d+)\.\s*$/
@@ -299,9 +347,88 @@ interface Restart {
   readonly signalled: number
   readonly ready: number
   readonly drained: number
+  /** `--renice`: ms from the signal to the successor reniced. */
+  readonly renicedMs: number
 }
 
-const demoPath = new URL("../examples/demo.ts", import.meta.url).pathname
+const demoPath =
+  flags.demo === undefined ? new URL("../examples/demo.ts", import.meta.url).pathname : Path.resolve(flags.demo)
+
+/** Node's own folder in a compile cache directory, linked to itself (see `--flat-cache`). */
+const flattenCache = (directory: string) => {
+  const script = `const m = require("node:module"); m.enableCompileCache(${JSON.stringify(directory)}); m.getCompileCacheDir()`
+  const env = { ...process.env }
+  delete env.NODE_COMPILE_CACHE
+  const versioned = execFileSync(process.execPath, ["-p", script], { encoding: "utf8", env }).trim()
+  symlinkSync(".", Path.join(versioned, Path.basename(versioned)))
+}
+
+/** The first generation's environment: a compile cache directory of this run's alone (see `--compile-cache`). */
+const demoEnv = (directory: string): Record<string, string | undefined> => ({
+  GRACE_COMPILE_CACHE: compileCache === "off" ? "off" : directory,
+  NODE_COMPILE_CACHE: compileCache === "first" ? directory : undefined
+})
+
+/**
+ * `--renice`: a worker thread watches for the successor of a signalled
+ * process (its child, polled every 0.5 ms: this thread is busy with the load)
+ * and sets the nice value of all its threads as soon as it appears, the main
+ * thread first, so that threads started meanwhile inherit it.
+ */
+const RENICE_WORKER = `
+const { parentPort } = require("node:worker_threads")
+const { readFileSync, readdirSync } = require("node:fs")
+const { setPriority } = require("node:os")
+const pause = new Int32Array(new SharedArrayBuffer(4))
+const childOf = (pid) => {
+  try {
+    return Number(readFileSync("/proc/" + pid + "/task/" + pid + "/children", "utf8").split(" ").find(Boolean)) || 0
+  } catch {
+    return 0
+  }
+}
+const renice = (pid, nice) => {
+  try { setPriority(pid, nice) } catch {}
+  try { for (const tid of readdirSync("/proc/" + pid + "/task")) try { setPriority(Number(tid), nice) } catch {} } catch {}
+}
+parentPort.on("message", ({ from, nice, stop }) => {
+  const stopped = new Int32Array(stop)
+  let child = 0
+  while (child === 0 && Atomics.load(stopped, 0) === 0) {
+    child = childOf(from)
+    if (child === 0) Atomics.wait(pause, 0, 0, 0.5)
+  }
+  if (child !== 0) renice(child, nice)
+  parentPort.postMessage({ child, at: performance.timeOrigin + performance.now() })
+})
+`
+
+const startRenicer = () => {
+  const worker = new Worker(RENICE_WORKER, { eval: true })
+  worker.unref()
+  return {
+    /** Starts watching for `from`'s successor; `ready` stops watching and sets it back to nice 0. */
+    watch: (from: number, since: number) => {
+      const stop = new SharedArrayBuffer(4)
+      const found = new Promise<{ readonly child: number; readonly at: number }>((resolve) =>
+        worker.once("message", resolve)
+      )
+      // A worker thread's port, not a window: there is no origin.
+      // oxlint-disable-next-line unicorn/require-post-message-target-origin
+      worker.postMessage({ from, nice: settings.renice, stop })
+      return {
+        ready: async (to: number) => {
+          Atomics.store(new Int32Array(stop), 0, 1)
+          const { child, at } = await found
+          // Every thread, those started since the renice (which inherited it) too.
+          setNice(child === 0 ? to : child, 0)
+          return child === 0 ? Number.NaN : at - (performance.timeOrigin + since)
+        }
+      }
+    },
+    stop: () => worker.terminate()
+  }
+}
 
 const main = async () => {
   const ports = await freePorts(3)
@@ -309,8 +436,14 @@ const main = async () => {
     `Restarts under load: ${settings.restarts} restarts, ${settings.connections} keep-alive connections on ` +
       `127.0.0.1:${ports.join(", ")}, ${settings.steadyMs} ms steady state after each\n`
   )
-  const demo = spawnNode([demoPath, ...ports.flatMap((port, i) => [`--a${i}`, `127.0.0.1:${port}`])], { group: true })
+  const cache = freshCompileCache()
+  if (settings.flatCache) flattenCache(cache.directory)
+  const demo = spawnNode([demoPath, ...ports.flatMap((port, i) => [`--a${i}`, `127.0.0.1:${port}`])], {
+    group: true,
+    env: demoEnv(cache.directory)
+  })
   const restarts: Array<Restart> = []
+  const renicer = settings.renice === 0 ? undefined : startRenicer()
   let loads: Array<Load> = []
   let prober: ReturnType<typeof startProber> | undefined
   try {
@@ -330,16 +463,19 @@ const main = async () => {
         const from = current
         const seen = demo.lines.length
         const signalled = now()
+        const watch = renicer?.watch(from, signalled)
         process.kill(from, "SIGUSR2")
         const to = Number((await demo.waitForLine(BANNER, 20_000, seen))[1])
         const ready = now()
+        const renicedMs = (await watch?.ready(to)) ?? Number.NaN
         current = to
         await until(() => !isAlive(from), 30_000, `pid ${from} to drain and exit`)
         const drained = now()
-        restarts.push({ from, to, signalled, ready, drained })
+        restarts.push({ from, to, signalled, ready, drained, renicedMs })
         console.log(
           `restart ${String(i).padStart(2)}: ${from} -> ${to}  ready ${fixed(ready - signalled, 0)} ms, ` +
-            `old gone ${fixed(drained - signalled, 0)} ms, failures so far ${record.failures.length}`
+            `old gone ${fixed(drained - signalled, 0)} ms, failures so far ${record.failures.length}` +
+            (watch === undefined ? "" : `, reniced at ${fixed(renicedMs, 0)} ms`)
         )
         await sleep(settings.steadyMs)
       }
@@ -364,7 +500,8 @@ const main = async () => {
     const report = summarize({ loadStart, measuredFrom, stopped, restarts, results, probes: prober.probes })
     const terminated = await terminate(demo.pid, current)
     const output = {
-      machine: machine(),
+      machine: machine(Path.dirname(demoPath)),
+      demo: demoPath,
       settings,
       ports,
       aborted,
@@ -385,6 +522,8 @@ const main = async () => {
     await prober?.stop()
     // Every generation, whichever is left.
     await demo.stop(1000)
+    await renicer?.stop()
+    cache.remove()
   }
 }
 
@@ -414,16 +553,32 @@ const summarize = (input: {
   readonly probes: ReadonlyArray<Probe>
 }) => {
   const { restarts, results, probes } = input
-  const windowOf = (start: number, end: number) =>
-    restarts.findIndex((restart) => start <= restart.drained && end >= restart.signalled)
+  // A request belongs to a phase of a restart if it overlaps it, from one time of the restart to another.
+  const phase =
+    (from: keyof Restart, to: keyof Restart, extraMs = 0) =>
+    (start: number, end: number) =>
+      restarts.some((restart) => start <= restart[to] + extraMs && end >= restart[from])
+  const inWindow = phase("signalled", "drained")
+  const inStartup = phase("signalled", "ready")
+  const inHandover = phase("ready", "drained")
+  const inAfter = phase("drained", "drained", 500)
 
   const steady: Array<number> = []
   const during: Array<number> = []
+  // Where in a restart the tail is: the successor starting, the hand-over (ready to the old process gone), and the
+  // half second after it (counted as steady), where the successor serves with code not yet optimized.
+  const startup: Array<number> = []
+  const handover: Array<number> = []
+  const after: Array<number> = []
   for (let i = 0; i < record.ends.length; i++) {
     const end = record.ends[i]!
     const latency = record.latencies[i]!
-    if (end - latency < input.measuredFrom) continue
-    ;(windowOf(end - latency, end) >= 0 ? during : steady).push(latency)
+    const start = end - latency
+    if (start < input.measuredFrom) continue
+    ;(inWindow(start, end) ? during : steady).push(latency)
+    if (inStartup(start, end)) startup.push(latency)
+    if (inHandover(start, end)) handover.push(latency)
+    else if (inAfter(start, start)) after.push(latency)
   }
   const latency = (values: Array<number>) => {
     const sorted = sortedOf(values)
@@ -444,6 +599,7 @@ const summarize = (input: {
       readyMs: restart.ready - restart.signalled,
       handoffMs: answered === undefined ? Number.NaN : answered.end - restart.signalled,
       drainedMs: restart.drained - restart.signalled,
+      renicedMs: restart.renicedMs,
       failures: record.failures.filter((f) => f.at >= restart.signalled && f.at < next).length
     }
   })
@@ -462,7 +618,22 @@ const summarize = (input: {
     byKind[`${failure.source} ${failure.kind}`] = (byKind[`${failure.source} ${failure.kind}`] ?? 0) + 1
 
   const sum = (f: (result: autocannon.Result) => number) => results.reduce((n, result) => n + f(result), 0)
-  const handoffs = sortedOf(perRestart.map((r) => r.handoffMs).filter(Number.isFinite))
+  const spread = (values: ReadonlyArray<number>) => {
+    const sorted = sortedOf(values.filter(Number.isFinite))
+    return {
+      medianMs: percentile(sorted, 50),
+      minMs: sorted.length > 0 ? sorted[0]! : Number.NaN,
+      maxMs: sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN,
+      missing: values.length - sorted.length
+    }
+  }
+  const latencies = {
+    steady: latency(steady),
+    duringRestarts: latency(during),
+    startup: latency(startup),
+    handover: latency(handover),
+    afterRestarts: latency(after)
+  }
   return {
     requests: {
       sent: sum((r) => r.requests.sent),
@@ -480,12 +651,14 @@ const summarize = (input: {
     failed: failures.length,
     failuresByKind: byKind,
     failures,
-    latency: { steady: latency(steady), duringRestarts: latency(during) },
-    handoff: {
-      medianMs: percentile(handoffs, 50),
-      maxMs: handoffs.length > 0 ? handoffs[handoffs.length - 1]! : Number.NaN,
-      missing: perRestart.length - handoffs.length
+    latency: {
+      ...latencies,
+      /** The target: at most 1.3. */
+      p99DuringOverSteady: latencies.duringRestarts.p99Ms / latencies.steady.p99Ms
     },
+    ready: spread(perRestart.map((r) => r.readyMs)),
+    handoff: spread(perRestart.map((r) => r.handoffMs)),
+    drained: spread(perRestart.map((r) => r.drainedMs)),
     restarts: perRestart
   }
 }
@@ -493,6 +666,7 @@ const summarize = (input: {
 type Output = ReturnType<typeof summarize> & {
   readonly aborted: string | undefined
   readonly machine: ReturnType<typeof machine>
+  readonly demo: string
   readonly settings: typeof settings
   readonly ports: ReadonlyArray<number>
   readonly first: { readonly pid: number; readonly fds: number; readonly rssKiB: number }
@@ -581,13 +755,16 @@ const printAndWrite = (output: Output, svg: string) => {
         `${fixed(output.latency.steady.p50Ms)} / ${fixed(output.latency.steady.p99Ms)} / ${fixed(output.latency.steady.maxMs)} ms (${output.latency.steady.requests} requests)`
       ],
       [
-        "latency during restarts (p50 / p99 / max)",
+        "latency during restarts, signal to old process gone (p50 / p99 / max)",
         `${fixed(output.latency.duringRestarts.p50Ms)} / ${fixed(output.latency.duringRestarts.p99Ms)} / ${fixed(output.latency.duringRestarts.maxMs)} ms (${output.latency.duringRestarts.requests} requests)`
       ],
-      [
-        "handoff, signal to first answer from the new pid (median / max)",
-        `${fixed(output.handoff.medianMs, 0)} / ${fixed(output.handoff.maxMs, 0)} ms`
-      ],
+      ["p99 during restarts / p99 steady (target at most 1.3)", fixed(output.latency.p99DuringOverSteady)],
+      ["  of which: start-up, signal to successor ready (p50 / p99 / max)", latencyText(output.latency.startup)],
+      ["  of which: hand-over, successor ready to old process gone", latencyText(output.latency.handover)],
+      ["steady, but in the half second after the old process is gone", latencyText(output.latency.afterRestarts)],
+      ["ready, signal to the successor's banner (median, min-max)", spreadText(output.ready)],
+      ["handoff, signal to first answer from the new pid (median, min-max)", spreadText(output.handoff)],
+      ["old process gone, signal to its exit (median, min-max)", spreadText(output.drained)],
       ["first process: fds, RSS", `${output.first.fds}, ${mib(output.first.rssKiB)} MiB (pid ${output.first.pid})`],
       ["final process: fds, RSS", `${output.final.fds}, ${mib(output.final.rssKiB)} MiB (pid ${output.final.pid})`],
       [
@@ -598,8 +775,18 @@ const printAndWrite = (output: Output, svg: string) => {
       ]
     ]
   )
+  const reniced = output.settings.renice !== 0
   const perRestart = markdownTable(
-    ["#", "old pid", "new pid", "ready ms", "handoff ms", "old gone ms", "failures"],
+    [
+      "#",
+      "old pid",
+      "new pid",
+      "ready ms",
+      "handoff ms",
+      "old gone ms",
+      ...(reniced ? ["reniced ms"] : []),
+      "failures"
+    ],
     output.restarts.map((r, i) => [
       String(i + 1),
       String(r.from),
@@ -607,6 +794,7 @@ const printAndWrite = (output: Output, svg: string) => {
       fixed(r.readyMs, 0),
       fixed(r.handoffMs, 0),
       fixed(r.drainedMs, 0),
+      ...(reniced ? [fixed(r.renicedMs, 0)] : []),
       String(r.failures)
     ])
   )
@@ -640,7 +828,12 @@ const printAndWrite = (output: Output, svg: string) => {
       `\`npm run bench:restart\` at ${output.machine.revision} on Node ${output.machine.node}, ${output.machine.cpus} CPUs, ${output.machine.date}: ` +
         `the demo on three ports, ${output.settings.connections} keep-alive connections sending ` +
         `\`GET ${output.settings.path}\`, ${output.restarts.length} restarts by \`SIGUSR2\`, one at a time, ` +
-        `${output.settings.steadyMs} ms of steady state after each.`,
+        `${output.settings.steadyMs} ms of steady state after each; ${settingsText(output.settings)}.`,
+      "",
+      "Latency is per request, from write to last byte. A restart's window runs from the signal to the old " +
+        'process\'s exit: requests overlapping a window are "during restarts", the others (after the warm-up) ' +
+        '"steady". Within a window, "start-up" runs from the signal to the successor\'s banner, "hand-over" from ' +
+        "there to the old process's exit (a request overlapping both counts in both).",
       "",
       summary,
       "",
@@ -652,9 +845,32 @@ const printAndWrite = (output: Output, svg: string) => {
       "",
       "Picture: `restart.svg`."
     ].join("\n"),
-    svg
+    svg,
+    flags.out === undefined ? undefined : Path.resolve(flags.out)
   )
 }
+
+const latencyText = (l: {
+  readonly p50Ms: number
+  readonly p99Ms: number
+  readonly maxMs: number
+  readonly requests: number
+}) => `${fixed(l.p50Ms)} / ${fixed(l.p99Ms)} / ${fixed(l.maxMs)} ms (${l.requests} requests)`
+
+const spreadText = (spread: { readonly medianMs: number; readonly minMs: number; readonly maxMs: number }) =>
+  `${fixed(spread.medianMs, 0)} ms, ${fixed(spread.minMs, 0)}-${fixed(spread.maxMs, 0)}`
+
+const settingsText = (s: typeof settings) =>
+  [
+    {
+      fresh:
+        "compile cache in a fresh directory (the supervisor's default: generation 2 writes it, 3 and later read it)",
+      first: "compile cache in a fresh directory, NODE_COMPILE_CACHE set for the first generation too",
+      off: "compile cache off (GRACE_COMPILE_CACHE=off)"
+    }[s.compileCache],
+    ...(s.flatCache ? ["every generation's compile cache in one directory (--flat-cache)"] : []),
+    s.renice === 0 ? "successor at the same priority" : `successor at nice ${s.renice} until its banner`
+  ].join(", ")
 
 // A run that hangs anyway is ended, with every process it started (support.ts's exit clean-up).
 setTimeout(() => {

@@ -10,9 +10,10 @@
 import { execFileSync, spawn } from "node:child_process"
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import * as Net from "node:net"
-import { availableParallelism, tmpdir } from "node:os"
-import { join } from "node:path"
+import { availableParallelism, loadavg, setPriority, tmpdir } from "node:os"
+import { join, relative } from "node:path"
 import { createInterface } from "node:readline"
+import { fileURLToPath } from "node:url"
 import autocannon from "autocannon"
 
 // -----------------------------------------------------------------------------
@@ -265,6 +266,49 @@ export const otherLoad = (pids: ReadonlyArray<number>): { readonly stop: () => n
   }
 }
 
+/**
+ * Sets the nice value of every thread of a process. On Linux a nice value
+ * belongs to a thread (setpriority(2) with a pid sets the main thread's
+ * alone), and a new thread starts with its creator's; returns how many
+ * threads were set.
+ */
+export const setNice = (pid: number, nice: number): number => {
+  let set = 0
+  let threads: Array<string> = []
+  try {
+    threads = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return 0
+  }
+  for (const tid of threads) {
+    try {
+      setPriority(Number(tid), nice)
+      set++
+    } catch {
+      // The thread has ended.
+    }
+  }
+  return set
+}
+
+/**
+ * A compile cache directory of its own for one run, removed at exit, so that
+ * no run reads what an earlier one compiled (Node's default directory,
+ * `<tmpdir>/node-compile-cache`, outlives runs).
+ */
+export const freshCompileCache = (): { readonly directory: string; readonly remove: () => void } => {
+  const directory = mkdtempSync(join(tmpdir(), "effect-grace-compile-cache-"))
+  const remove = () => rmSync(directory, { recursive: true, force: true })
+  const removeCleanup = onCleanup(remove)
+  return {
+    directory,
+    remove: () => {
+      removeCleanup()
+      remove()
+    }
+  }
+}
+
 /** `n` distinct ports free on 127.0.0.1 right now (bound together, then released). */
 export const freePorts = async (n: number): Promise<Array<number>> => {
   const servers = Array.from({ length: n }, () => Net.createServer())
@@ -417,23 +461,36 @@ export const markdownTable = (header: ReadonlyArray<string>, rows: ReadonlyArray
   return [line(header), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...rows.map(line)].join("\n")
 }
 
-/** Writes `bench/results/<name>.json`, `bench/results/<name>.md` and, given one, `bench/results/<name>.svg`. */
-export const writeResults = (name: string, json: unknown, markdown: string, svg?: string): void => {
-  const directory = new URL("results/", import.meta.url)
+/**
+ * Writes `<name>.json`, `<name>.md` and, given one, `<name>.svg` in `directory`
+ * (by default `bench/results/`).
+ */
+export const writeResults = (
+  name: string,
+  json: unknown,
+  markdown: string,
+  svg?: string,
+  directory: string = fileURLToPath(new URL("results/", import.meta.url))
+): void => {
   mkdirSync(directory, { recursive: true })
-  writeFileSync(new URL(`${name}.json`, directory), `${JSON.stringify(json, null, 2)}\n`)
-  writeFileSync(new URL(`${name}.md`, directory), `${markdown.trimEnd()}\n`)
-  if (svg !== undefined) writeFileSync(new URL(`${name}.svg`, directory), svg)
-  console.log(`\nWrote bench/results/${name}.json, ${name}.md${svg === undefined ? "" : ` and ${name}.svg`}`)
+  writeFileSync(join(directory, `${name}.json`), `${JSON.stringify(json, null, 2)}\n`)
+  writeFileSync(join(directory, `${name}.md`), `${markdown.trimEnd()}\n`)
+  if (svg !== undefined) writeFileSync(join(directory, `${name}.svg`), svg)
+  const near = relative(process.cwd(), directory)
+  const shown = near.startsWith("..") ? directory : near
+  console.log(`\nWrote ${join(shown, name)}.json, ${name}.md${svg === undefined ? "" : ` and ${name}.svg`}`)
 }
 
-/** The commit measured, `-dirty` when src/ has uncommitted changes (`BENCH_REVISION` overrides). */
-const revision = (): string => {
+/**
+ * The commit measured, `-dirty` when src/ has uncommitted changes (`BENCH_REVISION` overrides), of the checkout
+ * holding `directory` (by default this one).
+ */
+const revision = (directory: string = fileURLToPath(new URL("..", import.meta.url))): string => {
   if (process.env.BENCH_REVISION) return process.env.BENCH_REVISION
   try {
     const git = (...args: Array<string>) =>
       execFileSync("git", args, {
-        cwd: new URL("..", import.meta.url),
+        cwd: directory,
         encoding: "utf8",
         stdio: ["ignore", "pipe", "ignore"]
       }).trim()
@@ -443,10 +500,12 @@ const revision = (): string => {
   }
 }
 
-/** What the benchmark ran on, recorded with its results. */
-export const machine = () => ({
-  revision: revision(),
+/** What the benchmark ran on, recorded with its results; `directory` is in the checkout measured, if not this one. */
+export const machine = (directory?: string) => ({
+  revision: revision(directory),
   node: process.version,
   cpus: availableParallelism(),
+  /** 1, 5 and 15 minute load averages when this is read (the run's own load included): how busy the machine was. */
+  loadAverage: loadavg().map((n) => Math.round(n * 100) / 100),
   date: new Date().toISOString()
 })
