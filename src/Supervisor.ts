@@ -638,12 +638,13 @@ const announceReady = (runtime: Runtime) =>
   Effect.gen(function* () {
     const { os, listeners, parent, notify } = runtime.resources
     yield* listeners.closeUnclaimed
+    // What this process compiled, for its successors to read. Writing it blocks for tens of milliseconds: before
+    // the parent is told, while it still accepts (measured: 72-140 ms from ready to the first answer when after).
+    if (runtime.resources.compileCache !== undefined) os.flushCompileCache()
     if (runtime.settings.pidFile !== undefined) yield* os.writePidFile(runtime.settings.pidFile)
     yield* parent !== undefined ? parent.signalReady : Effect.ignore(notify.ready)
     runtime.health.setPhase("serving")
     yield* Deferred.succeed(runtime.served, undefined)
-    // What this process compiled, for its successors to read.
-    if (runtime.resources.compileCache !== undefined) os.flushCompileCache()
     const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
     yield* logged(runtime, "effect-grace: ready", { listeners: addresses.join(", ") })
     yield* Deferred.succeed(runtime.started, undefined)
