@@ -84,9 +84,26 @@ const project = (major: string, extra: ReadonlyArray<string> = []) => {
 
 type Project = ReturnType<typeof project>
 
-/** Starts `main.mjs` on a free port; every process of it is killed when the scope closes. */
+/** The processes running in `dir`: a program's generations, its successors included. */
+const processesIn = (dir: string): Array<number> =>
+  Fs.readdirSync("/proc").flatMap((entry) => {
+    if (!/^\d+$/.test(entry)) return []
+    try {
+      return Fs.readlinkSync(`/proc/${entry}/cwd`) === dir ? [Number(entry)] : []
+    } catch {
+      return []
+    }
+  })
+
+/** Starts `main.mjs` on a free port; every process of it, successors too, is killed when the scope closes. */
 const start = (p: Project, env: Record<string, string> = {}) =>
   Effect.gen(function* () {
+    // Even if the test fails half way through a restart.
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const pid of processesIn(Fs.realpathSync(p.dir))) process.kill(pid, "SIGKILL")
+      })
+    )
     const port = yield* freePort()
     const program = yield* spawnProcess(p.node, ["main.mjs"], { cwd: p.dir, env: { PORT: String(port), ...env } })
     yield* program.waitForLine(/effect-grace: ready/, "30 seconds")
