@@ -633,7 +633,8 @@ const kept = new WeakSet<Listener>()
  * Stops a served listener accepting but keeps its socket open, to accept
  * again (`resumeAccepting`): connections that arrive meanwhile wait in its
  * backlog, which a successor sharing the socket accepts from. Needs the
- * native calls; without them it stops accepting as `stopAccepting` does.
+ * native calls (and a free fd); without them it leaves the listener
+ * accepting, as nothing could make it accept again.
  *
  * @since 0.1.0
  * @category serving
@@ -642,10 +643,11 @@ export const pauseAccepting = (listener: Listener): Effect.Effect<void> =>
   Effect.sync(() => {
     const server = adopted.get(listener)
     if (listener.fd === undefined || server === undefined || !server.listening) return
-    // A copy of the fd first: closing the server's handle closes the fd it took, not the socket.
+    // A copy of the fd first: closing the server's handle closes the fd it took, not the socket. Without a copy (no
+    // fd left), it goes on accepting: a listener it could not accept on again would be lost to the service.
     const copy = Sys.dup(listener.fd)
-    Net.Server.prototype.close.call(server)
     if (Result.isFailure(copy)) return
+    Net.Server.prototype.close.call(server)
     // The listener's fd is the one open for its socket in this process, the one a restart hands on.
     ;(listener as { fd: number | undefined }).fd = copy.success
     kept.add(listener)

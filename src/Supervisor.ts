@@ -39,7 +39,8 @@
  *   `SIGTERM`/`SIGINT` during it ends the process at once.
  * - Under systemd (`NOTIFY_SOCKET`): `READY=1` at start, `RELOADING=1` when a
  *   restart begins, `READY=1` once the successor is ready, `MAINPID=<successor>`
- *   once its probation has passed (never a process that has exited), and
+ *   once its probation has passed and it is found alive (never a process that
+ *   died in its window), and
  *   `STOPPING=1` on termination.
  *
  * @since 0.1.0
@@ -345,8 +346,10 @@ export class Supervisor extends Context.Service<
   Supervisor,
   {
     /**
-     * Starts a successor and, once it is ready, hands over: this process then
-     * drains and `run` returns. Succeeds with the successor's pid.
+     * Starts a successor and, once it is ready and its probation has passed,
+     * hands over: this process then drains and `run` returns. Succeeds with
+     * the successor's pid; fails with `HandedBack` if the successor died
+     * within its probation (this process serves on).
      */
     readonly restart: Effect.Effect<number, RestartError>
     /** Starts a graceful termination: the servers drain and `run` returns. */
@@ -579,7 +582,7 @@ const restartWork = (runtime: Runtime) =>
         passed,
         ticketKey: Tickets.encode(yield* keyring.current),
         env: compileCache === undefined ? {} : { NODE_COMPILE_CACHE: compileCache }
-      }),
+      }).pipe(Effect.catchDefect((cause) => Effect.fail<Os.SpawnFailure>({ _tag: "SpawnFailed", cause }))),
       (successor) =>
         successor.ready.pipe(
           Effect.timeoutOrElse({
@@ -661,10 +664,10 @@ const handOff = (runtime: Runtime, action: Extract<Action, { readonly _tag: "Han
     if (action.reply !== undefined) yield* Deferred.succeed(action.reply, action.pid)
   })
 
-// The successor serves too; systemd hears that the reload is over, but its main process stays this one for now.
+// The successor serves too; systemd hears that the reload is over, but its main process stays this one for now. The
+// listeners are this process's still (a unix path is unlinked if it ends with its successor, in a termination).
 const beginProbation = (runtime: Runtime, pid: number) =>
   Effect.gen(function* () {
-    yield* runtime.resources.listeners.handOff
     yield* Effect.ignore(runtime.resources.notify.ready)
     const probation = runtime.settings.probation
     yield* logged(runtime, "effect-grace: successor ready", {
@@ -775,8 +778,13 @@ const perform =
         return Effect.asVoid(FiberSet.run(runtime.pauses, runtime.gate.pause))
       case "HandBack":
         return handBack(runtime, action)
+      case "ConfirmSuccessor":
+        return Effect.suspend(() =>
+          action.successor.alive() ? send(runtime, { _tag: "SuccessorAlive" }) : Effect.void
+        )
       case "TerminateSuccessor":
-        return Effect.andThen(FiberHandle.clear(runtime.watching), action.successor.terminate)
+        // It ends by itself, gracefully; this process does not wait for it.
+        return Effect.all([FiberHandle.clear(runtime.watching), action.successor.terminate, action.successor.release])
       case "RestartFailed":
         return Effect.andThen(
           Effect.ignore(notify.ready),
@@ -801,6 +809,18 @@ const perform =
     }
   }
 
+// An action that fails (a PID file that cannot be written, ...) is logged: the owner of the state goes on.
+const performSafely = (runtime: Runtime, action: Action): Effect.Effect<void> =>
+  perform(runtime)(action).pipe(
+    Effect.catchCause((cause) =>
+      Cause.hasInterruptsOnly(cause)
+        ? Effect.failCause(cause)
+        : Effect.logError(`effect-grace: ${action._tag} failed`, cause).pipe(
+            Effect.annotateLogs({ pid: runtime.resources.os.pid })
+          )
+    )
+  )
+
 /** The one owner of the state: takes each event, follows the machine, carries out its actions in order. */
 const follow = (runtime: Runtime): Effect.Effect<void> => {
   const rules: Machine.Rules = {
@@ -812,7 +832,7 @@ const follow = (runtime: Runtime): Effect.Effect<void> => {
     Effect.gen(function* () {
       const [next, actions] = Machine.transition(yield* Ref.get(runtime.state), event, rules)
       yield* Ref.set(runtime.state, next)
-      yield* Effect.forEach(actions, perform(runtime), { discard: true })
+      yield* Effect.forEach(actions, (action) => performSafely(runtime, action), { discard: true })
     })
   // Until the events end, when the supervisor's scope closes.
   return Effect.forever(Effect.flatMap(Queue.take(runtime.events), step)).pipe(Effect.catch(() => Effect.void))
@@ -1115,11 +1135,12 @@ const signalExitCode = (signal: NodeJS.Signals) => 128 + (constants.signals[sign
 const makeProgram = () => {
   let claimed = false
   let graceful = false
+  let signalled = false
   let main: Fiber.Fiber<unknown, unknown> | undefined
   const onSignal = (signal: NodeJS.Signals) => {
     if (claimed) return
-    if (graceful) exitProcess(signalExitCode(signal))
-    graceful = true
+    if (signalled) exitProcess(signalExitCode(signal))
+    signalled = graceful = true
     main?.interruptUnsafe()
   }
   const program: Program.Program = {

@@ -481,6 +481,24 @@ describe("Supervisor, a successor on probation", () => {
     )
   }
 
+  it.effect("a successor that died as its window ended (its exit not heard yet): never MAINPID, handed back", () =>
+    Effect.gen(function* () {
+      const s = yield* onProbation()
+      // Exited, a zombie: the exit is on its way to this process.
+      s.child.state = "exited"
+      yield* TestClock.adjust("5 seconds")
+      yield* Effect.yieldNow
+      assert.isUndefined(s.fiber.pollUnsafe(), "no hand-off to a dead successor")
+      yield* s.child.exit({ code: null, signal: "SIGSEGV" })
+      const answer = yield* Fiber.join(s.restart)
+      assert.isTrue(Result.isFailure(answer))
+      assert.notInclude(s.notes.join("\n"), "MAINPID")
+      assert.deepStrictEqual(s.events, ["paused", "resumed"])
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
   it.effect("a restart during the window is refused; a successor that exits after it is not watched", () =>
     Effect.gen(function* () {
       const s = yield* onProbation()

@@ -1,7 +1,10 @@
 import { afterEach, assert, beforeEach, describe, it, vi } from "@effect/vitest"
 import type * as Http2 from "node:http2"
-import type * as Net from "node:net"
-import { ActivityClock, Connection, goAwayGracefully } from "../src/internal/drain.ts"
+import * as Net from "node:net"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import { ActivityClock, Connection, goAwayGracefully, Tracker } from "../src/internal/drain.ts"
 
 // The clock's own timer and time, under vitest's fake timers: each step below is exact.
 describe("ActivityClock", () => {
@@ -152,4 +155,52 @@ describe("goAwayGracefully", () => {
     goAwayGracefully(refused.connection)
     assert.deepStrictEqual(refused.sent, [`goaway 0 ${2 ** 31 - 1}`, "close"])
   })
+})
+
+// A server paused for a successor's probation drains, then serves again if the successor dies: its tracker too.
+describe("Tracker, paused and resumed", () => {
+  const settings = {
+    timeout: Duration.seconds(30),
+    idleGrace: Duration.millis(250),
+    forced: Effect.never,
+    started: Effect.succeed(true)
+  }
+
+  it.effect("a drain over before the hand-back is undone: serving again, and a later drain runs anew", () =>
+    Effect.gen(function* () {
+      const tracker = new Tracker()
+      const paused = yield* tracker.drain(settings)
+      assert.notStrictEqual(paused, "resumed", "nothing to drain: over at once")
+      assert.isTrue(tracker.draining)
+      tracker.resume()
+      assert.isFalse(tracker.draining, "serving again")
+      assert.isFalse(tracker.drainUnderway)
+      assert.isFalse(yield* tracker.signal.isDraining)
+      const final = yield* tracker.drain(settings)
+      assert.notStrictEqual(final, "resumed")
+      assert.isTrue(tracker.draining)
+    })
+  )
+
+  it.effect("a drain under way ends as resumed, forcing nothing; without a resume, another drain joins it", () =>
+    Effect.gen(function* () {
+      const tracker = new Tracker()
+      const socket = new Net.Socket()
+      const connection = tracker.track(socket, "raw")
+      tracker.begin(connection)
+      const pausing = yield* Effect.forkChild(tracker.drain(settings))
+      yield* Effect.yieldNow
+      tracker.resume()
+      assert.strictEqual(yield* Fiber.join(pausing), "resumed")
+      assert.isFalse(socket.destroyed, "nothing forced")
+      const again = yield* Effect.forkChild(tracker.drain(settings))
+      yield* Effect.yieldNow
+      const joined = yield* Effect.forkChild(tracker.drain(settings))
+      yield* Effect.yieldNow
+      tracker.end(connection)
+      socket.destroy()
+      const [first, second] = [yield* Fiber.join(again), yield* Fiber.join(joined)]
+      assert.deepStrictEqual(first, second, "one drain, one report")
+    })
+  )
 })

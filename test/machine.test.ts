@@ -187,12 +187,18 @@ describe("the supervisor's state machine", () => {
       assert.deepStrictEqual(tags(actions), ["WatchSuccessor", "BeginProbation", "Unready", "PauseServing"])
     })
 
-    it("the window passes: released, MAINPID, the drain", () => {
-      const [next, actions] = step(probation, { _tag: "ProbationOver" })
+    it("the window passes: is the successor alive? Then released, MAINPID, the drain", () => {
+      assert.deepStrictEqual(step(probation, { _tag: "ProbationOver" }), [
+        probation,
+        [{ _tag: "ConfirmSuccessor", successor: "successor" }]
+      ])
+      const [next, actions] = step(probation, { _tag: "SuccessorAlive" })
       assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "handoff", signals: 0 })
       assert.deepStrictEqual(tags(actions), ["ReleaseSuccessor", "HandOff", "BeginDrain"])
       assert.deepStrictEqual(actions[1], { _tag: "HandOff", reply: "first", pid: 200, ready: false })
-      assert.deepStrictEqual(step(serving, { _tag: "ProbationOver" }), [serving, []])
+      for (const event of [{ _tag: "ProbationOver" }, { _tag: "SuccessorAlive" }] as const) {
+        assert.deepStrictEqual(step(serving, event), [serving, []])
+      }
     })
 
     it("the successor exits within it: serving again, handed back with its exit", () => {

@@ -551,13 +551,14 @@ export class Tracker {
   }
 
   /**
-   * Ends the drain under way and serves again, as before it (a hand-back):
-   * connections already closing close, the others are served as usual, and
-   * the drain's effect ends without forcing anything. Nothing if no drain is
-   * under way.
+   * Ends the drain under way, or undoes the one that is over, and serves
+   * again as before it (a hand-back): connections already closing close, the
+   * others are served as usual, and a drain's effect still running ends
+   * without forcing anything. Nothing if no drain has begun.
    */
   resume(): void {
-    if (this.underway === undefined || this.state !== "draining") return
+    // A pause's drain, under way or over (a quiet server drains in a moment): either way the server serves again.
+    if (this.underway === undefined || (this.state !== "draining" && this.state !== "done")) return
     this.state = "serving"
     this.started = Deferred.makeUnsafe<void>()
     this.underway = undefined

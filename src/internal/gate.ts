@@ -52,7 +52,8 @@ export const make = () => {
 /**
  * Registers a served listener with the supervisor's gate, for the serve scope's life. Pausing stops it accepting
  * (its socket kept open) and runs `drain`, the same drain its scope's finalizer runs, which then joins the one under
- * way; resuming ends the drain without forcing anything and accepts again on the same socket.
+ * way; resuming ends that drain (or undoes it, if it is over) without forcing anything and accepts again on the same
+ * socket.
  */
 export const registerServer = (
   listener: Listeners.Listener,

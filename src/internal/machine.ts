@@ -5,8 +5,8 @@
  * it takes the events from a queue, one at a time, and follows this function.
  * Nothing else decides.
  *
- * Phases: Starting → Serving ⇄ Restarting (⇄ Probation) → (Delaying →)
- * Draining → Stopped.
+ * Phases: Starting → Serving ⇄ Restarting (→ Probation → Serving, on a
+ * hand-back) → (Delaying →) Draining → Stopped.
  *
  * Rules, as tableflip keeps them:
  * - One restart at a time; none before ready, none while the parent that
@@ -23,8 +23,8 @@
  *   this process: this process stops accepting and drains, but keeps its
  *   sockets and its application; if the successor exits within the window,
  *   this process accepts again and serves on (hand-back), and systemd's
- *   `MAINPID` names the successor only once the window has passed, so it
- *   never names a process that has exited.
+ *   `MAINPID` names the successor only once the window has passed and it is
+ *   found alive then, so it never names a process that died in the window.
  * - The second termination signal of a drain (or of the shutdown delay) forces
  *   the exit; a call or the scope closing is not a signal, and never forces.
  *
@@ -93,6 +93,8 @@ export type Event<R, S, F> =
       readonly signal: string | null
     }
   | { readonly _tag: "ProbationOver" }
+  /** The successor was found alive when its probation was over. */
+  | { readonly _tag: "SuccessorAlive" }
   | { readonly _tag: "ParentExited" }
   | { readonly _tag: "Terminate"; readonly source: Source; readonly signal: string | undefined }
   | { readonly _tag: "DelayOver" }
@@ -122,6 +124,8 @@ export type Action<R, S, F> =
       readonly code: number | null
       readonly signal: string | null
     }
+  /** Looks whether the successor still lives (`SuccessorAlive`); if not, its exit is on its way. */
+  | { readonly _tag: "ConfirmSuccessor"; readonly successor: S }
   /** Asks the successor to terminate gracefully (a termination during its probation ends both). */
   | { readonly _tag: "TerminateSuccessor"; readonly successor: S }
   /**
@@ -302,8 +306,15 @@ const successorReady = <R, S, F>(state: State<R, S>, successor: S, pid: number, 
   ]
 }
 
-// The window has passed with the successor alive: it replaces this process, whose servers have drained already.
-const probationOver = <R, S, F>(state: State<R, S>): Step<R, S, F> => {
+// The window has passed: first, is the successor alive? Its exit may have come at the same moment, and still be on
+// its way: systemd's MAINPID must never name a process that has exited.
+const probationOver = <R, S, F>(state: State<R, S>): Step<R, S, F> =>
+  state.phase._tag === "Probation"
+    ? [state, [{ _tag: "ConfirmSuccessor", successor: state.phase.successor }]]
+    : [state, []]
+
+// The successor outlived its window: it replaces this process, whose servers have drained already.
+const successorAlive = <R, S, F>(state: State<R, S>): Step<R, S, F> => {
   if (state.phase._tag !== "Probation") return [state, []]
   const { reply, successor, pid, signals } = state.phase
   return [
@@ -359,6 +370,8 @@ export const transition = <R, S, F>(state: State<R, S>, event: Event<R, S, F>, r
       return successorReady(state, event.successor, event.pid, rules)
     case "ProbationOver":
       return probationOver(state)
+    case "SuccessorAlive":
+      return successorAlive(state)
     case "SuccessorExited":
       return successorExited(state, event)
     case "RestartFailed":

@@ -53,6 +53,8 @@ export interface Child {
   readonly channel: Channel.Channel
   /** Completes once the child has exited and been reaped. */
   readonly exited: Effect.Effect<Exited>
+  /** Whether it runs now: not exited, nor a zombie whose exit Node has yet to report. */
+  readonly alive: () => boolean
   /** Kills it (SIGKILL) if it still runs, and waits until it is reaped. */
   readonly kill: Effect.Effect<void>
   /** Sends it SIGTERM if it still runs. */
@@ -196,6 +198,7 @@ const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel): Ch
     pid,
     channel,
     exited,
+    alive: () => exit === undefined && !isZombie(pid),
     kill: Effect.andThen(
       channel.close,
       Effect.suspend(() => {
@@ -219,14 +222,14 @@ const spawn = (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, strin
       try: () => startChild(passed, env),
       catch: (cause): SpawnFailure => ({ _tag: "SpawnFailed", cause })
     })
-    const socket = child.stdio[3 + passed.length] as Net.Socket
-    socket.on("error", () => {})
-    // Node has no pid for a child it could not start, and reports why as an `error` event.
+    // Node has no pid (nor stdio) for a child it could not start, and reports why as an `error` event.
     if (child.pid === undefined) {
       return yield* Effect.callback<never, SpawnFailure>((resume) => {
         child.once("error", (cause) => resume(Effect.fail({ _tag: "SpawnFailed", cause })))
       })
     }
+    const socket = child.stdio[3 + passed.length] as Net.Socket
+    socket.on("error", () => {})
     return childOf(child, child.pid, yield* Channel.fromSocket(socket))
   })
 
@@ -277,6 +280,16 @@ const removePidFile = (path: string) =>
       // Gone already.
     }
   })
+
+// Exited, not yet reaped: its exit is on its way to this process (SIGCHLD), and Node has not reported it yet.
+const isZombie = (pid: number): boolean => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")
+  } catch {
+    return true
+  }
+}
 
 // This process's children that are zombies now.
 const zombieChildren = (): Array<number> =>

@@ -41,6 +41,8 @@ export interface Successor {
   readonly ready: Effect.Effect<void, EarlyExit>
   /** Completes once it has exited. */
   readonly exited: Effect.Effect<Os.Exited>
+  /** Whether it runs now (not exited, nor a zombie whose exit this process has yet to hear of). */
+  readonly alive: () => boolean
   readonly kill: Effect.Effect<void>
   /** Asks it to terminate gracefully (SIGTERM). */
   readonly terminate: Effect.Effect<void>
@@ -78,8 +80,8 @@ export const start = (
     const child = yield* os.spawn(options.passed, { ...options.env, [TICKET_KEYS_VARIABLE]: "channel" })
     yield* child.channel.send(`${KEYS_PREFIX}${options.ticketKey}`)
     const ready = yield* Effect.cached(awaitReady(child))
-    const { pid, exited, kill, terminate, release } = child
-    return { pid, ready, exited, kill, terminate, release }
+    const { pid, exited, alive, kill, terminate, release } = child
+    return { pid, ready, exited, alive, kill, terminate, release }
   })
 
 /** A successor's link to the parent that started it. */

@@ -84,6 +84,7 @@ const makeChild = (pid: number, passed: ReadonlyArray<Os.Passed>, env: Readonly<
       pid,
       channel: own,
       exited: Deferred.await(exited),
+      alive: () => child.state === "running" || child.state === "released",
       kill: Effect.suspend(() => {
         if (child.state === "running" || child.state === "released") child.state = "killed"
         return Effect.andThen(own.close, Deferred.succeed(exited, { code: null, signal: "SIGKILL" }))
