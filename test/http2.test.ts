@@ -218,7 +218,7 @@ describe("HTTP/2 at a drain", () => {
           })
           yield* fixture.waitForLine(new RegExp(`"effect-grace: ready".*"pid":${fixture.pid}\\b`))
           let generation = fixture.pid
-          for (let round = 1; round <= 3; round++) {
+          for (let attempt = 1; attempt <= 3; attempt++) {
             generation = yield* restartUnderH2load(fixture, generation, port, kind === "h2" ? "https" : "http")
           }
         }),
