@@ -15,6 +15,7 @@ import * as Net from "node:net"
 import { basename, dirname, join } from "node:path"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
@@ -181,33 +182,25 @@ const startChild = (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, 
 }
 
 const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel): Child => {
-  let exit: Exited | undefined
-  const exitWaiters = new Set<(exited: Exited) => void>()
+  const exit = Deferred.makeUnsafe<Exited>()
+  const running = () => !Deferred.isDoneUnsafe(exit)
   child.on("error", () => {})
-  child.once("exit", (code, signal) => {
-    exit = { code, signal }
-    for (const waiter of exitWaiters) waiter(exit)
-  })
-  const exited = Effect.callback<Exited>((resume) => {
-    if (exit !== undefined) return resume(Effect.succeed(exit))
-    const waiter = (e: Exited) => resume(Effect.succeed(e))
-    exitWaiters.add(waiter)
-    return Effect.sync(() => exitWaiters.delete(waiter))
-  })
+  child.once("exit", (code, signal) => Deferred.doneUnsafe(exit, Effect.succeed({ code, signal })))
+  const exited = Deferred.await(exit)
   return {
     pid,
     channel,
     exited,
-    alive: () => exit === undefined && !isZombie(pid),
+    alive: () => running() && !isZombie(pid),
     kill: Effect.andThen(
       channel.close,
       Effect.suspend(() => {
-        if (exit === undefined) child.kill("SIGKILL")
+        if (running()) child.kill("SIGKILL")
         return Effect.asVoid(exited)
       })
     ),
     terminate: Effect.sync(() => {
-      if (exit === undefined) child.kill("SIGTERM")
+      if (running()) child.kill("SIGTERM")
     }),
     release: Effect.andThen(
       channel.unref,
@@ -282,26 +275,25 @@ const removePidFile = (path: string) =>
   })
 
 // Exited, not yet reaped: its exit is on its way to this process (SIGCHLD), and Node has not reported it yet.
-const isZombie = (pid: number): boolean => {
+// A process's state letter and parent, from /proc; none once it is gone.
+const procStat = (pid: number | string): { readonly state: string; readonly ppid: number } | undefined => {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")
+    const [state = "", ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return { state, ppid: Number(ppid) }
   } catch {
-    return true
+    return undefined
   }
 }
+
+const isZombie = (pid: number): boolean => (procStat(pid)?.state ?? "Z") === "Z"
 
 // This process's children that are zombies now.
 const zombieChildren = (): Array<number> =>
   readdirSync("/proc").flatMap((entry) => {
     if (!/^\d+$/.test(entry)) return []
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8")
-      const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-      return state === "Z" && Number(ppid) === process.pid ? [Number(entry)] : []
-    } catch {
-      return []
-    }
+    const stat = procStat(entry)
+    return stat?.state === "Z" && stat.ppid === process.pid ? [Number(entry)] : []
   })
 
 // An orphan of a container becomes PID 1's child, and a zombie once it exits, until PID 1 waits for it. Node's own
