@@ -10,7 +10,7 @@ import { keepAliveLoad, request, steadyLoad } from "./support/http.ts"
 import type { Reply } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { certificateFiles, tlsConnect } from "./support/tls.ts"
-import { eventually, isAlive, openFds, spawnFixture } from "./support/process.ts"
+import { eventually, isAlive, openFds, procStat, processesTagged, spawnFixture } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
 import { tempDir } from "./support/fs.ts"
 
@@ -32,30 +32,12 @@ const pidOf = (reply: Reply): number => {
   return Number(match![1])
 }
 
-/** Every process of this test (all generations) carries the tag in its arguments. */
-const processesTagged = (tag: string): Array<number> =>
-  Fs.readdirSync("/proc")
-    .filter((entry) => /^\d+$/.test(entry))
-    .map(Number)
-    .filter((pid) => {
-      try {
-        return Fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(tag) && isAlive(pid)
-      } catch {
-        return false
-      }
-    })
-
 const childrenOf = (ppid: number): Array<{ pid: number; state: string }> =>
   Fs.readdirSync("/proc")
     .filter((entry) => /^\d+$/.test(entry))
     .flatMap((entry) => {
-      try {
-        const stat = Fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-        return Number(fields[1]) === ppid ? [{ pid: Number(entry), state: fields[0]! }] : []
-      } catch {
-        return []
-      }
+      const stat = procStat(entry)
+      return stat?.ppid === ppid ? [{ pid: Number(entry), state: stat.state }] : []
     })
 
 interface Generation {
@@ -120,11 +102,6 @@ const sleeping = (fixture: Spawned, generation: Generation) =>
 
 const gone = (pid: number) => eventually(() => !isAlive(pid), `pid ${pid} to exit`)
 
-const parentOf = (pid: number): number => {
-  const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
-}
-
 /**
  * Until the kernel has moved `child` away from `parent`: the parent has exited for good. A process whose memory is
  * gone (not `isAlive`) may still be closing its fds; a restart asked of its successor then is rightly refused.
@@ -156,7 +133,7 @@ const notifySocket = Effect.gen(function* () {
 })
 
 const orphaned = (child: number, parent: number) =>
-  eventually(() => parentOf(child) !== parent, `pid ${child} to lose its parent ${parent}`)
+  eventually(() => procStat(child)?.ppid !== parent, `pid ${child} to lose its parent ${parent}`)
 
 // -----------------------------------------------------------------------------
 // Tests
@@ -633,16 +610,13 @@ describe("Supervisor, hand-back", () => {
   const successorOnProbation = (fixture: Spawned, generation: Generation) =>
     Effect.gen(function* () {
       const since = fixture.lines.length
-      const pattern = new RegExp(
-        `"effect-grace: successor ready".*"pid":${generation.pid},"successor":(\\d+),"probationMillis"`
-      )
       process.kill(generation.pid, "SIGUSR2")
       // This restart's line: the same process may have had a successor before.
-      const match = yield* eventually(
-        () => fixture.lines.slice(since).flatMap((line) => line.match(pattern) ?? [])[1],
-        "the successor ready"
+      const match = yield* fixture.waitForLineFrom(
+        since,
+        new RegExp(`"effect-grace: successor ready".*"pid":${generation.pid},"successor":(\\d+),"probationMillis"`)
       )
-      return Number(match)
+      return Number(match[1])
     })
 
   /** After the successor's death: it was served again by `old` within 500 ms, and no connection was ever refused. */

@@ -29,7 +29,7 @@ import * as Listeners from "../src/Listeners.ts"
 import * as Server from "../src/Server.ts"
 import { tempDir } from "./support/fs.ts"
 import { freePort } from "./support/net.ts"
-import { eventually, spawnFixture } from "./support/process.ts"
+import { eventually, processesTagged, spawnFixture } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
 import { certificateFiles } from "./support/tls.ts"
 
@@ -163,17 +163,6 @@ const rounds = (options: Server.Options, client: Http2.SecureClientSessionOption
 /** Where h2load is, if it is installed (Debian: nghttp2-client). */
 const h2load = ["/usr/bin/h2load", "/usr/local/bin/h2load"].find((path) => Fs.existsSync(path))
 
-/** The tagged fixture processes of this test: every generation, however it was started. */
-const processesTagged = (tag: string): Array<number> =>
-  Fs.readdirSync("/proc").flatMap((entry) => {
-    if (!/^\d+$/.test(entry)) return []
-    try {
-      return Fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(tag) ? [Number(entry)] : []
-    } catch {
-      return []
-    }
-  })
-
 // -----------------------------------------------------------------------------
 // Tests
 // -----------------------------------------------------------------------------
@@ -252,16 +241,12 @@ const restartUnderH2load = (fixture: Spawned, generation: number, port: number, 
         }).length
     yield* eventually(() => established() >= 8, "h2load's 8 connections")
     process.kill(generation, "SIGUSR2")
-    const ready = new RegExp(`"effect-grace: successor ready".*"pid":${generation},"successor":(\\d+)`)
-    const successor = yield* eventually(
-      () => fixture.lines.slice(since).flatMap((line) => line.match(ready) ?? [])[1],
-      "the successor ready"
+    const ready = yield* fixture.waitForLineFrom(
+      since,
+      new RegExp(`"effect-grace: successor ready".*"pid":${generation},"successor":(\\d+)`)
     )
     // Only the old process drains here: the successor serves on.
-    const drained = yield* eventually(
-      () => fixture.lines.slice(since).find((line) => line.includes('"effect-grace: drain finished"')),
-      "the old process's drain"
-    )
+    const drained = (yield* fixture.waitForLineFrom(since, /"effect-grace: drain finished"/)).input!
     const output = yield* Fiber.join(run)
     const requests = output.match(
       /requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored/
@@ -273,5 +258,5 @@ const restartUnderH2load = (fixture: Spawned, generation: number, port: number, 
     assert.isAbove(succeeded!, 0)
     assert.match(drained, /"toldToGoAway":8\b/)
     assert.match(drained, /"cut":0\b/)
-    return Number(successor)
+    return Number(ready[1])
   })

@@ -5,7 +5,7 @@
  */
 import { spawn } from "node:child_process"
 import type { ChildProcess, StdioOptions } from "node:child_process"
-import { readdirSync, readlinkSync } from "node:fs"
+import { readdirSync, readFileSync, readlinkSync } from "node:fs"
 import { createInterface } from "node:readline"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -23,6 +23,8 @@ export interface Spawned {
   readonly errors: Array<string>
   /** Waits, bounded, for a stdout line matching `pattern`; yields the match. Lines already seen count. */
   readonly waitForLine: (pattern: RegExp, timeout?: Duration.Input) => Effect.Effect<RegExpMatchArray>
+  /** The same, among the stdout lines from index `from` on: those printed since `lines.length` was `from`. */
+  readonly waitForLineFrom: (from: number, pattern: RegExp, timeout?: Duration.Input) => Effect.Effect<RegExpMatchArray>
   /** The same for stderr. */
   readonly waitForErrorLine: (pattern: RegExp, timeout?: Duration.Input) => Effect.Effect<RegExpMatchArray>
   /** Waits, bounded, for the process to exit; yields its code or signal. */
@@ -106,10 +108,10 @@ export const spawnProcess = (
               )
           })
         )
-      const waitForIn = (source: Array<string>, pattern: RegExp, timeout: Duration.Input | undefined) =>
+      const waitForIn = (source: Array<string>, pattern: RegExp, timeout: Duration.Input | undefined, from = 0) =>
         waitFor(
           () => {
-            for (const line of source) {
+            for (const line of source.slice(from)) {
               const match = line.match(pattern)
               if (match) return match
             }
@@ -124,6 +126,7 @@ export const spawnProcess = (
         lines,
         errors,
         waitForLine: (pattern, timeout) => waitForIn(lines, pattern, timeout),
+        waitForLineFrom: (from, pattern, timeout) => waitForIn(lines, pattern, timeout, from),
         waitForErrorLine: (pattern, timeout) => waitForIn(errors, pattern, timeout),
         exited: (timeout) => waitFor(() => exit, "exit", timeout),
         closed: (timeout) => waitFor(() => (closed ? exit : undefined), "exit and the close of its output", timeout)
@@ -152,6 +155,30 @@ export const spawnFixture = (
   options: SpawnOptions = {}
 ): Effect.Effect<Spawned, never, Scope.Scope> =>
   spawnProcess(nodePath, [new URL(`../fixtures/${name}.ts`, import.meta.url).pathname, ...args], options)
+
+/** Every process alive now that carries `tag` in its arguments: all the generations of one test's program. */
+export const processesTagged = (tag: string): Array<number> =>
+  readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(tag) && isAlive(pid)
+      } catch {
+        return false
+      }
+    })
+
+/** A process's state letter and parent pid, from /proc; none once it is gone. */
+export const procStat = (pid: number | string): { readonly state: string; readonly ppid: number } | undefined => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    const [state = "", ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return { state, ppid: Number(ppid) }
+  } catch {
+    return undefined
+  }
+}
 
 /** Whether a process exists (and is not a zombie). */
 export const isAlive = (pid: number): boolean => {
