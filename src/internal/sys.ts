@@ -63,7 +63,21 @@ interface Libc {
   readonly connect: (fd: number, addr: Buffer, len: number) => number
   readonly fcntl: (fd: number, cmd: number, ...args: Array<unknown>) => number
   readonly waitpid: (pid: number, status: Array<number>, options: number) => number
+  readonly socketpair: (domain: number, type: number, protocol: number, sv: Array<number>) => number
+  readonly sendmsg: (fd: number, msg: MessageHeader, flags: number) => number
+  readonly recvmsg: (fd: number, msg: MessageHeader, flags: number) => number
   readonly errno: () => number
+}
+
+// struct msghdr, with one iovec, as koffi marshals it.
+interface MessageHeader {
+  readonly name: null
+  readonly namelen: number
+  readonly iov: ReadonlyArray<{ readonly base: Buffer; readonly len: number }>
+  readonly iovlen: number
+  readonly control: Buffer
+  readonly controllen: number
+  readonly flags: number
 }
 
 /** Whether the native calls can be made here; if not, why not. */
@@ -109,8 +123,28 @@ const probe = (): NonNullable<typeof loaded> => {
       connect: lib.func("int connect(int, const uint8_t *addr, uint32_t len)"),
       fcntl: lib.func("int fcntl(int, int, ...)"),
       waitpid: lib.func("int waitpid(int, _Out_ int *status, int options)"),
+      socketpair: lib.func("int socketpair(int, int, int, _Out_ int *sv)"),
+      ...messages(koffi, lib),
       errno: () => koffi.errno()
     }
+  }
+}
+
+// sendmsg(2) and recvmsg(2), for passing fds (SCM_RIGHTS). The layout is Linux's on 64-bit machines.
+const messages = (koffi: typeof Koffi, lib: ReturnType<typeof Koffi.load>) => {
+  const iovec = koffi.struct("effect_grace_iovec", { base: "uint8_t *", len: "size_t" })
+  const msghdr = koffi.struct("effect_grace_msghdr", {
+    name: "void *",
+    namelen: "uint32_t",
+    iov: koffi.pointer(iovec),
+    iovlen: "size_t",
+    control: "uint8_t *",
+    controllen: "size_t",
+    flags: "int"
+  })
+  return {
+    sendmsg: lib.func("sendmsg", "intptr_t", ["int", koffi.pointer(msghdr), "int"]),
+    recvmsg: lib.func("recvmsg", "intptr_t", ["int", koffi.inout(koffi.pointer(msghdr)), "int"])
   }
 }
 
@@ -373,6 +407,68 @@ const WNOHANG = 1
  */
 export const reap = (pid: number): Result.Result<boolean, SysError> =>
   withLibc("waitpid", (lib) => check(lib, "waitpid", lib.waitpid(pid, [0], WNOHANG)).pipe(Result.map((n) => n === pid)))
+
+const SCM_RIGHTS = 1
+const MSG_CMSG_CLOEXEC = 0x40000000
+// CMSG_SPACE(sizeof(int)) on 64-bit Linux: a 16-byte cmsghdr, then the fd, padded to 8.
+const CONTROL_LENGTH = 24
+
+/** A connected pair of unix stream sockets, close-on-exec: one end for this process, one for a child. */
+export const socketPair = (): Result.Result<readonly [number, number], SysError> =>
+  withLibc("socketpair", (lib) => {
+    const sv = [0, 0]
+    return Result.map(check(lib, "socketpair", lib.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)), () => [
+      sv[0]!,
+      sv[1]!
+    ])
+  })
+
+/** Sends a copy of `fd` over the unix socket `socket` (SCM_RIGHTS), with one byte; never blocks. */
+export const sendFd = (socket: number, fd: number): Result.Result<void, SysError> =>
+  withLibc("sendmsg", (lib) => {
+    const control = Buffer.alloc(CONTROL_LENGTH)
+    control.writeBigUInt64LE(20n, 0) // CMSG_LEN(sizeof(int))
+    control.writeInt32LE(SOL_SOCKET, 8)
+    control.writeInt32LE(SCM_RIGHTS, 12)
+    control.writeInt32LE(fd, 16)
+    const byte = Buffer.from("f")
+    const header = {
+      name: null,
+      namelen: 0,
+      iov: [{ base: byte, len: 1 }],
+      iovlen: 1,
+      control,
+      controllen: 24,
+      flags: 0
+    }
+    return Result.map(check(lib, "sendmsg", lib.sendmsg(socket, header, MSG_NOSIGNAL | MSG_DONTWAIT)), () => undefined)
+  })
+
+/**
+ * Receives a fd sent with `sendFd`, close-on-exec, if one is waiting (`MSG_DONTWAIT`), or `undefined`: the sender
+ * sends it before it says so on the line channel, so it is there once that line has been read.
+ */
+export const receiveFd = (socket: number): Result.Result<number | undefined, SysError> =>
+  withLibc("recvmsg", (lib) => {
+    const control = Buffer.alloc(CONTROL_LENGTH)
+    const byte = Buffer.alloc(1)
+    const header = {
+      name: null,
+      namelen: 0,
+      iov: [{ base: byte, len: 1 }],
+      iovlen: 1,
+      control,
+      controllen: 24,
+      flags: 0
+    }
+    const n = lib.recvmsg(socket, header, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
+    if (n < 0) {
+      const error = lastError(lib, "recvmsg")
+      return error.errno === constants.errno.EAGAIN ? Result.succeed(undefined) : Result.fail(error)
+    }
+    const carriesFd = control.readInt32LE(8) === SOL_SOCKET && control.readInt32LE(12) === SCM_RIGHTS
+    return n === 1 && carriesFd ? Result.succeed(control.readInt32LE(16)) : Result.succeed(undefined)
+  })
 
 /** A readable description of a system call failure. */
 export const formatSysError = (error: SysError): string =>
