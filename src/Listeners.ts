@@ -400,7 +400,21 @@ interface State {
   readonly active: Array<{ readonly order: number; readonly listener: Listener }>
   asked: number
   handedOff: boolean
+  /** How to bind where this process does not bind itself (a primary's worker), and how often each was asked. */
+  readonly remote: Remote | undefined
+  readonly remoteAsks: Map<string, number>
 }
+
+/**
+ * Where listeners are bound for this process: a worker's primary binds them (or has them already), and sends the
+ * fd. The `nth` ask of the same address and name gets a socket of its own (two servers on port 0).
+ */
+export type Remote = (request: {
+  readonly address: string
+  readonly name: string | undefined
+  readonly backlog: number
+  readonly nth: number
+}) => Effect.Effect<number, ListenersError>
 
 // A listen request, checked, with its host name resolved unless an inherited fd of its name stands in for it.
 interface Request {
@@ -502,8 +516,25 @@ const acquire = (state: State, request: Request): Effect.Effect<Listener, Listen
       return Effect.flatMap(lookup(address, wanted), (resolved) => acquire(state, { ...request, wanted: resolved }))
     }
     const bindable = { ...request, address, wanted }
+    if (state.remote !== undefined) return bindRemote(state, state.remote, bindable)
     return Sys.native().available ? bindNative(bindable) : bindPortable(bindable)
   })
+
+// Asked of the primary, which holds the socket for the life of the service: here it is as if inherited.
+const bindRemote = (state: State, remote: Remote, request: Request & { readonly address: string }) => {
+  const key = JSON.stringify([request.address, request.name])
+  const nth = state.remoteAsks.get(key) ?? 0
+  state.remoteAsks.set(key, nth + 1)
+  const { address, name, backlog } = request
+  return Effect.flatMap(remote({ address, name, backlog, nth }), (fd) => {
+    const local = Sys.localAddress(fd)
+    if (Result.isFailure(local)) {
+      closeSync(fd)
+      return failWith(new BindFailed({ address, code: local.failure.code, syscall: local.failure.syscall }))
+    }
+    return Effect.succeed<Listener>({ fd, name: name ?? "unknown", address: local.success, inherited: true })
+  })
+}
 
 // Whoever holds the fd closes it: the acceptor, the Node server that took it, or else this module (a listener never
 // served, or paused).
@@ -547,14 +578,22 @@ const release = (state: State, listener: Listener): Effect.Effect<void> =>
  * @since 0.1.0
  * @category constructors
  */
-export const make = (inherited: ReadonlyArray<ListenFds.InheritedFd>): Effect.Effect<Listeners["Service"]> =>
+export const make = (
+  inherited: ReadonlyArray<ListenFds.InheritedFd>,
+  options: {
+    /** Where to bind what was not inherited, if not here. */
+    readonly remote?: Remote | undefined
+  } = {}
+): Effect.Effect<Listeners["Service"]> =>
   Effect.sync(() => {
     const state: State = {
       inherited,
       unclaimed: new Map(inherited.map((fd) => [fd.fd, fd])),
       active: [],
       asked: 0,
-      handedOff: false
+      handedOff: false,
+      remote: options.remote,
+      remoteAsks: new Map()
     }
     return Listeners.of({
       // Resolving a host name may take a while: it stays interruptible, outside the acquisition.

@@ -66,7 +66,7 @@ import * as Ref from "effect/Ref"
 import * as Runtime from "effect/Runtime"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { constants } from "node:os"
+import { availableParallelism, constants } from "node:os"
 import { resolve } from "node:path"
 import * as ListenFds from "./ListenFds.ts"
 import * as Listeners from "./Listeners.ts"
@@ -82,6 +82,8 @@ import * as Gate from "./internal/gate.ts"
 import * as Program from "./internal/program.ts"
 import * as Successor from "./internal/successor.ts"
 import * as Tickets from "./internal/tickets.ts"
+import * as Group from "./internal/group.ts"
+import * as Worker from "./internal/worker.ts"
 
 // -----------------------------------------------------------------------------
 // Errors
@@ -249,7 +251,9 @@ export class RestartError extends Data.TaggedError("RestartError")<{
  * @category errors
  */
 export class LaunchError extends Data.TaggedError("LaunchError")<{
-  readonly problem: "NoRunMain" | "ForeignSignalHandlers" | "TwoSupervisors"
+  readonly problem: "NoRunMain" | "ForeignSignalHandlers" | "TwoSupervisors" | "WorkersUnsupported"
+  /** What the platform lacks, for `WorkersUnsupported`. */
+  readonly detail?: string | undefined
 }> {
   override get message(): string {
     switch (this.problem) {
@@ -265,9 +269,29 @@ export class LaunchError extends Data.TaggedError("LaunchError")<{
         )
       case "TwoSupervisors":
         return "this program already has a supervisor; run one Supervisor.layer (or run) per program"
+      case "WorkersUnsupported":
+        return (
+          `workers cannot run here: ${this.detail ?? "the native calls are not available"}; the primary passes ` +
+          "listening sockets to its workers with them. Unset GRACE_WORKERS (and the workers option) to run one process"
+        )
     }
   }
 }
+
+/**
+ * A worker exited before the group was first ready, so the program does not start: it is broken, and the worker's
+ * output says why.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const WorkerFailed: typeof Group.WorkerFailed = Group.WorkerFailed
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type WorkerFailed = Group.WorkerFailed
 
 // -----------------------------------------------------------------------------
 // Options
@@ -305,6 +329,16 @@ export interface Options {
    * seconds (a deploy that fails on its first real traffic fails within them); 0 hands off at once.
    */
   readonly probation?: Duration.Input | undefined
+  /**
+   * Workers: this process becomes a primary that runs no application code. It holds the listening sockets and
+   * starts this many workers (the same program, each the application in full), which accept on those sockets
+   * themselves; `"auto"` is one per core (`os.availableParallelism()`). `SIGHUP` (or `restart` in a worker)
+   * restarts them one slot at a time; the restart signal (`SIGUSR2`) replaces the primary and its workers.
+   * Unset: one process, as without workers.
+   */
+  readonly workers?: number | "auto" | undefined
+  /** During a rolling restart, how many slots start a new worker at a time. Default 1. */
+  readonly surge?: number | undefined
 }
 
 /**
@@ -323,12 +357,16 @@ export const config: Config.Config<{
   readonly pidFile: Option.Option<string>
   readonly compileCache: Option.Option<string>
   readonly probation: Option.Option<Duration.Duration>
+  readonly workers: Option.Option<number | "auto">
+  readonly surge: Option.Option<number>
 }> = Config.all({
   readyTimeout: Variables.duration("GRACE_READY_TIMEOUT"),
   shutdownDelay: Variables.duration("GRACE_SHUTDOWN_DELAY"),
   pidFile: Config.option(Config.String("GRACE_PID_FILE")),
   compileCache: Config.option(Config.String("GRACE_COMPILE_CACHE")),
-  probation: Variables.duration("GRACE_PROBATION")
+  probation: Variables.duration("GRACE_PROBATION"),
+  workers: Variables.workers("GRACE_WORKERS"),
+  surge: Variables.count("GRACE_SURGE")
 })
 
 // -----------------------------------------------------------------------------
@@ -356,8 +394,21 @@ export class Supervisor extends Context.Service<
     readonly terminate: Effect.Effect<void>
     /** The pid of the parent this process took over from, while it is still draining. */
     readonly parentPid: Effect.Effect<Option.Option<number>>
+    /** In a primary's worker: its slot (0 to workers - 1) and its primary's pid; none without workers. */
+    readonly worker: Option.Option<WorkerInfo>
   }
 >()("effect-grace/Supervisor") {}
+
+/**
+ * Where a worker stands in its primary's group.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface WorkerInfo {
+  readonly slot: number
+  readonly primaryPid: number
+}
 
 /**
  * The supervisor's metrics: `effect-grace.restarts`, a counter of restart
@@ -386,7 +437,11 @@ export const metrics = {
 
 /** How a programmatic restart is answered. */
 type Reply = Deferred.Deferred<number, RestartError>
-type Failure = Os.SpawnFailure | Successor.EarlyExit | { readonly _tag: "NotReadyInTime" }
+type Failure =
+  | Os.SpawnFailure
+  | Successor.EarlyExit
+  | { readonly _tag: "NotReadyInTime" }
+  | { readonly _tag: "RollStopped"; readonly rolled: Exclude<Group.Rolled, { readonly _tag: "RollDone" }> }
 type Event = Machine.Event<Reply, Successor.Successor, Failure>
 type State = Machine.State<Reply, Successor.Successor>
 type Action = Machine.Action<Reply, Successor.Successor, Failure>
@@ -406,13 +461,24 @@ interface Settings {
   /** Off, or on in Node's default directory (`true`) or in a directory. */
   readonly compileCache: boolean | string
   readonly probation: Duration.Duration
+  /** How many workers a primary starts; none without workers. */
+  readonly workers: number | undefined
+  readonly surge: number
+  /** This process's slot, if it is a primary's worker. */
+  readonly slot: number | undefined
 }
 
 const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigError> =>
   Effect.gen(function* () {
     const configured = yield* config
-    const pidFile = options.pidFile ?? Option.getOrUndefined(configured.pidFile)
+    const slot = Option.getOrUndefined(yield* Config.option(Config.Int(Worker.WORKER_VARIABLE)))
+    // The primary writes the PID file; a worker never does.
+    const pidFile = slot !== undefined ? undefined : (options.pidFile ?? Option.getOrUndefined(configured.pidFile))
+    const workers = options.workers ?? Option.getOrUndefined(configured.workers)
     return {
+      workers: workers === "auto" ? availableParallelism() : workers,
+      surge: options.surge ?? Option.getOrElse(configured.surge, () => 1),
+      slot,
       readyTimeout: Duration.fromInputUnsafe(
         options.readyTimeout ?? Option.getOrElse(configured.readyTimeout, () => Duration.seconds(60))
       ),
@@ -446,9 +512,29 @@ interface Resources {
   readonly handOffBlocked: RestartUnsupported | undefined
   /** The compile cache's directory, for successors, if it is on. */
   readonly compileCache: string | undefined
+  readonly role: Role
 }
 
+/**
+ * One process serving alone; a primary, which runs workers and no application; or a primary's worker, which runs the
+ * application, on the primary's sockets.
+ */
+type Role =
+  | { readonly _tag: "Single" }
+  | { readonly _tag: "Primary"; readonly workers: number }
+  | { readonly _tag: "Worker"; readonly link: Worker.PrimaryLink }
+
 const TERMINATION_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGTERM", "SIGINT"]
+
+/** The signal that restarts a primary's workers, one slot at a time. */
+const ROLL_SIGNAL: NodeJS.Signals = "SIGHUP"
+
+// A worker hears only its primary (it is in a process group of its own): termination, never a restart signal.
+const signalsOf = (settings: Settings): ReadonlyArray<NodeJS.Signals> => {
+  if (settings.slot !== undefined) return TERMINATION_SIGNALS
+  const restart = settings.workers === undefined ? settings.restartSignals : [...settings.restartSignals, ROLL_SIGNAL]
+  return [...new Set([...restart, ...TERMINATION_SIGNALS])]
+}
 
 // Why listeners cannot be handed on here, if they cannot: one answer for the machine and for the refusal.
 const handOffBlocked = (os: Os.Os): RestartUnsupported | undefined => {
@@ -465,19 +551,33 @@ const handOffBlocked = (os: Os.Os): RestartUnsupported | undefined => {
 }
 
 /** Signals first, so that none takes its default action (SIGUSR2 would kill the process) and none is lost. */
+// A worker's primary binds what the worker was not given; its parent is its primary, not a predecessor.
+const roleOf = (settings: Settings, os: Os.Os, parent: Os.Parent | undefined) =>
+  Effect.gen(function* () {
+    if (settings.slot !== undefined && parent !== undefined) {
+      return { _tag: "Worker", link: yield* Worker.connect(parent, settings.slot) } satisfies Role
+    }
+    if (settings.workers === undefined) return { _tag: "Single" } satisfies Role
+    const native = os.native()
+    if (!native.available) return yield* new LaunchError({ problem: "WorkersUnsupported", detail: native.reason })
+    return { _tag: "Primary", workers: settings.workers } satisfies Role
+  })
+
 const acquire = (settings: Settings) =>
   Effect.gen(function* () {
     const os = yield* Os.Os
-    const signals = yield* os.signals([...settings.restartSignals, ...TERMINATION_SIGNALS])
+    const signals = yield* os.signals(signalsOf(settings))
     yield* os.reapOrphans
-    const { parent, values } = yield* os.parent([Successor.TICKET_KEYS_VARIABLE])
-    const link = parent === undefined ? undefined : yield* Successor.connect(parent, values)
-    const listeners = yield* Listeners.make(yield* ListenFds.make())
+    const { parent, values } = yield* os.parent([Successor.TICKET_KEYS_VARIABLE, Worker.WORKER_VARIABLE])
+    const role = yield* roleOf(settings, os, parent)
+    const link = parent === undefined || role._tag === "Worker" ? undefined : yield* Successor.connect(parent, values)
+    const remote = role._tag === "Worker" ? role.link.listen : undefined
+    const listeners = yield* Listeners.make(yield* ListenFds.make(), { remote })
     // A Notify given by the caller (a test's) wins over the one NOTIFY_SOCKET names.
     const given = yield* Effect.serviceOption(Notify.Notify)
     const notify = Option.isSome(given) ? given.value : yield* Notify.make
     // TLS sessions resume across restarts: the parent's key, with its age; a key that is not one is ignored.
-    const inherited = link === undefined ? undefined : yield* link.ticketKey
+    const inherited = yield* (role._tag === "Worker" ? role.link : link)?.ticketKey ?? Effect.succeed(undefined)
     const keyring = yield* Tickets.makeKeyring({
       initial: inherited === undefined ? undefined : Tickets.decode(inherited),
       rotateEvery: yield* Tickets.ticketRotation
@@ -491,7 +591,8 @@ const acquire = (settings: Settings) =>
       notify,
       keyring,
       handOffBlocked: handOffBlocked(os),
-      compileCache
+      compileCache,
+      role
     }
   })
 
@@ -525,6 +626,10 @@ interface Runtime {
   /** The application is ready (or its start-up was cut by a termination), or failed to start. */
   readonly started: Deferred.Deferred<void, unknown>
   readonly stopped: Deferred.Deferred<Outcome>
+  /** Restarts asked for by a signal or a worker, each answered to no one: owned by the supervisor's scope. */
+  readonly requests: FiberSet.FiberSet<number, RestartError>
+  /** A primary's workers, once they have started. */
+  readonly group: Deferred.Deferred<Group.Group>
 }
 
 const makeRuntime = (settings: Settings, resources: Resources) =>
@@ -548,7 +653,9 @@ const makeRuntime = (settings: Settings, resources: Resources) =>
       forced: yield* Deferred.make<void>(),
       served: yield* Deferred.make<void>(),
       started: yield* Deferred.make<void, unknown>(),
-      stopped: yield* Deferred.make<Outcome>()
+      stopped: yield* Deferred.make<Outcome>(),
+      group: yield* Deferred.make<Group.Group>(),
+      requests: yield* FiberSet.make<number, RestartError>()
     }
     // Once the owner has gone, no event is taken: a restart still asked for is refused, and later ones too.
     yield* Effect.addFinalizer(() =>
@@ -566,15 +673,31 @@ const makeRuntime = (settings: Settings, resources: Resources) =>
 
 const send = (runtime: Runtime, event: Event) => Queue.offer(runtime.events, event)
 
+// Every line says which process wrote it: its pid, and a worker's slot.
+const whose = (runtime: Runtime): Record<string, unknown> => {
+  const { os, role } = runtime.resources
+  return role._tag === "Worker" ? { pid: os.pid, slot: role.link.slot } : { pid: os.pid }
+}
+
 const logged = (runtime: Runtime, message: string, annotations: Readonly<Record<string, unknown>> = {}) =>
-  Effect.logInfo(message).pipe(Effect.annotateLogs({ pid: runtime.resources.os.pid, ...annotations }))
+  Effect.logInfo(message).pipe(Effect.annotateLogs({ ...whose(runtime), ...annotations }))
+
+// What a successor (or a worker) is given: every listener, and for a primary the inherited fds it holds for its
+// workers too (they claim them, and a primary closes none).
+const passedOn = (runtime: Runtime) =>
+  Effect.gen(function* () {
+    const { listeners, role } = runtime.resources
+    const active = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
+    if (role._tag !== "Primary") return active
+    return [...active, ...(yield* listeners.unclaimed).map((fd) => ({ fd: fd.fd, name: fd.name }))]
+  })
 
 // The restart: spawn, wait for ready (an Effect timer: a TestClock drives it), tell the machine. The successor is
 // the machine's once it is ready and told; one that fails, times out or is interrupted before that is killed here.
 const restartWork = (runtime: Runtime) =>
   Effect.gen(function* () {
-    const { os, listeners, keyring, compileCache } = runtime.resources
-    const passed = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
+    const { os, keyring, compileCache } = runtime.resources
+    const passed = yield* passedOn(runtime)
     yield* logged(runtime, "effect-grace: restart started", { listeners: passed.length })
     const spawned = yield* Clock.currentTimeMillis
     const outcome = yield* Effect.acquireUseRelease(
@@ -621,6 +744,12 @@ const failureReason = (runtime: Runtime, failure: Failure): RestartErrorReason =
       return new ExitedBeforeReady({ pid: failure.pid, code: failure.code, signal: failure.signal })
     case "NotReadyInTime":
       return new NotReadyInTime({ timeout: runtime.settings.readyTimeout })
+    case "RollStopped": {
+      const { pid, code, signal } = failure.rolled
+      return failure.rolled._tag === "HandedBack"
+        ? new HandedBack({ pid: pid ?? 0, code, signal })
+        : new ExitedBeforeReady({ pid, code, signal })
+    }
   }
 }
 
@@ -639,18 +768,31 @@ const refuse = (runtime: Runtime, reply: Reply | undefined, reason: RestartError
 // parent (after a restart) or systemd told.
 const announceReady = (runtime: Runtime) =>
   Effect.gen(function* () {
-    const { os, listeners, parent, notify } = runtime.resources
-    yield* listeners.closeUnclaimed
+    const { os, listeners, parent, notify, role } = runtime.resources
+    // A primary holds every inherited fd for its workers, which claim them.
+    if (role._tag !== "Primary") yield* listeners.closeUnclaimed
     // What this process compiled, for its successors to read. Writing it blocks for tens of milliseconds: before
     // the parent is told, while it still accepts (measured: 72-140 ms from ready to the first answer when after).
     if (runtime.resources.compileCache !== undefined) os.flushCompileCache()
     if (runtime.settings.pidFile !== undefined) yield* os.writePidFile(runtime.settings.pidFile)
-    yield* parent !== undefined ? parent.signalReady : Effect.ignore(notify.ready)
-    runtime.health.setPhase("serving")
+    const told = role._tag === "Worker" ? role.link.signalReady : parent?.signalReady
+    yield* told ?? Effect.ignore(notify.ready)
+    // A worker is ready once its primary says the group serves.
+    if (role._tag !== "Worker") runtime.health.setPhase("serving")
     yield* Deferred.succeed(runtime.served, undefined)
-    const addresses = (yield* listeners.active).map((l) => Listeners.formatAddress(l.address))
+    // A primary's listeners are also those it inherited for its workers.
+    const held = role._tag === "Primary" ? yield* listeners.unclaimed : []
+    const addresses = [...(yield* listeners.active), ...held].map((l) => Listeners.formatAddress(l.address))
     yield* logged(runtime, "effect-grace: ready", { listeners: addresses.join(", ") })
     yield* Deferred.succeed(runtime.started, undefined)
+  })
+
+// Every slot has a new worker: systemd hears that the reload is over, the caller that the primary serves on.
+const rolled = (runtime: Runtime, action: Extract<Action, { readonly _tag: "RollDone" }>) =>
+  Effect.gen(function* () {
+    yield* Effect.ignore(runtime.resources.notify.ready)
+    yield* logged(runtime, "effect-grace: workers restarted", { workers: runtime.settings.workers })
+    if (action.reply !== undefined) yield* Deferred.succeed(action.reply, action.pid)
   })
 
 // The successor replaces this process: at once, or once its probation has passed (READY=1 was said then).
@@ -764,6 +906,15 @@ const perform =
         return Effect.asVoid(FiberHandle.run(runtime.restarting, restartWork(runtime)))
       case "InterruptRestart":
         return FiberHandle.clear(runtime.restarting)
+      case "StartRoll":
+        return Effect.flatMap(Deferred.await(runtime.group), (group) => group.roll)
+      case "RollDone":
+        return rolled(runtime, action)
+      case "ResumeServing":
+        return Effect.andThen(
+          runtime.gate.resume,
+          Effect.sync(() => runtime.health.setPhase("serving"))
+        )
       case "ReleaseSuccessor":
         return Effect.andThen(FiberHandle.clear(runtime.watching), action.successor.release)
       case "KillSuccessor":
@@ -824,7 +975,8 @@ const performSafely = (runtime: Runtime, action: Action): Effect.Effect<void> =>
 /** The one owner of the state: takes each event, follows the machine, carries out its actions in order. */
 const follow = (runtime: Runtime): Effect.Effect<void> => {
   const rules: Machine.Rules = {
-    canHandOff: runtime.resources.handOffBlocked === undefined,
+    canRoll: runtime.resources.role._tag === "Primary",
+    canHandOff: runtime.resources.handOffBlocked === undefined && runtime.resources.role._tag !== "Worker",
     shutdownDelay: Duration.isGreaterThan(runtime.settings.shutdownDelay, Duration.zero),
     probation: Duration.isGreaterThan(runtime.settings.probation, Duration.zero)
   }
@@ -850,11 +1002,15 @@ const noticeParentExit = (runtime: Runtime) => {
 }
 
 /** A restart asked for by `signal` or a call: one span and one count per attempt, whatever its outcome. */
-const requestRestart = (runtime: Runtime, signal: string | undefined): Effect.Effect<number, RestartError> =>
+const requestRestart = (
+  runtime: Runtime,
+  signal: string | undefined,
+  kind: Machine.Kind
+): Effect.Effect<number, RestartError> =>
   Effect.gen(function* () {
     const reply = yield* Deferred.make<number, RestartError>()
     yield* noticeParentExit(runtime)
-    if (!(yield* send(runtime, { _tag: "RestartRequested", reply, signal }))) {
+    if (!(yield* send(runtime, { _tag: "RestartRequested", reply, signal, kind }))) {
       return yield* new RestartError({ reason: new NotServing({ state: "draining" }) })
     }
     return yield* Deferred.await(reply)
@@ -869,30 +1025,60 @@ const requestRestart = (runtime: Runtime, signal: string | undefined): Effect.Ef
         Metric.update(Metric.withAttributes(metrics.restarts, { outcome }), 1)
       ])
     }),
-    Effect.withSpan("effect-grace.restart", { attributes: { "effect-grace.pid": runtime.resources.os.pid } })
+    Effect.withSpan("effect-grace.restart", { attributes: { "effect-grace.pid": runtime.resources.os.pid, kind } })
   )
 
-const serviceOf = (runtime: Runtime): Supervisor["Service"] =>
-  Supervisor.of({
-    restart: requestRestart(runtime, undefined),
+/** A restart asked for by a signal or a worker: logged and counted, answered to no one. */
+const requestInBackground = (runtime: Runtime, by: string, kind: Machine.Kind) =>
+  Effect.asVoid(FiberSet.run(runtime.requests, requestRestart(runtime, by, kind)))
+
+const serviceOf = (runtime: Runtime): Supervisor["Service"] => {
+  const { role } = runtime.resources
+  return Supervisor.of({
+    // A worker's restart is its primary's rolling restart, which this worker may itself not outlive: the call is
+    // answered once it is asked, with the primary's pid; the primary logs and counts how it goes.
+    restart:
+      role._tag === "Worker" ? Effect.as(role.link.roll, role.link.pid) : requestRestart(runtime, undefined, "upgrade"),
     terminate: send(runtime, { _tag: "Terminate", source: "call", signal: undefined }),
-    parentPid: Effect.map(Ref.get(runtime.state), (state) => Option.fromUndefinedOr(state.parentPid))
+    parentPid: Effect.map(Ref.get(runtime.state), (state) => Option.fromUndefinedOr(state.parentPid)),
+    worker: role._tag === "Worker" ? Option.some({ slot: role.link.slot, primaryPid: role.link.pid }) : Option.none()
+  })
+}
+
+// A worker hears its primary: pause, resume, the group serving, and its going (this worker then drains and exits).
+const listenToPrimary = (runtime: Runtime, link: Worker.PrimaryLink) =>
+  Effect.gen(function* () {
+    const command = (line: Worker.Command): Effect.Effect<void> =>
+      line === "serving"
+        ? Effect.flatMap(Ref.get(runtime.state), (state) =>
+            Effect.sync(() => {
+              if (state.phase._tag === "Serving") runtime.health.setPhase("serving")
+            })
+          )
+        : Effect.asVoid(send(runtime, { _tag: line === "pause" ? "Pause" : "Resume" }))
+    yield* Effect.forkScoped(
+      Effect.forever(Effect.flatMap(Queue.take(link.commands), command)).pipe(Effect.catch(() => Effect.void))
+    )
+    yield* Effect.forkScoped(
+      Effect.andThen(link.exited, send(runtime, { _tag: "Terminate", source: "primary", signal: undefined }))
+    )
   })
 
 /** Signals and the parent's exit, as events; restarts asked by a signal run in a set owned by the scope. */
 const listen = (runtime: Runtime) =>
   Effect.gen(function* () {
-    const requested = yield* FiberSet.make<number, RestartError>()
-    const { signals, parent } = runtime.resources
+    const { signals, parent, role } = runtime.resources
     yield* Effect.forkScoped(
-      Stream.runForEach(signals, (signal) =>
-        runtime.settings.restartSignals.includes(signal)
-          ? Effect.asVoid(FiberSet.run(requested, requestRestart(runtime, signal)))
+      Stream.runForEach(signals, (signal) => {
+        if (signal === ROLL_SIGNAL && role._tag === "Primary") return requestInBackground(runtime, signal, "roll")
+        return runtime.settings.restartSignals.includes(signal)
+          ? requestInBackground(runtime, signal, "upgrade")
           : send(runtime, { _tag: "Terminate", source: "signal", signal })
-      )
+      })
     )
     if (parent !== undefined)
       yield* Effect.forkScoped(Effect.andThen(parent.exited, send(runtime, { _tag: "ParentExited" })))
+    if (role._tag === "Worker") yield* listenToPrimary(runtime, role.link)
   })
 
 type Provided = Listeners.Listeners | Supervisor | Health.Health
@@ -914,6 +1100,8 @@ const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) 
     Layer.provide(Drain.layerConfig)
   ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Provided>>
   const build = Layer.buildWithScope(provided, runtime.appScope).pipe(
+    // A worker's every line says its pid and slot, the servers' own too.
+    Effect.annotateLogs(runtime.resources.role._tag === "Worker" ? whose(runtime) : {}),
     Effect.matchCauseEffect({
       onSuccess: () => send(runtime, { _tag: "Started" }),
       // The machine hears of it first: whatever the failure makes happen next (the scope closing) comes after.
@@ -923,6 +1111,47 @@ const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) 
   )
   return FiberHandle.run(runtime.startup, build)
 }
+
+// What a worker's environment must not carry: systemd's socket and the PID file are the primary's, and a worker
+// is told its role by its slot.
+const workerEnv = (runtime: Runtime): Record<string, string | undefined> => ({
+  NOTIFY_SOCKET: undefined,
+  GRACE_PID_FILE: undefined,
+  GRACE_WORKERS: undefined,
+  ...(runtime.resources.compileCache === undefined ? {} : { NODE_COMPILE_CACHE: runtime.resources.compileCache })
+})
+
+/**
+ * A primary's application: its workers. Built once every worker is ready; its scope's closing stops them. It
+ * pauses and resumes with the servers of a process (the primary's own probation, after a full upgrade).
+ */
+const groupOf = (runtime: Runtime, workers: number) =>
+  Layer.effectDiscard(
+    Effect.gen(function* () {
+      const { os, listeners, keyring } = runtime.resources
+      const { surge, probation, readyTimeout } = runtime.settings
+      const group = yield* Group.make({
+        os,
+        listeners,
+        keyring,
+        env: workerEnv(runtime),
+        settings: { workers, surge, probation, readyTimeout },
+        rolled: (outcome) =>
+          Effect.asVoid(
+            send(
+              runtime,
+              outcome._tag === "RollDone"
+                ? { _tag: "RollDone", pid: os.pid }
+                : { _tag: "RollStopped", failure: { _tag: "RollStopped", rolled: outcome } }
+            )
+          ),
+        requestRoll: requestInBackground(runtime, "worker", "roll"),
+        log: (message, annotations) => logged(runtime, message, annotations)
+      })
+      yield* (yield* Gate.Gate).register({ pause: group.pause, resume: group.resume })
+      yield* Deferred.succeed(runtime.group, group)
+    })
+  )
 
 /**
  * Supervises `app` in the current scope: takes the process's resources, starts the machine's owner, builds `app`,
@@ -943,7 +1172,10 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
         Deferred.await(runtime.stopped)
       )
     )
-    yield* startApplication(runtime, app)
+    const role = resources.role
+    yield* role._tag === "Primary"
+      ? startApplication(runtime, groupOf(runtime, role.workers))
+      : startApplication(runtime, app)
     const started = Deferred.await(runtime.started) as Effect.Effect<void, E | Config.ConfigError>
     return { started, stopped: Deferred.await(runtime.stopped) }
   })
@@ -952,7 +1184,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
 // Running
 // -----------------------------------------------------------------------------
 
-type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError
+type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError | WorkerFailed
 
 // How the program runs the supervisor: under Supervisor.runMain (which it ends) or on its own. Another handler of the
 // termination signals would race the supervisor's drain (NodeRuntime.runMain's interrupts the program, exit 130).
@@ -1189,6 +1421,7 @@ export const layerStub = (
   options: {
     readonly restart?: Effect.Effect<number, RestartError> | undefined
     readonly parentPid?: number | undefined
+    readonly worker?: WorkerInfo | undefined
     readonly calls?: Array<"restart" | "terminate"> | undefined
   } = {}
 ): Layer.Layer<Supervisor> =>
@@ -1199,6 +1432,7 @@ export const layerStub = (
         return options.restart ?? Effect.succeed(1)
       }),
       terminate: Effect.sync(() => void options.calls?.push("terminate")),
-      parentPid: Effect.succeed(Option.fromUndefinedOr(options.parentPid))
+      parentPid: Effect.succeed(Option.fromUndefinedOr(options.parentPid)),
+      worker: Option.fromUndefinedOr(options.worker)
     })
   )

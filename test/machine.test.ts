@@ -10,7 +10,7 @@ type Event = Machine.Event<string, string, string>
 type Action = Machine.Action<string, string, string>
 type Phase = Machine.Phase<string, string>
 
-const rules: Machine.Rules = { canHandOff: true, shutdownDelay: false, probation: false }
+const rules: Machine.Rules = { canHandOff: true, shutdownDelay: false, probation: false, canRoll: false }
 const step = (state: State, event: Event, given: Partial<Machine.Rules> = {}) =>
   Machine.transition(state, event, { ...rules, ...given })
 // What the actions are, logs named by their message.
@@ -26,7 +26,12 @@ const handingOff = at({ _tag: "Draining", reason: "handoff", signals: 0 })
 const terminating = at({ _tag: "Draining", reason: "terminate", signals: 1 })
 const stopped = at({ _tag: "Stopped", reason: "terminate", forced: false })
 
-const restart = (reply = "second", signal?: string): Event => ({ _tag: "RestartRequested", reply, signal })
+const restart = (reply = "second", signal?: string): Event => ({
+  _tag: "RestartRequested",
+  reply,
+  signal,
+  kind: "upgrade"
+})
 const term = (source: Machine.Source = "signal"): Event => ({
   _tag: "Terminate",
   source,

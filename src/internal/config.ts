@@ -25,3 +25,29 @@ export const duration = (name: string): Config.Config<Option.Option<Duration.Dur
       })
     )
   )
+
+const invalid = (name: string, raw: string, wanted: string) =>
+  Config.fail(new ConfigProvider.SourceError({ message: `${name}=${JSON.stringify(raw)} is not ${wanted}` }))
+
+/** An optional whole number of at least 1. */
+export const count = (name: string): Config.Config<Option.Option<number>> =>
+  Config.option(
+    Config.String(name).pipe(
+      Config.flatMap((raw) =>
+        /^\s*[1-9]\d*\s*$/.test(raw) ? Config.succeed(Number(raw)) : invalid(name, raw, "a whole number of at least 1")
+      )
+    )
+  )
+
+/** An optional number of workers: a whole number of at least 1, or `auto` (one per core). */
+export const workers = (name: string): Config.Config<Option.Option<number | "auto">> =>
+  Config.option(
+    Config.String(name).pipe(
+      Config.flatMap((raw): Config.Config<number | "auto"> => {
+        if (raw.trim() === "auto") return Config.succeed("auto")
+        return /^\s*[1-9]\d*\s*$/.test(raw)
+          ? Config.succeed(Number(raw))
+          : invalid(name, raw, "a number of workers; use a whole number of at least 1, or auto (one per core)")
+      })
+    )
+  )

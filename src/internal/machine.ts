@@ -6,7 +6,9 @@
  * Nothing else decides.
  *
  * Phases: Starting → Serving ⇄ Restarting (→ Probation → Serving, on a
- * hand-back) → (Delaying →) Draining → Stopped.
+ * hand-back) → (Delaying →) Draining → Stopped. A primary (workers) also
+ * goes Serving ⇄ Rolling, a rolling restart of its workers; a worker goes
+ * Serving ⇄ Paused, as its primary says.
  *
  * Rules, as tableflip keeps them:
  * - One restart at a time; none before ready, none while the parent that
@@ -46,6 +48,10 @@ export type Phase<R, S = unknown> =
   | { readonly _tag: "Starting" }
   | { readonly _tag: "Serving" }
   | { readonly _tag: "Restarting"; readonly reply: R | undefined }
+  /** A primary restarts its workers, a slot at a time. */
+  | { readonly _tag: "Rolling"; readonly reply: R | undefined }
+  /** A worker, told by its primary: stopped accepting and drained, ready to accept again. */
+  | { readonly _tag: "Paused" }
   /** The successor serves; this process has stopped accepting, and takes the service back if it dies. */
   | {
       readonly _tag: "Probation"
@@ -73,16 +79,33 @@ export interface Rules {
   readonly shutdownDelay: boolean
   /** Whether a successor that is ready goes through a probation window before it replaces this process. */
   readonly probation: boolean
+  /** Whether this process is a primary, whose workers restart in turn. */
+  readonly canRoll: boolean
 }
 
-export type Source = "signal" | "call" | "scope"
+/** A restart of this process (a successor takes over), or of a primary's workers, one slot at a time. */
+export type Kind = "upgrade" | "roll"
+
+export type Source = "signal" | "call" | "scope" | "primary"
 
 export type Event<R, S, F> =
   /** The application's layers are built: every server listens. */
   | { readonly _tag: "Started" }
   /** Building the application failed; the runtime reports the error to whoever launched it. */
   | { readonly _tag: "StartupFailed" }
-  | { readonly _tag: "RestartRequested"; readonly reply: R | undefined; readonly signal: string | undefined }
+  | {
+      readonly _tag: "RestartRequested"
+      readonly reply: R | undefined
+      readonly signal: string | undefined
+      readonly kind: Kind
+    }
+  /** Every slot of a rolling restart has rolled. */
+  | { readonly _tag: "RollDone"; readonly pid: number }
+  /** A rolling restart stopped: the slots not rolled keep their workers. */
+  | { readonly _tag: "RollStopped"; readonly failure: F }
+  /** A worker's primary asks it to stop accepting (and drain), or to accept again. */
+  | { readonly _tag: "Pause" }
+  | { readonly _tag: "Resume" }
   | { readonly _tag: "SuccessorReady"; readonly successor: S; readonly pid: number }
   | { readonly _tag: "RestartFailed"; readonly failure: F }
   /** A successor on probation has exited, by `code` or by `signal`. */
@@ -107,6 +130,10 @@ export type Action<R, S, F> =
   | { readonly _tag: "Refuse"; readonly reply: R | undefined; readonly refusal: Refusal }
   | { readonly _tag: "NotifyReloading" }
   | { readonly _tag: "StartRestart" }
+  | { readonly _tag: "StartRoll" }
+  | { readonly _tag: "RollDone"; readonly reply: R | undefined; readonly pid: number }
+  /** The servers accept again (a worker resumed by its primary). */
+  | { readonly _tag: "ResumeServing" }
   | { readonly _tag: "InterruptRestart" }
   | { readonly _tag: "ReleaseSuccessor"; readonly successor: S }
   | { readonly _tag: "KillSuccessor"; readonly successor: S }
@@ -179,7 +206,9 @@ const refusalIn = <R, S>(state: State<R, S>, rules: Rules): Refusal | undefined 
     case "Starting":
       return { _tag: "NotServing", state: "starting" }
     case "Restarting":
+    case "Rolling":
     case "Probation":
+    case "Paused":
       return { _tag: "AlreadyInProgress" }
     case "Delaying":
     case "Draining":
@@ -191,15 +220,25 @@ const refusalIn = <R, S>(state: State<R, S>, rules: Rules): Refusal | undefined 
   }
 }
 
+// A roll needs neither native hand-off (the primary stays) nor the parent gone (its own workers roll).
+const rollRefusal = <R, S>(state: State<R, S>, rules: Rules): Refusal | undefined =>
+  !rules.canRoll ? { _tag: "RestartUnsupported" } : state.phase._tag === "Serving" ? undefined : refusalIn(state, rules)
+
 const requestRestart = <R, S, F>(
   state: State<R, S>,
-  reply: R | undefined,
-  signal: string | undefined,
+  event: Extract<Event<R, S, F>, { readonly _tag: "RestartRequested" }>,
   rules: Rules
 ): Step<R, S, F> => {
-  const requested = log<R, S, F>("effect-grace: restart requested", { by: signal ?? "call" })
-  const refusal = refusalIn(state, rules)
+  const { reply, signal, kind } = event
+  const requested = log<R, S, F>(
+    kind === "roll" ? "effect-grace: rolling restart requested" : "effect-grace: restart requested",
+    { by: signal ?? "call" }
+  )
+  const refusal = kind === "roll" ? rollRefusal(state, rules) : refusalIn(state, rules)
   if (refusal !== undefined) return [state, [requested, { _tag: "Refuse", reply, refusal }]]
+  if (kind === "roll") {
+    return [enter(state, { _tag: "Rolling", reply }), [requested, { _tag: "NotifyReloading" }, { _tag: "StartRoll" }]]
+  }
   return [
     enter(state, { _tag: "Restarting", reply }),
     [requested, { _tag: "NotifyReloading" }, { _tag: "StartRestart" }]
@@ -237,6 +276,22 @@ const terminate = <R, S, F>(
     case "Serving": {
       const [next, actions] = beginStopping<R, S, F>(state, signals, rules)
       return [next, [requested, ...actions]]
+    }
+    case "Paused":
+      // Not accepting already: no delay, the drain goes on to its end.
+      return [
+        enter(state, { _tag: "Draining", reason: "terminate", signals }),
+        [requested, { _tag: "Unready", why: "stopping" }, { _tag: "BeginDrain", reason: "terminate" }]
+      ]
+    case "Rolling": {
+      // The workers are stopped by the drain: those still starting are killed, and never serve.
+      const [next, actions] = beginStopping<R, S, F>(state, signals, rules)
+      const refused: Action<R, S, F> = {
+        _tag: "Refuse",
+        reply: phase.reply,
+        refusal: { _tag: "NotServing", state: "draining" }
+      }
+      return [next, [requested, refused, ...actions]]
     }
     case "Restarting": {
       // The restart is interrupted first: its successor is killed and reaped, and never announced.
@@ -337,10 +392,23 @@ const successorExited = <R, S, F>(
   return [enter(state, { _tag: "Serving" }), [{ _tag: "HandBack", reply: state.phase.reply, pid, code, signal }]]
 }
 
-const restartFailed = <R, S, F>(state: State<R, S>, failure: F): Step<R, S, F> =>
-  state.phase._tag === "Restarting"
+const restartFailed = <R, S, F>(state: State<R, S>, failure: F, during: "Restarting" | "Rolling"): Step<R, S, F> =>
+  state.phase._tag === during
     ? [enter(state, { _tag: "Serving" }), [{ _tag: "RestartFailed", reply: state.phase.reply, failure }]]
     : [state, []]
+
+const rollDone = <R, S, F>(state: State<R, S>, pid: number): Step<R, S, F> =>
+  state.phase._tag === "Rolling"
+    ? [enter(state, { _tag: "Serving" }), [{ _tag: "RollDone", reply: state.phase.reply, pid }]]
+    : [state, []]
+
+const pause = <R, S, F>(state: State<R, S>): Step<R, S, F> =>
+  state.phase._tag === "Serving"
+    ? [enter(state, { _tag: "Paused" }), [{ _tag: "Unready", why: "handed off" }, { _tag: "PauseServing" }]]
+    : [state, []]
+
+const resume = <R, S, F>(state: State<R, S>): Step<R, S, F> =>
+  state.phase._tag === "Paused" ? [enter(state, { _tag: "Serving" }), [{ _tag: "ResumeServing" }]] : [state, []]
 
 const delayOver = <R, S, F>(state: State<R, S>): Step<R, S, F> =>
   state.phase._tag === "Delaying"
@@ -365,7 +433,7 @@ export const transition = <R, S, F>(state: State<R, S>, event: Event<R, S, F>, r
     case "StartupFailed":
       return startupFailed(state)
     case "RestartRequested":
-      return requestRestart(state, event.reply, event.signal, rules)
+      return requestRestart(state, event, rules)
     case "SuccessorReady":
       return successorReady(state, event.successor, event.pid, rules)
     case "ProbationOver":
@@ -375,7 +443,15 @@ export const transition = <R, S, F>(state: State<R, S>, event: Event<R, S, F>, r
     case "SuccessorExited":
       return successorExited(state, event)
     case "RestartFailed":
-      return restartFailed(state, event.failure)
+      return restartFailed(state, event.failure, "Restarting")
+    case "RollDone":
+      return rollDone(state, event.pid)
+    case "RollStopped":
+      return restartFailed(state, event.failure, "Rolling")
+    case "Pause":
+      return pause(state)
+    case "Resume":
+      return resume(state)
     case "ParentExited":
       return [{ ...state, parentPid: undefined }, []]
     case "Terminate":

@@ -9,7 +9,7 @@
  */
 import { spawn as spawnProcess } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
-import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { closeSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import * as Module from "node:module"
 import * as Net from "node:net"
 import { basename, dirname, join } from "node:path"
@@ -29,6 +29,18 @@ import * as Sys from "./sys.ts"
 
 /** The variable naming the successor's end of the channel. */
 export const CHANNEL_FD_VARIABLE = "EFFECT_GRACE_READY_FD"
+
+/** The variable naming a worker's end of the socket its primary sends listening fds over. */
+export const FDS_FD_VARIABLE = "EFFECT_GRACE_FDS_FD"
+
+/** How a child is started: as a successor (the default), or as a primary's worker. */
+export interface SpawnOptions {
+  /**
+   * A worker: in a process group of its own (a terminal's Ctrl-C reaches the primary alone, which stops its
+   * workers in order), with a second socket over which the primary sends it listening fds.
+   */
+  readonly worker?: boolean | undefined
+}
 
 /** A listening fd to hand on, with its name for `LISTEN_FDNAMES`. */
 export interface Passed {
@@ -62,12 +74,16 @@ export interface Child {
   readonly terminate: Effect.Effect<void>
   /** Leaves it running: this process may exit before it, and the channel's close tells it when. */
   readonly release: Effect.Effect<void>
+  /** A worker's: sends it a copy of a listening fd; it reads it once told over the channel. */
+  readonly sendFd: (fd: number) => Effect.Effect<void, Sys.SysError>
 }
 
 /** The channel to the parent that started this process. */
 export interface Parent {
   readonly pid: number
   readonly channel: Channel.Channel
+  /** A worker's: the next listening fd its primary sent, once the channel has said it was sent. */
+  readonly receiveFd: () => Effect.Effect<number, Sys.SysError>
 }
 
 export interface Os {
@@ -81,10 +97,14 @@ export interface Os {
   ) => Effect.Effect<Stream.Stream<NodeJS.Signals>, never, Scope.Scope>
   /** Handlers of these signals that others installed (a runtime's, for example), counted before ours. */
   readonly foreignHandlers: (names: ReadonlyArray<NodeJS.Signals>) => Effect.Effect<number>
-  /** Starts this program again with the listeners and a channel, and `env` added to this process's environment. */
+  /**
+   * Starts this program again with the listeners and a channel, and `env` added to this process's environment (a
+   * variable set to `undefined` is removed).
+   */
   readonly spawn: (
     passed: ReadonlyArray<Passed>,
-    env: Readonly<Record<string, string>>
+    env: Readonly<Record<string, string | undefined>>,
+    options?: SpawnOptions
   ) => Effect.Effect<Child, SpawnFailure>
   /** The channel to the parent that started this process, if one did; `variables` are read and removed. */
   readonly parent: (
@@ -166,22 +186,31 @@ const selfCommand = () => ({
 
 // Through `sh -c 'LISTEN_PID=$$ exec ...'`: spawn cannot know the child's pid before it runs, and sd_listen_fds(3)
 // wants `LISTEN_PID` to be the program's own pid; exec keeps the shell's.
-const startChild = (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, string>>): ChildProcess => {
+const startChild = (
+  passed: ReadonlyArray<Passed>,
+  env: Readonly<Record<string, string | undefined>>,
+  fds: number | undefined
+): ChildProcess => {
   const command = selfCommand()
+  const variables: Record<string, string | undefined> = {
+    ...process.env,
+    ...env,
+    // None passed is no LISTEN_FDS at all (sd_listen_fds(3) wants a positive count).
+    LISTEN_FDS: passed.length === 0 ? undefined : String(passed.length),
+    LISTEN_FDNAMES: passed.length === 0 ? undefined : passed.map((p) => p.name).join(":"),
+    [CHANNEL_FD_VARIABLE]: String(3 + passed.length),
+    [FDS_FD_VARIABLE]: fds === undefined ? undefined : String(4 + passed.length)
+  }
+  for (const [name, value] of Object.entries(variables)) if (value === undefined) delete variables[name]
   return spawnProcess("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', command.execPath, ...command.args], {
     cwd: command.cwd,
-    env: {
-      ...process.env,
-      ...env,
-      LISTEN_FDS: String(passed.length),
-      LISTEN_FDNAMES: passed.map((p) => p.name).join(":"),
-      [CHANNEL_FD_VARIABLE]: String(3 + passed.length)
-    },
-    stdio: ["inherit", "inherit", "inherit", ...passed.map((p) => p.fd), "pipe"]
+    env: variables,
+    detached: fds !== undefined,
+    stdio: ["inherit", "inherit", "inherit", ...passed.map((p) => p.fd), "pipe", ...(fds === undefined ? [] : [fds])]
   })
 }
 
-const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel): Child => {
+const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel, fds: number | undefined): Child => {
   const exit = Deferred.makeUnsafe<Exited>()
   const running = () => !Deferred.isDoneUnsafe(exit)
   child.on("error", () => {})
@@ -205,16 +234,42 @@ const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel): Ch
     release: Effect.andThen(
       channel.unref,
       Effect.sync(() => child.unref())
-    )
+    ),
+    sendFd: (fd) =>
+      fds === undefined ? Effect.die(new Error("only a worker is sent fds")) : Effect.fromResult(Sys.sendFd(fds, fd))
   }
 }
 
-const spawn = (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, string>>) =>
+// A worker's fd socket: this end stays here (closed once the child has exited), the other is the child's.
+const fdSocket = (worker: boolean | undefined) =>
+  Effect.suspend(() => {
+    if (worker !== true) return Effect.succeed(undefined)
+    const pair = Sys.socketPair()
+    return Result.isFailure(pair)
+      ? Effect.fail<SpawnFailure>({ _tag: "SpawnFailed", cause: new Error(Sys.formatSysError(pair.failure)) })
+      : Effect.succeed(pair.success)
+  })
+
+const spawn = (
+  passed: ReadonlyArray<Passed>,
+  env: Readonly<Record<string, string | undefined>>,
+  options: SpawnOptions = {}
+) =>
   Effect.gen(function* () {
+    const pair = yield* fdSocket(options.worker)
     const child = yield* Effect.try({
-      try: () => startChild(passed, env),
+      try: () => startChild(passed, env, pair?.[1]),
       catch: (cause): SpawnFailure => ({ _tag: "SpawnFailed", cause })
-    })
+    }).pipe(Effect.ensuring(Effect.sync(() => pair !== undefined && closeSync(pair[1]))))
+    if (pair !== undefined) {
+      // However this process ends (a second termination signal exits at once), its workers end with it.
+      const killWorker = () => void child.kill("SIGKILL")
+      process.on("exit", killWorker)
+      child.once("exit", () => {
+        process.off("exit", killWorker)
+        closeSync(pair[0])
+      })
+    }
     // Node has no pid (nor stdio) for a child it could not start, and reports why as an `error` event.
     if (child.pid === undefined) {
       return yield* Effect.callback<never, SpawnFailure>((resume) => {
@@ -223,33 +278,49 @@ const spawn = (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, strin
     }
     const socket = child.stdio[3 + passed.length] as Net.Socket
     socket.on("error", () => {})
-    return childOf(child, child.pid, yield* Channel.fromSocket(socket))
+    return childOf(child, child.pid, yield* Channel.fromSocket(socket), pair?.[0])
   })
 
 // The channel's fd is made close-on-exec first, so that the application's own subprocesses do not hold it.
-const openParent = (fd: number) =>
-  Effect.suspend(() => {
+const openParent = (fd: number, fds: number | undefined) =>
+  Effect.gen(function* () {
     const kind = Sys.inspect(fd)
     if (Result.isFailure(kind) || kind.success._tag === "NotOpen" || kind.success._tag === "NotSocket") {
-      return Effect.succeed(undefined)
+      return undefined
     }
     Sys.setCloseOnExec(fd, true)
     const socket = new Net.Socket({ fd, readable: true, writable: true })
     socket.unref()
-    return Effect.map(Channel.fromSocket(socket), (channel): Parent => ({ pid: process.ppid, channel }))
+    if (fds !== undefined) Sys.setCloseOnExec(fds, true)
+    const channel = yield* Channel.fromSocket(socket)
+    return { pid: process.ppid, channel, receiveFd: () => receiveFd(fds) } satisfies Parent
+  })
+
+const receiveFd = (socket: number | undefined) =>
+  Effect.suspend(() => {
+    const received = socket === undefined ? undefined : Sys.receiveFd(socket)
+    if (received !== undefined && Result.isSuccess(received) && received.success !== undefined) {
+      return Effect.succeed(received.success)
+    }
+    const error: Sys.SysError =
+      received !== undefined && Result.isFailure(received)
+        ? received.failure
+        : { syscall: "recvmsg", code: "EAGAIN", errno: 11, detail: "no fd was waiting" }
+    return Effect.fail(error)
   })
 
 const parent = (variables: ReadonlyArray<string>) =>
   Effect.gen(function* () {
     const fd = Option.getOrUndefined(yield* Config.option(Config.Int(CHANNEL_FD_VARIABLE)))
+    const fds = Option.getOrUndefined(yield* Config.option(Config.Int(FDS_FD_VARIABLE)))
     const values: Record<string, string> = {}
     for (const name of variables) {
       const value = yield* Config.option(Config.String(name))
       if (Option.isSome(value)) values[name] = value.value
     }
     // Read once: the application's subprocesses must not take this process's channel for theirs.
-    for (const name of [CHANNEL_FD_VARIABLE, ...variables]) delete process.env[name]
-    return { parent: fd === undefined ? undefined : yield* openParent(fd), values }
+    for (const name of [CHANNEL_FD_VARIABLE, FDS_FD_VARIABLE, ...variables]) delete process.env[name]
+    return { parent: fd === undefined ? undefined : yield* openParent(fd, fds), values }
   })
 
 // -----------------------------------------------------------------------------

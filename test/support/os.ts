@@ -53,6 +53,10 @@ export interface FakeChild {
   state: "running" | "killed" | "released" | "exited"
   /** Asked to terminate (SIGTERM). */
   terminated: boolean
+  /** Started as a primary's worker. */
+  readonly worker: boolean
+  /** The listening fds sent to it (a worker's). */
+  readonly sentFds: Array<number>
 }
 
 /** The parent of the supervised process, when it has one; the test plays its part. */
@@ -62,8 +66,16 @@ export interface FakeParent {
   readonly exits: Effect.Effect<void>
 }
 
-const makeChild = (pid: number, passed: ReadonlyArray<Os.Passed>, env: Readonly<Record<string, string>>) =>
+const makeChild = (
+  pid: number,
+  passed: ReadonlyArray<Os.Passed>,
+  given: Readonly<Record<string, string | undefined>>,
+  worker: boolean
+) =>
   Effect.gen(function* () {
+    const env = Object.fromEntries(
+      Object.entries(given).filter((entry): entry is [string, string] => entry[1] !== undefined)
+    )
     const [own, theirs] = yield* channelPair
     const exited = yield* Deferred.make<Os.Exited>()
     const child: FakeChild = {
@@ -78,7 +90,9 @@ const makeChild = (pid: number, passed: ReadonlyArray<Os.Passed>, env: Readonly<
           Effect.andThen(theirs.close, Deferred.succeed(exited, how))
         ),
       state: "running",
-      terminated: false
+      terminated: false,
+      worker,
+      sentFds: []
     }
     const handle: Os.Child = {
       pid,
@@ -90,7 +104,8 @@ const makeChild = (pid: number, passed: ReadonlyArray<Os.Passed>, env: Readonly<
         return Effect.andThen(own.close, Deferred.succeed(exited, { code: null, signal: "SIGKILL" }))
       }),
       terminate: Effect.sync(() => void (child.terminated = true)),
-      release: Effect.sync(() => void (child.state = "released"))
+      release: Effect.sync(() => void (child.state = "released")),
+      sendFd: (fd) => Effect.sync(() => void child.sentFds.push(fd))
     }
     return { child, handle }
   })
@@ -113,6 +128,8 @@ export const make = (
     const pidFile: Array<string> = []
     const forced: Array<string> = []
     const flushed: Array<string> = []
+    /** Fds the parent (a primary) has sent this process, a worker, in order. */
+    const parentFds: Array<number> = []
     const [parentEnd, ownEnd] = yield* channelPair
     let ppid = options.parentPid ?? 1
     const parent: FakeParent | undefined =
@@ -129,17 +146,27 @@ export const make = (
       pid: options.pid ?? 100,
       signals: () => Effect.succeed(Stream.fromQueue(signals)),
       foreignHandlers: () => Effect.succeed(options.foreign ?? 0),
-      spawn: (passed, env) =>
+      spawn: (passed, env, spawnOptions) =>
         Effect.gen(function* () {
           if (options.spawnGate !== undefined) yield* Deferred.await(options.spawnGate)
-          const { child, handle } = yield* makeChild(200 + children.length, passed, env)
+          const { child, handle } = yield* makeChild(200 + children.length, passed, env, spawnOptions?.worker === true)
           children.push(child)
           yield* Queue.offer(spawns, child)
           return handle
         }),
       parent: () =>
         Effect.succeed({
-          parent: options.parentPid === undefined ? undefined : { pid: options.parentPid, channel: ownEnd },
+          parent:
+            options.parentPid === undefined
+              ? undefined
+              : {
+                  pid: options.parentPid,
+                  channel: ownEnd,
+                  receiveFd: () =>
+                    parentFds.length > 0
+                      ? Effect.succeed(parentFds.shift()!)
+                      : Effect.fail({ syscall: "recvmsg", code: "EAGAIN", errno: 11 })
+                },
           values: options.parentValues ?? {}
         }),
       ppid: () => ppid,
@@ -161,6 +188,7 @@ export const make = (
       parent,
       pidFile,
       forced,
-      flushed
+      flushed,
+      parentFds
     }
   })
