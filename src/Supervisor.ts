@@ -977,7 +977,10 @@ const follow = (runtime: Runtime): Effect.Effect<void> => {
   const rules: Machine.Rules = {
     canRoll: runtime.resources.role._tag === "Primary",
     canHandOff: runtime.resources.handOffBlocked === undefined && runtime.resources.role._tag !== "Worker",
-    shutdownDelay: Duration.isGreaterThan(runtime.settings.shutdownDelay, Duration.zero),
+    // A primary's workers keep the delay themselves (unready, `Connection: close`): its own would come twice.
+    shutdownDelay:
+      runtime.resources.role._tag !== "Primary" &&
+      Duration.isGreaterThan(runtime.settings.shutdownDelay, Duration.zero),
     probation: Duration.isGreaterThan(runtime.settings.probation, Duration.zero)
   }
   const step = (event: Event) =>
@@ -1083,6 +1086,23 @@ const listen = (runtime: Runtime) =>
 
 type Provided = Listeners.Listeners | Supervisor | Health.Health
 
+// In a worker, every line, span and metric of the application says which worker: its slot (and, in logs, its pid).
+const asWorker =
+  (runtime: Runtime) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+    const role = runtime.resources.role
+    if (role._tag !== "Worker") return effect
+    const slot = { "effect-grace.slot": String(role.link.slot) }
+    return Effect.gen(function* () {
+      const attributes = yield* Metric.CurrentMetricAttributes
+      return yield* effect.pipe(
+        Effect.annotateLogs(whose(runtime)),
+        Effect.annotateSpans(slot),
+        Effect.provideService(Metric.CurrentMetricAttributes, { ...attributes, ...slot })
+      )
+    })
+  }
+
 /** Builds the application in its own scope, on a fiber the machine can interrupt; tells the machine how it went. */
 const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) => {
   const { listeners, keyring } = runtime.resources
@@ -1100,8 +1120,7 @@ const startApplication = <A, E, R>(runtime: Runtime, app: Layer.Layer<A, E, R>) 
     Layer.provide(Drain.layerConfig)
   ) as Layer.Layer<A, E | Config.ConfigError, Exclude<R, Provided>>
   const build = Layer.buildWithScope(provided, runtime.appScope).pipe(
-    // A worker's every line says its pid and slot, the servers' own too.
-    Effect.annotateLogs(runtime.resources.role._tag === "Worker" ? whose(runtime) : {}),
+    asWorker(runtime),
     Effect.matchCauseEffect({
       onSuccess: () => send(runtime, { _tag: "Started" }),
       // The machine hears of it first: whatever the failure makes happen next (the scope closing) comes after.

@@ -157,6 +157,9 @@ const spawn = (runtime: Runtime, slot: number, id: number) =>
     yield* runtime.context.log("effect-grace: worker started", { slot, worker: worker.pid })
     const ready = worker.ready.pipe(
       Effect.timeout(settings.readyTimeout),
+      Effect.withSpan("effect-grace.worker.start", {
+        attributes: { "effect-grace.slot": slot, "effect-grace.worker.pid": worker.pid }
+      }),
       Effect.matchEffect({
         onSuccess: () => send(runtime, { _tag: "Ready", id }),
         onFailure: (error) => (error._tag === "ExitedBeforeReady" ? Effect.void : worker.kill)

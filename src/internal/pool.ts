@@ -227,9 +227,11 @@ const ready = (state: State, id: number, rules: Rules): Step => {
     const next = withSlot(state, slot, { ...s, probation: id, starting: undefined, deaths: 0 })
     return [next, [...told, { _tag: "Pause", id: s.serving }, { _tag: "StartProbation", id }]]
   }
+  // Paused first: a worker told to terminate while it serves would keep a shutdown delay, which only a whole
+  // service's termination needs (the new worker accepts on the same socket already).
   const next = withSlot(state, slot, { ...s, serving: id, starting: undefined, deaths: 0 })
   const [after, more] = advance(slotDone(next, slot), rules)
-  return [after, [...told, { _tag: "Terminate", id: s.serving }, ...more]]
+  return [after, [...told, { _tag: "Pause", id: s.serving }, { _tag: "Terminate", id: s.serving }, ...more]]
 }
 
 // The new worker outlived its window: the old one, paused, drains and exits.
