@@ -15,6 +15,13 @@
  * passed it finishes its drain and the program ends. On `SIGTERM` or `SIGINT`
  * it drains the same way.
  *
+ * With workers (`GRACE_WORKERS`), the process launched is a primary that
+ * runs no application: it holds the listening sockets and starts that many
+ * workers, each this program running `app` on those sockets; `SIGHUP` (or a
+ * worker's `restart`) restarts them one slot at a time, each new worker on
+ * probation while the old one is paused, and `SIGUSR2` replaces the primary
+ * and its workers as above (internal/pool.ts, internal/group.ts).
+ *
  * Its whole life is a state machine (internal/machine.ts) that one fiber
  * follows, taking events (signals, calls, the successor's readiness or exit,
  * timers, the drain's end) from a queue; what it asks of the operating system
@@ -387,7 +394,10 @@ export class Supervisor extends Context.Service<
      * Starts a successor and, once it is ready and its probation has passed,
      * hands over: this process then drains and `run` returns. Succeeds with
      * the successor's pid; fails with `HandedBack` if the successor died
-     * within its probation (this process serves on).
+     * within its probation (this process serves on). In a primary's worker,
+     * asks the primary for a rolling restart of its workers (this one among
+     * them) and succeeds at once with the primary's pid; the primary logs and
+     * counts how it goes.
      */
     readonly restart: Effect.Effect<number, RestartError>
     /** Starts a graceful termination: the servers drain and `run` returns. */
@@ -1266,7 +1276,12 @@ const claimProgram = (as: "layer" | "run") =>
  *   `Connection: close`, before the drain.
  * - As PID 1 (a container's init) a restart is refused (`RestartUnsupported`):
  *   when PID 1 exits, the kernel ends its successor with it. Termination
- *   drains and exits 0 there as anywhere.
+ *   drains and exits 0 there as anywhere. With workers, the primary stays
+ *   while its workers roll (`SIGHUP`), as PID 1 too.
+ * - With `workers` (`GRACE_WORKERS`), this process is a primary and `app` runs
+ *   in each worker only; a worker's logs, spans and metrics carry its slot, and
+ *   `Supervisor`'s `worker` says it. A worker that exits before every worker
+ *   is first ready fails the start-up (`WorkerFailed`).
  *
  * **Gotchas**
  *
