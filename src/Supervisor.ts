@@ -122,7 +122,7 @@ export class ExitedBeforeReady extends Data.TaggedError("ExitedBeforeReady")<{
   readonly signal: string | null
 }> {
   override get message(): string {
-    const how = this.signal !== null ? `was killed by ${this.signal}` : `exited with code ${this.code}`
+    const how = Os.describeExit(this)
     return `the successor ${how} before it was ready (see its output); this process keeps serving`
   }
 }
@@ -140,7 +140,7 @@ export class HandedBack extends Data.TaggedError("HandedBack")<{
   readonly signal: string | null
 }> {
   override get message(): string {
-    const how = this.signal !== null ? `was killed by ${this.signal}` : `exited with code ${this.code}`
+    const how = Os.describeExit(this)
     return `the successor (pid ${this.pid}) ${how} within its probation window; this process took the service back and serves on`
   }
 }

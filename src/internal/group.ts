@@ -21,7 +21,7 @@ import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import type * as Listeners from "../Listeners.ts"
-import type * as Os from "./os.ts"
+import * as Os from "./os.ts"
 import * as Pool from "./pool.ts"
 import * as Tickets from "./tickets.ts"
 import * as Worker from "./worker.ts"
@@ -39,7 +39,7 @@ export class WorkerFailed extends Data.TaggedError("WorkerFailed")<{
   readonly signal: string | null
 }> {
   override get message(): string {
-    const how = this.signal !== null ? `was killed by ${this.signal}` : `exited with code ${this.code}`
+    const how = Os.describeExit(this)
     return `worker ${this.slot} (pid ${this.pid ?? "unknown"}) ${how} before it was ready (see its output)`
   }
 }

@@ -283,25 +283,19 @@ const terminate = <R, S, F>(
         enter(state, { _tag: "Draining", reason: "terminate", signals }),
         [requested, { _tag: "Unready", why: "stopping" }, { _tag: "BeginDrain", reason: "terminate" }]
       ]
+    case "Restarting":
     case "Rolling": {
-      // The workers are stopped by the drain: those still starting are killed, and never serve.
+      // A restart is interrupted first: its successor is killed and reaped, and never announced. A roll's new
+      // workers are stopped by the drain: those still starting are killed, and never serve.
       const [next, actions] = beginStopping<R, S, F>(state, signals, rules)
       const refused: Action<R, S, F> = {
         _tag: "Refuse",
         reply: phase.reply,
         refusal: { _tag: "NotServing", state: "draining" }
       }
-      return [next, [requested, refused, ...actions]]
-    }
-    case "Restarting": {
-      // The restart is interrupted first: its successor is killed and reaped, and never announced.
-      const [next, actions] = beginStopping<R, S, F>(state, signals, rules)
-      const refused: Action<R, S, F> = {
-        _tag: "Refuse",
-        reply: phase.reply,
-        refusal: { _tag: "NotServing", state: "draining" }
-      }
-      return [next, [requested, { _tag: "InterruptRestart" }, refused, ...actions]]
+      const interrupt: ReadonlyArray<Action<R, S, F>> =
+        phase._tag === "Restarting" ? [{ _tag: "InterruptRestart" }] : []
+      return [next, [requested, ...interrupt, refused, ...actions]]
     }
     case "Probation": {
       // Both end: the successor is asked to terminate as gracefully, and this process drains what it has left.

@@ -54,6 +54,10 @@ export interface Exited {
   readonly signal: string | null
 }
 
+/** How a process ended, in words: `exited with code 1`, `was killed by SIGKILL`. */
+export const describeExit = (exited: Exited): string =>
+  exited.signal !== null ? `was killed by ${exited.signal}` : `exited with code ${exited.code}`
+
 /** The child could not be started at all. */
 export interface SpawnFailure {
   readonly _tag: "SpawnFailed"

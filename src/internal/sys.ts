@@ -413,6 +413,17 @@ const MSG_CMSG_CLOEXEC = 0x40000000
 // CMSG_SPACE(sizeof(int)) on 64-bit Linux: a 16-byte cmsghdr, then the fd, padded to 8.
 const CONTROL_LENGTH = 24
 
+// A message of one byte, with its control data (the fd).
+const oneByte = (byte: Buffer, control: Buffer): MessageHeader => ({
+  name: null,
+  namelen: 0,
+  iov: [{ base: byte, len: 1 }],
+  iovlen: 1,
+  control,
+  controllen: CONTROL_LENGTH,
+  flags: 0
+})
+
 /** A connected pair of unix stream sockets, close-on-exec: one end for this process, one for a child. */
 export const socketPair = (): Result.Result<readonly [number, number], SysError> =>
   withLibc("socketpair", (lib) => {
@@ -431,17 +442,10 @@ export const sendFd = (socket: number, fd: number): Result.Result<void, SysError
     control.writeInt32LE(SOL_SOCKET, 8)
     control.writeInt32LE(SCM_RIGHTS, 12)
     control.writeInt32LE(fd, 16)
-    const byte = Buffer.from("f")
-    const header = {
-      name: null,
-      namelen: 0,
-      iov: [{ base: byte, len: 1 }],
-      iovlen: 1,
-      control,
-      controllen: 24,
-      flags: 0
-    }
-    return Result.map(check(lib, "sendmsg", lib.sendmsg(socket, header, MSG_NOSIGNAL | MSG_DONTWAIT)), () => undefined)
+    return Result.map(
+      check(lib, "sendmsg", lib.sendmsg(socket, oneByte(Buffer.from("f"), control), MSG_NOSIGNAL | MSG_DONTWAIT)),
+      () => undefined
+    )
   })
 
 /**
@@ -451,17 +455,7 @@ export const sendFd = (socket: number, fd: number): Result.Result<void, SysError
 export const receiveFd = (socket: number): Result.Result<number | undefined, SysError> =>
   withLibc("recvmsg", (lib) => {
     const control = Buffer.alloc(CONTROL_LENGTH)
-    const byte = Buffer.alloc(1)
-    const header = {
-      name: null,
-      namelen: 0,
-      iov: [{ base: byte, len: 1 }],
-      iovlen: 1,
-      control,
-      controllen: 24,
-      flags: 0
-    }
-    const n = lib.recvmsg(socket, header, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
+    const n = lib.recvmsg(socket, oneByte(Buffer.alloc(1), control), MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
     if (n < 0) {
       const error = lastError(lib, "recvmsg")
       return error.errno === constants.errno.EAGAIN ? Result.succeed(undefined) : Result.fail(error)
