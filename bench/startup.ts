@@ -19,11 +19,11 @@
  * demo is also bundled into one file (`.cache/startup/demo.mjs`) and timed.
  */
 import { execFileSync } from "node:child_process"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
-import { fixed, machine, markdownTable, median, onCleanup, spawnNode, writeResults } from "./support.ts"
+import { bundleProgram, fixed, machine, markdownTable, median, onCleanup, spawnNode, writeResults } from "./support.ts"
 
 const { values: flags } = parseArgs({ options: { runs: { type: "string", default: "7" } } })
 const settings = { runs: Number(flags.runs) }
@@ -176,20 +176,9 @@ const runMode = async (mode: Mode) => {
   }
 }
 
-/**
- * The demo bundled into one ES module with rolldown (vite's bundler, in node_modules when vitest is), in
- * `.cache/startup/`, inside the repository so that the bundle still finds koffi. Undefined without rolldown.
- */
-const bundle = (): string | undefined => {
-  const rolldown = new URL("../node_modules/.bin/rolldown", import.meta.url).pathname
-  if (!existsSync(rolldown)) return undefined
-  const file = new URL("../.cache/startup/demo.mjs", import.meta.url).pathname
-  execFileSync(rolldown, [demoPath, "--format", "esm", "--platform", "node", "--file", file], {
-    stdio: "ignore",
-    timeout: 120_000
-  })
-  return file
-}
+/** The demo bundled with rolldown (see `bundle` in support.ts); undefined without rolldown. */
+const bundle = (): string | undefined =>
+  bundleProgram(demoPath, new URL("../.cache/startup/demo.mjs", import.meta.url).pathname)
 let bundlePath: string | undefined
 
 const main = async () => {

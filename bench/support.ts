@@ -8,10 +8,10 @@
  * leaves nothing listening. Every wait has a deadline.
  */
 import { execFileSync, spawn } from "node:child_process"
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import * as Net from "node:net"
 import { availableParallelism, loadavg, setPriority, tmpdir } from "node:os"
-import { join, relative } from "node:path"
+import { dirname, join, relative } from "node:path"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import autocannon from "autocannon"
@@ -509,3 +509,18 @@ export const machine = (directory?: string) => ({
   loadAverage: loadavg().map((n) => Math.round(n * 100) / 100),
   date: new Date().toISOString()
 })
+
+/**
+ * A program bundled into one ES module with rolldown (vite's bundler, installed with vitest), at `file`, which must
+ * be inside the program's repository so that the bundle still finds its native dependency (koffi) there. Undefined
+ * where rolldown is not installed.
+ */
+export const bundleProgram = (entry: string, file: string): string | undefined => {
+  const rolldown = join(dirname(fileURLToPath(import.meta.url)), "../node_modules/.bin/rolldown")
+  if (!existsSync(rolldown)) return undefined
+  execFileSync(rolldown, [entry, "--format", "esm", "--platform", "node", "--file", file], {
+    stdio: "ignore",
+    timeout: 120_000
+  })
+  return file
+}
