@@ -10,9 +10,11 @@
  *   `pm2 reload` (one instance at a time: start a new one, wait until it
  *   listens, stop the old one);
  * - `grace`: the demo (`examples/demo.ts`, `GET /sleep/?duration=5ms`),
- *   restarted by `SIGUSR2`.
+ *   restarted by `SIGUSR2`;
+ * - `grace-workers`: the demo with 2 workers (`GRACE_WORKERS=2`), restarted
+ *   by `SIGHUP` to its primary (one worker at a time).
  *
- *   npm run bench:peers [-- --restarts 5 --steady 2000 --connections 32 --targets node,pm2-fork,pm2-cluster,grace]
+ *   npm run bench:peers [-- --restarts 5 --steady 2000 --connections 32 --targets node,pm2-fork,pm2-cluster,grace,grace-workers]
  *
  * The app stops as PM2's documentation recommends (on SIGINT: close the
  * server, exit when it has closed); PM2 runs with its defaults otherwise.
@@ -60,7 +62,7 @@ const { values: flags } = parseArgs({
     steady: { type: "string", default: "2000" },
     warmup: { type: "string", default: "1500" },
     handler: { type: "string", default: "5" },
-    targets: { type: "string", default: "node,pm2-fork,pm2-cluster,grace" }
+    targets: { type: "string", default: "node,pm2-fork,pm2-cluster,grace,grace-workers" }
   }
 })
 const settings = {
@@ -153,6 +155,47 @@ const grace = async (port: number): Promise<Target> => {
   }
 }
 
+/** Waits for two workers' banners printed from line `from` on: their pids. */
+const bannersFrom = async (demo: Child, from: number) => {
+  const first = await demo.waitForLine(BANNER, 30_000, from)
+  const index = demo.lines.findIndex((line, i) => i >= from && BANNER.test(line))
+  const second = await demo.waitForLine(BANNER, 30_000, index + 1)
+  return [Number(first[1]), Number(second[1])]
+}
+
+const graceWorkers = async (port: number): Promise<Target> => {
+  const [a1, a2] = await freePorts(2)
+  const cache = freshCompileCache()
+  const demo: Child = spawnNode(
+    [demoPath, "--a0", `127.0.0.1:${port}`, "--a1", `127.0.0.1:${a1}`, "--a2", `127.0.0.1:${a2}`],
+    {
+      group: true,
+      env: { GRACE_WORKERS: "2", GRACE_COMPILE_CACHE: cache.directory, NODE_COMPILE_CACHE: undefined }
+    }
+  )
+  // The primary serves nothing and prints no banner: each of its two workers prints one.
+  let workers = await bannersFrom(demo, 0)
+  return {
+    port,
+    path: `/sleep/?duration=${settings.handlerMs}ms`,
+    restart: async () => {
+      const seen = demo.lines.length
+      const signalled = now()
+      process.kill(demo.pid, "SIGHUP")
+      // Ready: the second new worker's banner; complete: the old workers gone.
+      const old = workers
+      workers = await bannersFrom(demo, seen)
+      const ready = now()
+      for (const pid of old) await until(() => !isAlive(pid), 30_000, `worker ${pid} to drain and exit`)
+      return { signalled, ready, drained: now() }
+    },
+    stop: async () => {
+      await demo.stop(5000)
+      cache.remove()
+    }
+  }
+}
+
 // PM2 -------------------------------------------------------------------------
 
 const pm2Dir = `${root}.cache/pm2`
@@ -229,7 +272,8 @@ const targets: Record<string, { readonly describe: string; readonly start: (port
   node: { describe: "node:http, no restarts (the ceiling)", start: node },
   "pm2-fork": { describe: "PM2 fork mode, pm2 reload", start: pm2Target("fork") },
   "pm2-cluster": { describe: "PM2 cluster mode, 2 instances, pm2 reload", start: pm2Target("cluster") },
-  grace: { describe: "effect-grace demo, SIGUSR2", start: grace }
+  grace: { describe: "effect-grace demo, SIGUSR2", start: grace },
+  "grace-workers": { describe: "effect-grace demo, 2 workers, SIGHUP (rolling)", start: graceWorkers }
 }
 
 // -----------------------------------------------------------------------------
