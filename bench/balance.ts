@@ -457,6 +457,37 @@ const summaryTable = (runs: ReadonlyArray<Run>): string => {
   )
 }
 
+/** Per worker count and mode, over every load, handler and round: how even the spread was. */
+const modeTable = (runs: ReadonlyArray<Run>): string => {
+  const spread = (values: ReadonlyArray<number>) =>
+    values.length === 0
+      ? "n/a"
+      : `${fixed(median(values))} (${fixed(Math.min(...values))} to ${fixed(Math.max(...values))})`
+  const rows = settings.workers.flatMap((workers) =>
+    settings.modes.map((mode) => {
+      const mine = runs.filter((run) => run.workers === workers && run.mode === mode)
+      const of = (kind: Load["kind"]) => mine.filter((run) => run.load.startsWith(`${kind}-`))
+      return [
+        String(workers),
+        mode,
+        spread(of("keepalive").map((run) => run.requestMaxOverMean)),
+        spread(of("keepalive").map((run) => run.connectionMaxOverMean)),
+        spread(of("churn").map((run) => run.requestMaxOverMean))
+      ]
+    })
+  )
+  return markdownTable(
+    [
+      "N",
+      "mode",
+      "keep-alive requests max/mean: median (min to max)",
+      "keep-alive connections max/mean",
+      "churn requests max/mean"
+    ],
+    rows
+  )
+}
+
 const runTable = (runs: ReadonlyArray<Run>): string =>
   markdownTable(
     [
@@ -492,12 +523,13 @@ const runTable = (runs: ReadonlyArray<Run>): string =>
 const report = (runs: ReadonlyArray<Run>) => {
   const about = machine()
   const summary = summaryTable(runs)
+  const byMode = modeTable(runs)
   const otherCores = median(runs.map((run) => run.otherCores))
   const noise =
     `Other processes on the machine used a median of ${fixed(otherCores)} cores during the measured runs ` +
     `(max ${fixed(Math.max(...runs.map((run) => run.otherCores)))})` +
     (otherCores > 0.2 ? ": the machine was busy, the numbers are noisy." : ".")
-  console.log(`\n${summary}\n\n${noise}`)
+  console.log(`\n${summary}\n\n${byMode}\n\n${noise}`)
   writeResults(
     "balance",
     { machine: about, settings: { ...settings, loads: settings.loads.map((load) => load.id) }, otherCores, runs },
@@ -513,6 +545,8 @@ const report = (runs: ReadonlyArray<Run>) => {
         "share over the mean share (1 is even, N is everything on one worker). `single-accept` is `shared` with " +
         "`UV_TCP_SINGLE_ACCEPT=1`, which this libuv ignores (it accepts one connection per wake-up anyway): " +
         "the gap between the two is noise.",
+      "",
+      byMode,
       "",
       summary,
       "",
