@@ -15,7 +15,8 @@
  *   start-up: the program is broken, and says so at once.
  * - Rolling restart: `surge` slots at a time start a new worker; once it is
  *   ready, the old one is paused and the new one is on probation; once that
- *   has passed, the old one drains and exits, and the next slot begins. A new
+ *   has passed, the old one drains, and once it has exited the next slot
+ *   begins: never more than N + surge workers at once. A new
  *   worker that exits before it is ready, or within its probation (the old one
  *   then accepts again), stops the rollout: the slots not begun keep their
  *   old workers, and every slot serves.
@@ -46,6 +47,8 @@ export interface Slot {
   readonly starting: number | undefined
   /** A new worker, ready, on probation: it serves, and `serving` is paused. */
   readonly probation: number | undefined
+  /** The old worker of a slot that rolled, draining until it exits. */
+  readonly retiring: number | undefined
   /** Deaths before ready, in a row: the backoff's count. */
   readonly deaths: number
 }
@@ -114,7 +117,7 @@ export type Action =
 
 export type Step = readonly [State, ReadonlyArray<Action>]
 
-const emptySlot: Slot = { serving: undefined, starting: undefined, probation: undefined, deaths: 0 }
+const emptySlot: Slot = { serving: undefined, starting: undefined, probation: undefined, retiring: undefined, deaths: 0 }
 
 const log = (message: string, annotations: Record<string, unknown> = {}): Action => ({
   _tag: "Log",
@@ -158,12 +161,13 @@ const find = (state: State, id: number) => {
     if (s.serving === id) return { slot, role: "serving" as const }
     if (s.starting === id) return { slot, role: "starting" as const }
     if (s.probation === id) return { slot, role: "probation" as const }
+    if (s.retiring === id) return { slot, role: "retiring" as const }
   }
   return undefined
 }
 
 const workerIds = (slot: Slot): Array<number> =>
-  [slot.serving, slot.starting, slot.probation].filter((id): id is number => id !== undefined)
+  [slot.serving, slot.starting, slot.probation, slot.retiring].filter((id): id is number => id !== undefined)
 
 export const backoff = (rules: Rules, deaths: number): number =>
   Math.min(rules.maxBackoffMillis, Math.round(rules.backoffMillis * 1.5 ** Math.max(0, deaths - 1)))
@@ -228,21 +232,25 @@ const ready = (state: State, id: number, rules: Rules): Step => {
     return [next, [...told, { _tag: "Pause", id: s.serving }, { _tag: "StartProbation", id }]]
   }
   // Paused first: a worker told to terminate while it serves would keep a shutdown delay, which only a whole
-  // service's termination needs (the new worker accepts on the same socket already).
-  const next = withSlot(state, slot, { ...s, serving: id, starting: undefined, deaths: 0 })
-  const [after, more] = advance(slotDone(next, slot), rules)
-  return [after, [...told, { _tag: "Pause", id: s.serving }, { _tag: "Terminate", id: s.serving }, ...more]]
+  // service's termination needs (the new worker accepts on the same socket already). The slot is done once it exits.
+  const next = withSlot(state, slot, { ...s, serving: id, starting: undefined, retiring: s.serving, deaths: 0 })
+  return [next, [...told, { _tag: "Pause", id: s.serving }, { _tag: "Terminate", id: s.serving }]]
 }
 
-// The new worker outlived its window: the old one, paused, drains and exits.
+// The new worker outlived its window: the old one, paused, drains, and the slot is done once it has exited.
 const probationOver = (state: State, id: number, rules: Rules): Step => {
   const where = find(state, id)
   if (where === undefined || where.role !== "probation") return [state, []]
   const s = state.slots[where.slot]!
-  const next = withSlot(state, where.slot, { ...s, serving: id, probation: undefined })
-  const [after, more] = advance(slotDone(next, where.slot), rules)
-  const old: ReadonlyArray<Action> = s.serving === undefined ? [] : [{ _tag: "Terminate", id: s.serving }]
-  return [after, [...old, ...more]]
+  const next = withSlot(state, where.slot, { ...s, serving: id, probation: undefined, retiring: s.serving })
+  if (s.serving === undefined) return advance(slotDone(next, where.slot), rules)
+  return [next, [{ _tag: "Terminate", id: s.serving }]]
+}
+
+// The old worker of a rolled slot has drained and exited: the slot is done, and the roll goes on.
+const retired = (state: State, slot: number, rules: Rules): Step => {
+  const next = withSlot(state, slot, { ...state.slots[slot]!, retiring: undefined })
+  return rolling(state, slot) ? advance(slotDone(next, slot), rules) : [next, []]
 }
 
 const exitedWhileStopping = (state: State, id: number): Step => {
@@ -317,7 +325,6 @@ const diedServing = (state: State, slot: number, event: Exited): Step => {
 const exited = (state: State, event: Exited, rules: Rules): Step => {
   if (state.phase === "Stopping") return exitedWhileStopping(state, event.id)
   const where = find(state, event.id)
-  // A worker this pool let go (the old one of a slot that rolled) has finished its drain.
   if (where === undefined) return [state, []]
   switch (where.role) {
     case "starting":
@@ -326,6 +333,8 @@ const exited = (state: State, event: Exited, rules: Rules): Step => {
       return diedOnProbation(state, where.slot, event, rules)
     case "serving":
       return diedServing(state, where.slot, event)
+    case "retiring":
+      return retired(state, where.slot, rules)
   }
 }
 
