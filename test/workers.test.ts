@@ -147,6 +147,48 @@ const startWorkers = Effect.gen(function* () {
   return { port, tag, program, primary: program.pid, workers, url: `http://127.0.0.1:${port}/` }
 })
 
+/**
+ * Samples, every few milliseconds until stopped, how many processes of the program are alive (zombies are not); the
+ * most seen at once, and which.
+ */
+const sampleProcesses = (tag: string) =>
+  Effect.gen(function* () {
+    const sampling = { on: true }
+    const most = { count: 0, pids: [] as Array<number> }
+    const fiber = yield* Effect.forkChild(
+      Effect.gen(function* () {
+        while (sampling.on) {
+          const pids = processesTagged(tag)
+          if (pids.length > most.count) Object.assign(most, { count: pids.length, pids })
+          yield* Effect.sleep("5 millis")
+        }
+      })
+    )
+    const stop = Effect.andThen(
+      Effect.sync(() => void (sampling.on = false)),
+      Fiber.join(fiber)
+    )
+    return { most, stop }
+  })
+
+/**
+ * Slow requests (`/sleep?ms=millis`), each on a new connection, until every one of `pids` holds one; their replies.
+ * Only the drains of the workers that hold them take long.
+ */
+const holdOnEach = (program: Spawned, url: string, pids: ReadonlyArray<number>, millis: number) =>
+  Effect.gen(function* () {
+    const from = program.lines.length
+    const arrived = () => program.lines.slice(from).filter((line) => line.startsWith("sleeping "))
+    const holding = () => pids.every((pid) => arrived().includes(`sleeping ${pid}`))
+    const replies: Array<Fiber.Fiber<Reply, Error>> = []
+    for (let i = 0; i < 16 && !holding(); i++) {
+      replies.push(yield* Effect.forkChild(request(`${url}sleep?ms=${millis}`, { timeout: "30 seconds" })))
+      yield* eventually(() => arrived().length >= replies.length, "the slow request to arrive")
+    }
+    assert.isTrue(holding(), `a slow request on each of ${pids.join(", ")}: ${arrived().join(", ")}`)
+    return replies
+  })
+
 interface Mark {
   readonly keptAlive: number
   readonly fresh: number
@@ -307,6 +349,29 @@ describe("Workers", () => {
         assert.deepStrictEqual(sorted(processesTagged(tag)), sorted([primary, ...current]))
       }),
     { timeout: 60_000 }
+  )
+
+  it.live(
+    "SIGHUP while the old workers drain slow requests: never more than N + 2 processes alive (surge 1)",
+    () =>
+      Effect.gen(function* () {
+        const { program, primary, workers, url, tag } = yield* startWorkers
+        // Longer than a roll takes: each old worker drains for seconds after it is told to.
+        const slow = yield* holdOnEach(program, url, workers, 5000)
+        const sampler = yield* sampleProcesses(tag)
+        const next = yield* roll(program, primary)
+        yield* Effect.forEach(workers, gone, { discard: true })
+        yield* sampler.stop
+        for (const reply of yield* Effect.forEach(slow, Fiber.join)) assert.strictEqual(reply.status, 200)
+        assert.deepStrictEqual(sorted(processesTagged(tag)), sorted([primary, ...next]))
+        assert.isAtMost(
+          sampler.most.count,
+          WORKERS + 2,
+          `the primary, ${WORKERS} workers and one more (surge 1) at most; seen at once: ` +
+            `${sampler.most.pids.join(", ")} (primary ${primary}, old ${workers.join(", ")}, new ${next.join(", ")})`
+        )
+      }),
+    { timeout: 30_000 }
   )
 
   it.live(
