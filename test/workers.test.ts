@@ -474,6 +474,32 @@ describe("Workers", () => {
   )
 
   it.live(
+    "SIGTERM while rolled-out workers still drain slow requests: the requests finish, the primary exits 0 last",
+    () =>
+      Effect.gen(function* () {
+        const { program, primary, workers, url, tag } = yield* startWorkers
+        const slow = yield* holdOnEach(program, url, workers, 4000)
+        const next = yield* roll(program, primary)
+        // The last slot's old worker drains its slow request still (the roll is over once its probation is).
+        yield* waitForLog(program, 0, "effect-grace: draining", { pid: workers[1] })
+        process.kill(primary, "SIGTERM")
+        const exit = yield* program.exited()
+        const aliveAtExit = [...workers, ...next].filter(isAlive)
+        const replies = yield* Effect.forEach(slow, (fiber) => Effect.result(Fiber.join(fiber)))
+        const cut = replies.flatMap((reply) => (reply._tag === "Failure" ? [reply.failure.message] : []))
+        assert.deepStrictEqual(cut, [], "every slow request on a rolled-out worker is answered")
+        assert.deepStrictEqual(exit, { code: 0, signal: null })
+        assert.deepStrictEqual(aliveAtExit, [], "no worker alive when the primary has exited")
+        for (const pid of workers) {
+          const stopped = logsOf(program).find((log) => matching(log, "effect-grace: stopped", { pid }))
+          assert.isDefined(stopped, `old worker ${pid} drained and stopped`)
+        }
+        yield* eventually(() => processesTagged(tag).length === 0, "no process of the program left")
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "as PID 1 of a PID namespace: SIGHUP rolls the workers with 0 failed; SIGUSR2 is refused (RestartUnsupported)",
     () =>
       Effect.gen(function* () {
