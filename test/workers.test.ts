@@ -404,6 +404,29 @@ describe("Workers", () => {
   )
 
   it.live(
+    "SIGUSR2 while the old workers serve slow requests: they finish, the old primary exits 0 after its workers",
+    () =>
+      Effect.gen(function* () {
+        const { program, primary, workers, url, tag } = yield* startWorkers
+        const slow = yield* holdOnEach(program, url, workers, 3000)
+        const from = program.lines.length
+        process.kill(primary, "SIGUSR2")
+        const ready = yield* waitForLog(program, from, "effect-grace: successor ready", { pid: primary })
+        const successor = Number(ready.annotations.successor)
+        const next = yield* groupReady(program, successor, from)
+        const exit = yield* program.exited()
+        const aliveAtExit = workers.filter(isAlive)
+        const replies = yield* Effect.forEach(slow, (fiber) => Effect.result(Fiber.join(fiber)))
+        const cut = replies.flatMap((reply) => (reply._tag === "Failure" ? [reply.failure.message] : []))
+        assert.deepStrictEqual(cut, [], "every slow request on an old worker is answered")
+        assert.deepStrictEqual(exit, { code: 0, signal: null })
+        assert.deepStrictEqual(aliveAtExit, [], "no old worker alive when the old primary has exited")
+        assert.deepStrictEqual(sorted(processesTagged(tag)), sorted([successor, ...next]))
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "kill -9 of a worker under load: replaced at once; no request on the other worker fails",
     () =>
       Effect.gen(function* () {
