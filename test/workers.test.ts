@@ -497,6 +497,48 @@ describe("Workers", () => {
   )
 
   it.live(
+    "a second SIGTERM during the drain ends the primary and every worker at once",
+    () =>
+      Effect.gen(function* () {
+        const { program, primary, workers, url, tag } = yield* startWorkers
+        // Longer than the fixture's drain timeout (10 s): only the second signal ends these drains early.
+        const stuck = yield* holdOnEach(program, url, workers, 20_000)
+        const from = program.lines.length
+        process.kill(primary, "SIGTERM")
+        for (const pid of workers) yield* waitForLog(program, from, "effect-grace: draining", { pid })
+        const secondAt = Date.now()
+        process.kill(primary, "SIGTERM")
+        const exit = yield* program.exited("10 seconds")
+        yield* eventually(() => processesTagged(tag).length === 0, "every worker gone", "5 seconds")
+        assert.isBelow(Date.now() - secondAt, 5000, "well before the drain timeout")
+        assert.notDeepEqual(exit, { code: 0, signal: null }, "a forced end is not a graceful one")
+        for (const reply of yield* Effect.forEach(stuck, (fiber) => Effect.result(Fiber.join(fiber)))) {
+          assert.strictEqual(reply._tag, "Failure", "the requests in flight were cut")
+        }
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
+    "kill -9 of the primary: its workers finish their requests, drain and exit",
+    () =>
+      Effect.gen(function* () {
+        const { program, primary, workers, url, tag } = yield* startWorkers
+        const slow = yield* holdOnEach(program, url, workers, 1500)
+        process.kill(primary, "SIGKILL")
+        assert.deepStrictEqual(yield* program.exited(), { code: null, signal: "SIGKILL" })
+        for (const reply of yield* Effect.forEach(slow, Fiber.join)) assert.strictEqual(reply.status, 200)
+        yield* Effect.forEach(workers, gone, { discard: true })
+        for (const pid of workers) {
+          const stopped = logsOf(program).find((log) => matching(log, "effect-grace: stopped", { pid }))
+          assert.isDefined(stopped, `worker ${pid} drained and stopped`)
+        }
+        assert.deepStrictEqual(processesTagged(tag), [])
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "SIGTERM while rolled-out workers still drain slow requests: the requests finish, the primary exits 0 last",
     () =>
       Effect.gen(function* () {
