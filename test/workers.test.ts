@@ -10,8 +10,10 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Fs from "node:fs"
+import * as Path from "node:path"
 import { keepAliveAgent, keepAliveLoad, request, steadyLoad } from "./support/http.ts"
 import type { Reply } from "./support/http.ts"
+import { tempDir } from "./support/fs.ts"
 import { freePort } from "./support/net.ts"
 import { eventually, isAlive, nodePath, processesTagged, spawnFixture, spawnProcess } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
@@ -138,14 +140,15 @@ const killTaggedOnClose = (tag: string) =>
   )
 
 /** The supervised fixture with workers on a free loopback port, ready: the primary is this test's child. */
-const startWorkers = Effect.gen(function* () {
-  const port = yield* freePort()
-  const tag = newTag()
-  yield* killTaggedOnClose(tag)
-  const program = yield* spawnFixture("supervised", [`${tag}=127.0.0.1:${port}`], { env: workersEnv })
-  const workers = yield* groupReady(program, program.pid, 0)
-  return { port, tag, program, primary: program.pid, workers, url: `http://127.0.0.1:${port}/` }
-})
+const startWorkers = (env: Readonly<Record<string, string>> = {}) =>
+  Effect.gen(function* () {
+    const port = yield* freePort()
+    const tag = newTag()
+    yield* killTaggedOnClose(tag)
+    const program = yield* spawnFixture("supervised", [`${tag}=127.0.0.1:${port}`], { env: { ...workersEnv, ...env } })
+    const workers = yield* groupReady(program, program.pid, 0)
+    return { port, tag, program, primary: program.pid, workers, url: `http://127.0.0.1:${port}/` }
+  })
 
 /**
  * Samples, every few milliseconds until stopped, how many processes of the program are alive (zombies are not); the
@@ -275,7 +278,7 @@ describe("Workers", () => {
     "both workers answer, on new and on kept-alive connections; the primary never does",
     () =>
       Effect.gen(function* () {
-        const { primary, workers, url } = yield* startWorkers
+        const { primary, workers, url } = yield* startWorkers()
         assert.strictEqual(new Set(workers).size, WORKERS)
         assert.notInclude(workers, primary)
 
@@ -320,7 +323,7 @@ describe("Workers", () => {
     "SIGHUP x3 under load: every worker replaced each time, the primary stays, 0 failed",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         const load = yield* bothLoads(url)
         yield* load.more(200)
         const every = new Set(workers)
@@ -355,7 +358,7 @@ describe("Workers", () => {
     "SIGHUP while the old workers drain slow requests: never more than N + 2 processes alive (surge 1)",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         // Longer than a roll takes: each old worker drains for seconds after it is told to.
         const slow = yield* holdOnEach(program, url, workers, 5000)
         const sampler = yield* sampleProcesses(tag)
@@ -375,10 +378,39 @@ describe("Workers", () => {
   )
 
   it.live(
+    "a rolling restart whose new worker fails to start stops there: the old workers serve on, 0 failed",
+    () =>
+      Effect.gen(function* () {
+        const modeFile = Path.join(yield* tempDir, "mode")
+        const { program, primary, workers, url, tag } = yield* startWorkers({ FIXTURE_MODE_FILE: modeFile })
+        const load = yield* bothLoads(url)
+        yield* load.more(200)
+        Fs.writeFileSync(modeFile, "crash")
+        const from = program.lines.length
+        const after = load.mark()
+        process.kill(primary, "SIGHUP")
+        const warning = yield* waitForLogWhere(program, from, "a warning", (log) => log.level === "WARN")
+        assert.strictEqual(warning.annotations.reason, "ExitedBeforeReady", warning.message)
+        assert.strictEqual(warning.annotations.pid, primary)
+        yield* load.more(200)
+        // Mended, the next roll goes through.
+        Fs.writeFileSync(modeFile, "ok")
+        const next = yield* roll(program, primary)
+        for (const pid of next) assert.notInclude(workers, pid)
+        yield* Effect.forEach(workers, gone, { discard: true })
+        yield* load.stop
+        assert.deepStrictEqual(load.failures(), [])
+        for (const pid of load.pids(after)) assert.include([...workers, ...next], pid)
+        assert.deepStrictEqual(sorted(processesTagged(tag)), sorted([primary, ...next]))
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "SIGUSR2 under load: a new primary with new workers, the old primary exits 0 after its workers, 0 failed",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         const load = yield* bothLoads(url)
         yield* load.more(200)
         const from = program.lines.length
@@ -407,7 +439,7 @@ describe("Workers", () => {
     "SIGUSR2 while the old workers serve slow requests: they finish, the old primary exits 0 after its workers",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         const slow = yield* holdOnEach(program, url, workers, 3000)
         const from = program.lines.length
         process.kill(primary, "SIGUSR2")
@@ -430,7 +462,7 @@ describe("Workers", () => {
     "kill -9 of a worker under load: replaced at once; no request on the other worker fails",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url } = yield* startWorkers
+        const { program, primary, workers, url } = yield* startWorkers()
         const [victim, survivor] = workers as [number, number]
         const load = keepAliveClients(url)
         // Connections on both workers: more clients until each has some (each connection stays on one worker).
@@ -474,7 +506,7 @@ describe("Workers", () => {
     "SIGTERM: a request in flight finishes, every worker drains and exits, the primary exits 0 last",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         const slow = yield* Effect.forkChild(request(`${url}sleep?ms=1000`))
         const sleeping = yield* program.waitForLine(/^sleeping (\d+)$/)
         assert.include(workers, Number(sleeping[1]))
@@ -500,7 +532,7 @@ describe("Workers", () => {
     "a second SIGTERM during the drain ends the primary and every worker at once",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         // Longer than the fixture's drain timeout (10 s): only the second signal ends these drains early.
         const stuck = yield* holdOnEach(program, url, workers, 20_000)
         const from = program.lines.length
@@ -523,7 +555,7 @@ describe("Workers", () => {
     "kill -9 of the primary: its workers finish their requests, drain and exit",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         const slow = yield* holdOnEach(program, url, workers, 1500)
         process.kill(primary, "SIGKILL")
         assert.deepStrictEqual(yield* program.exited(), { code: null, signal: "SIGKILL" })
@@ -542,7 +574,7 @@ describe("Workers", () => {
     "SIGTERM while rolled-out workers still drain slow requests: the requests finish, the primary exits 0 last",
     () =>
       Effect.gen(function* () {
-        const { program, primary, workers, url, tag } = yield* startWorkers
+        const { program, primary, workers, url, tag } = yield* startWorkers()
         const slow = yield* holdOnEach(program, url, workers, 4000)
         const next = yield* roll(program, primary)
         // The last slot's old worker drains its slow request still (the roll is over once its probation is).
