@@ -407,6 +407,39 @@ describe("Workers", () => {
   )
 
   it.live(
+    "a new worker that dies on probation hands its slot back: the old worker accepts again, the roll stops",
+    () =>
+      Effect.gen(function* () {
+        const modeFile = Path.join(yield* tempDir, "mode")
+        const { program, primary, workers, url, tag } = yield* startWorkers({
+          FIXTURE_MODE_FILE: modeFile,
+          // Long enough that the new worker dies within it, on a loaded machine.
+          GRACE_PROBATION: "10 seconds"
+        })
+        Fs.writeFileSync(modeFile, "die:1500")
+        const from = program.lines.length
+        process.kill(primary, "SIGHUP")
+        const started = yield* waitForLog(program, from, "effect-grace: worker started", { pid: primary, slot: 0 })
+        const doomed = Number(started.annotations.worker)
+        // On probation, the new worker serves and the old one of its slot is paused.
+        yield* waitForLog(program, from, "effect-grace: drain started", { pid: workers[0] })
+        const warning = yield* waitForLogWhere(program, from, "a warning", (log) => log.level === "WARN")
+        assert.strictEqual(warning.annotations.reason, "HandedBack", warning.message)
+        yield* gone(doomed)
+        // The old worker of slot 0 accepts again: new connections reach both old workers, and only them.
+        const seen = new Set<number>()
+        for (let round = 0; round < 50 && seen.size < WORKERS; round++) {
+          const replies = yield* Effect.forEach(Array.from({ length: 4 }), () => request(url), { concurrency: 4 })
+          for (const reply of replies) seen.add(pidOf(reply))
+        }
+        assert.deepStrictEqual(sorted(seen), sorted(workers))
+        assert.deepStrictEqual(workersStarted(program, primary, from), [doomed, undefined], "slot 1 not begun")
+        assert.deepStrictEqual(sorted(processesTagged(tag)), sorted([primary, ...workers]))
+      }),
+    { timeout: 30_000 }
+  )
+
+  it.live(
     "SIGUSR2 under load: a new primary with new workers, the old primary exits 0 after its workers, 0 failed",
     () =>
       Effect.gen(function* () {
