@@ -3,8 +3,9 @@
  * sockets and never answers, its workers do; SIGHUP rolls them one slot at a
  * time, SIGUSR2 replaces the primary and its group, a worker killed is
  * replaced, SIGTERM drains them all; as PID 1 of a PID namespace and under
- * systemd-socket-activate too. Every restart runs under keep-alive load and
- * load on new connections, and every failed request is counted.
+ * systemd-socket-activate too. The signals are sent under keep-alive load and
+ * load on new connections, counting every failed request, or while slow
+ * requests are in flight on the workers that must drain them.
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
@@ -303,7 +304,7 @@ describe("Workers", () => {
           workers.map((pid, slot) => `worker ${slot} of ${primary} pid ${pid}\n`).toSorted()
         )
 
-        // Kept-alive connections: each is answered by one worker throughout, and both are among them.
+        // Kept-alive connections: each is answered by one worker throughout, never by the primary.
         const agents = yield* Effect.forEach(Array.from({ length: 6 }), () => keepAliveAgent())
         const answers = yield* Effect.forEach(
           agents,
