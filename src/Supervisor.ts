@@ -300,6 +300,22 @@ export const WorkerFailed: typeof Group.WorkerFailed = Group.WorkerFailed
  */
 export type WorkerFailed = Group.WorkerFailed
 
+/**
+ * A full upgrade to fewer workers than the previous primary had: it handed on a socket per worker for each
+ * address, and connections the kernel gave the sockets no worker took would wait for ever. The old primary serves
+ * on; stop and start the service to run fewer workers.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const TooFewWorkers: typeof Group.TooFewWorkers = Group.TooFewWorkers
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type TooFewWorkers = Group.TooFewWorkers
+
 // -----------------------------------------------------------------------------
 // Options
 // -----------------------------------------------------------------------------
@@ -582,7 +598,8 @@ const acquire = (settings: Settings) =>
     const role = yield* roleOf(settings, os, parent)
     const link = parent === undefined || role._tag === "Worker" ? undefined : yield* Successor.connect(parent, values)
     const remote = role._tag === "Worker" ? role.link.listen : undefined
-    const listeners = yield* Listeners.make(yield* ListenFds.make(), { remote })
+    // A primary binds a socket per worker for each address (a SO_REUSEPORT group): see internal/group.ts.
+    const listeners = yield* Listeners.make(yield* ListenFds.make(), { remote, reusePort: role._tag === "Primary" })
     // A Notify given by the caller (a test's) wins over the one NOTIFY_SOCKET names.
     const given = yield* Effect.serviceOption(Notify.Notify)
     const notify = Option.isSome(given) ? given.value : yield* Notify.make
@@ -692,14 +709,12 @@ const whose = (runtime: Runtime): Record<string, unknown> => {
 const logged = (runtime: Runtime, message: string, annotations: Readonly<Record<string, unknown>> = {}) =>
   Effect.logInfo(message).pipe(Effect.annotateLogs({ ...whose(runtime), ...annotations }))
 
-// What a successor (or a worker) is given: every listener, and for a primary the inherited fds it holds for its
-// workers too (they claim them, and a primary closes none).
+// What a successor is given: every listener; a primary's, every socket its workers accept on.
 const passedOn = (runtime: Runtime) =>
   Effect.gen(function* () {
-    const { listeners, role } = runtime.resources
-    const active = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
-    if (role._tag !== "Primary") return active
-    return [...active, ...(yield* listeners.unclaimed).map((fd) => ({ fd: fd.fd, name: fd.name }))]
+    if (runtime.resources.role._tag === "Primary") return yield* (yield* Deferred.await(runtime.group)).held
+    const active = yield* runtime.resources.listeners.active
+    return active.flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
   })
 
 // The restart: spawn, wait for ready (an Effect timer: a TestClock drives it), tell the machine. The successor is
@@ -1213,7 +1228,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
 // Running
 // -----------------------------------------------------------------------------
 
-type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError | WorkerFailed
+type Errors<E> =
+  E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError | WorkerFailed | TooFewWorkers
 
 // How the program runs the supervisor: under Supervisor.runMain (which it ends) or on its own. Another handler of the
 // termination signals would race the supervisor's drain (NodeRuntime.runMain's interrupts the program, exit 130).

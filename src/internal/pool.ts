@@ -117,7 +117,13 @@ export type Action =
 
 export type Step = readonly [State, ReadonlyArray<Action>]
 
-const emptySlot: Slot = { serving: undefined, starting: undefined, probation: undefined, retiring: undefined, deaths: 0 }
+const emptySlot: Slot = {
+  serving: undefined,
+  starting: undefined,
+  probation: undefined,
+  retiring: undefined,
+  deaths: 0
+}
 
 const log = (message: string, annotations: Record<string, unknown> = {}): Action => ({
   _tag: "Log",
