@@ -1207,7 +1207,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     const settings = yield* settingsOf(options)
     const resources = yield* acquire(settings)
     const runtime = yield* makeRuntime(settings, resources)
-    yield* Effect.forkScoped(follow(runtime))
+    // A worker's drains (the application scope's finalizers, run by this fiber's children) say its slot too.
+    yield* Effect.forkScoped(asWorker(runtime)(follow(runtime)))
     yield* listen(runtime)
     // Runs before the owner is interrupted (finalizers run last-added first): the scope closing is a termination.
     yield* Effect.addFinalizer(() =>

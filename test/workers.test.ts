@@ -763,4 +763,41 @@ describe("Workers", () => {
       ),
     { timeout: 60_000 }
   )
+
+  it.live(
+    "each worker's drain span and metrics carry its slot; the primary counts its workers' lives",
+    () =>
+      Effect.gen(function* () {
+        const { program, primary, workers } = yield* startWorkers({ FIXTURE_OBSERVE: "1" })
+        process.kill(primary, "SIGTERM")
+        assert.deepStrictEqual(yield* program.exited(), { code: 0, signal: null })
+        const spans = program.lines.flatMap((line) =>
+          line.startsWith("span ")
+            ? [JSON.parse(line.slice(5)) as { name: string; attributes: Record<string, unknown> }]
+            : []
+        )
+        const drainSlots = spans
+          .filter((span) => span.name === "effect-grace.drain")
+          .map((span) => span.attributes["effect-grace.slot"])
+        assert.sameMembers([...new Set(drainSlots)], ["0", "1"], `drain spans by slot: ${drainSlots.join(", ")}`)
+        const starts = spans.filter((span) => span.name === "effect-grace.worker.start")
+        assert.sameMembers(
+          starts.map((span) => span.attributes["effect-grace.worker.pid"]),
+          workers,
+          "a start span per worker, in the primary"
+        )
+        type Metric = { id: string; attributes: Record<string, string> | undefined; state: { count?: number } }
+        const metrics = program.lines.flatMap((line) =>
+          line.startsWith("metrics ") ? (JSON.parse(line.slice(8)) as Array<Metric>) : []
+        )
+        const drainMetricSlots = metrics
+          .filter((metric) => metric.id === "effect-grace.drain.duration")
+          .map((metric) => metric.attributes?.["effect-grace.slot"])
+        assert.sameMembers([...new Set(drainMetricSlots)], ["0", "1"])
+        const counted = metrics.filter((metric) => metric.id === "effect-grace.workers")
+        const started = counted.find((metric) => metric.attributes?.event === "started")
+        assert.strictEqual(started?.state.count, 2, `workers started, counted: ${JSON.stringify(counted)}`)
+      }),
+    { timeout: 30_000 }
+  )
 })
