@@ -808,7 +808,8 @@ const announceReady = (runtime: Runtime) =>
     // A primary's listeners are also those it inherited for its workers.
     const held = role._tag === "Primary" ? yield* listeners.unclaimed : []
     const addresses = [...(yield* listeners.active), ...held].map((l) => Listeners.formatAddress(l.address))
-    yield* logged(runtime, "effect-grace: ready", { listeners: addresses.join(", ") })
+    // A primary holds a socket per worker of each address: each address is said once.
+    yield* logged(runtime, "effect-grace: ready", { listeners: [...new Set(addresses)].join(", ") })
     yield* Deferred.succeed(runtime.started, undefined)
   })
 
