@@ -55,6 +55,7 @@
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
@@ -494,6 +495,16 @@ interface Settings {
   readonly slot: number | undefined
 }
 
+// A count given in the options is checked as the environment's is.
+const wholeNumber = (name: string, value: number) =>
+  Number.isInteger(value) && value >= 1
+    ? Effect.void
+    : Effect.fail(
+        new Config.ConfigError(
+          new ConfigProvider.SourceError({ message: `${name}: ${value} is not a whole number of at least 1` })
+        )
+      )
+
 const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigError> =>
   Effect.gen(function* () {
     const configured = yield* config
@@ -501,6 +512,8 @@ const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigErro
     // The primary writes the PID file; a worker never does.
     const pidFile = slot !== undefined ? undefined : (options.pidFile ?? Option.getOrUndefined(configured.pidFile))
     const workers = options.workers ?? Option.getOrUndefined(configured.workers)
+    if (workers !== undefined && workers !== "auto") yield* wholeNumber("workers", workers)
+    if (options.surge !== undefined) yield* wholeNumber("surge", options.surge)
     return {
       workers: workers === "auto" ? availableParallelism() : workers,
       surge: options.surge ?? Option.getOrElse(configured.surge, () => 1),
@@ -1191,6 +1204,7 @@ const groupOf = (runtime: Runtime, workers: number) =>
             )
           ),
         requestRoll: requestInBackground(runtime, "worker", "roll"),
+        forced: Deferred.await(runtime.forced),
         log: (message, annotations) => logged(runtime, message, annotations)
       })
       yield* (yield* Gate.Gate).register({ pause: group.pause, resume: group.resume })

@@ -88,6 +88,8 @@ export interface Context {
   readonly rolled: (outcome: Rolled) => Effect.Effect<void>
   /** A worker's application asks for a rolling restart. */
   readonly requestRoll: Effect.Effect<void>
+  /** Completes on a second termination signal: the workers still draining are killed. */
+  readonly forced: Effect.Effect<void>
   readonly log: (message: string, annotations: Readonly<Record<string, unknown>>) => Effect.Effect<void>
 }
 
@@ -382,8 +384,12 @@ export const make = (context: Context): Effect.Effect<Group, WorkerFailed | TooF
     }
     yield* adoptInherited(runtime)
     yield* Effect.forkScoped(follow(runtime, Pool.start(settings.workers)))
-    // Runs before the owner is interrupted: every worker drains and exits first.
-    yield* Effect.addFinalizer(() => Effect.andThen(send(runtime, { _tag: "Stop" }), Deferred.await(runtime.stopped)))
+    // Runs before the owner is interrupted: every worker drains and exits first, or is killed once forced.
+    const killAll = Effect.forEach([...runtime.workers.values()], (worker) => worker.kill, { discard: true })
+    const forced = Effect.andThen(context.forced, killAll)
+    yield* Effect.addFinalizer(() =>
+      Effect.andThen(send(runtime, { _tag: "Stop" }), Effect.raceFirst(Deferred.await(runtime.stopped), forced))
+    )
     yield* Deferred.await(runtime.ready)
     return {
       roll: Effect.asVoid(send(runtime, { _tag: "Roll" })),
