@@ -43,19 +43,28 @@ const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attri
   Effect.map(Metric.value(Metric.withAttributes(metric, attributes)), (state) => state.count)
 const restarts = (outcome: string) => count(Supervisor.metrics.restarts, { outcome })
 const readies = count(Group.workersCounter, { event: "ready" })
+const exits = count(Group.workersCounter, { event: "exited" })
+
+/** `act`, then the primary has taken `n` more of `counted`, and done what it does then. */
+const taken = <A, E, R>(counted: Effect.Effect<number>, n: number, act: Effect.Effect<A, E, R>) =>
+  Effect.gen(function* () {
+    const before = yield* counted
+    yield* act
+    yield* untilEffect(
+      Effect.map(counted, (now) => now >= before + n),
+      "the primary took the words"
+    )
+    // What follows in the primary's fibers, before anything is checked not to have happened.
+    for (let turn = 0; turn < 50; turn++) yield* Effect.yieldNow
+  })
 
 /** Workers say ready: the primary has taken each word, and done what it does then. */
 const sayReady = (...workers: ReadonlyArray<Heard>) =>
-  Effect.gen(function* () {
-    const before = yield* readies
-    for (const w of workers) yield* w.child.sayReady
-    yield* untilEffect(
-      Effect.map(readies, (n) => n >= before + workers.length),
-      "the primary took the words"
-    )
-    // What follows the word in the primary's one fiber, before anything is checked not to have happened.
-    for (let turn = 0; turn < 50; turn++) yield* Effect.yieldNow
-  })
+  taken(
+    readies,
+    workers.length,
+    Effect.forEach(workers, (w) => w.child.sayReady)
+  )
 
 /** A primary of two workers, both ready. */
 const serving = (options: Omit<SupervisedOptions, "workers"> = {}) =>
@@ -172,6 +181,23 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* terminate(s, [b, c])
       // Held for the life of the service, closed with it.
       assert.throws(() => fstatSync(fd))
+    })
+  )
+
+  it.effect("two workers asking at once for the same host name get the same socket", () =>
+    Effect.gen(function* () {
+      const s = yield* primary({ workers: 2 })
+      const [a, b] = [yield* spawned(s), yield* spawned(s)]
+      // As two workers starting together do, before either is ready: the name takes a lookup to resolve.
+      for (const w of [a, b]) {
+        const ask = { key: 0, address: "localhost:0", name: "http", backlog: 16, nth: 0 }
+        yield* w.child.channel.send(`listen ${JSON.stringify(ask)}`)
+      }
+      yield* hears(a, `listened {"key":0}`)
+      yield* hears(b, `listened {"key":0}`)
+      assert.deepStrictEqual(b.child.sentFds, a.child.sentFds, "one socket, held for both")
+      yield* sayReady(a, b)
+      yield* terminate(s, [a, b])
     })
   )
 
@@ -351,6 +377,53 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* d.child.sayReady
       yield* hears(d, "serving")
       yield* terminate(s, [a, d])
+    })
+  )
+
+  it.effect("SIGTERM after a roll: the run is over only once the old workers, still draining, have exited", () =>
+    Effect.gen(function* () {
+      const { s, workers } = yield* serving()
+      const [a, b] = workers
+      yield* s.fake.signal("SIGHUP")
+      const c = yield* spawned(s)
+      yield* sayReady(c)
+      const d = yield* spawned(s)
+      yield* sayReady(d)
+      yield* until(() => s.logs().includes("effect-grace: workers restarted"), "the roll done")
+      // a and b were asked to drain and exit; a has, b still drains.
+      yield* a.child.exit({ code: 0, signal: null })
+      assert.isTrue(b.child.terminated)
+      yield* s.fake.signal("SIGTERM")
+      for (const w of [c, d]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+      yield* taken(
+        exits,
+        2,
+        Effect.all([c.child.exit({ code: 0, signal: null }), d.child.exit({ code: 0, signal: null })])
+      )
+      // The primary's exit would cut b's drain (the last process of a container; systemd's stop of the cgroup).
+      assert.isUndefined(s.fiber.pollUnsafe(), "not over while a worker still drains")
+      yield* b.child.exit({ code: 0, signal: null })
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a roll whose new worker exits before ready, where the old one has died, stops and is over", () =>
+    Effect.gen(function* () {
+      const { s, workers } = yield* serving({ probation: "5 seconds" })
+      const [a, b] = workers
+      yield* s.fake.signal("SIGHUP")
+      const c = yield* spawned(s)
+      yield* a.child.exit({ code: null, signal: "SIGKILL" })
+      yield* until(() => s.logs().includes("effect-grace: worker died"), "the old one's death seen")
+      yield* c.child.exit({ code: 1, signal: null })
+      // The roll ends there: systemd hears the reload is over, and the next restart is not refused.
+      yield* until(() => s.warnings().some((w) => w.reason === "ExitedBeforeReady"), "the roll's failure logged")
+      assert.strictEqual(s.notes.at(-1), "READY=1")
+      yield* TestClock.adjust("1 seconds")
+      const d = yield* spawned(s)
+      assert.strictEqual(slotOf(d), "0", "the slot starts again after the delay")
+      yield* sayReady(d)
+      yield* terminate(s, [b, d])
     })
   )
 

@@ -244,6 +244,15 @@ describe("the pool of a primary's workers", () => {
       assert.deepStrictEqual(servers(state), [2, 1])
     })
 
+    it("a new worker that exits before ready where the old one has died stops the roll too; the slot starts again", () => {
+      // The old worker of slot 0 dies while its new one starts; the new one (the new code) then exits before ready.
+      const { state, last } = apply(serving(2), [roll, exited(0, null, "SIGKILL"), exited(2, 1)])
+      assert.include(last, "ScheduleRespawn 0 1000", "the slot has no worker: it starts one again")
+      assert.include(last, "RollStopped ExitedBeforeReady 0:2", "the roll ends, and says why")
+      assert.isUndefined(state.roll)
+      assert.notInclude(last, "Spawn 1:3", "the next slot keeps its old worker")
+    })
+
     it("a slot already starting a replacement when the roll reaches it is rolled by it", () => {
       // Slot 1's worker dies and its replacement (which has the new code) starts before the roll reaches it.
       const { state, said } = apply(serving(2), [exited(1), roll, ready(3), probationOver(3)])
@@ -315,6 +324,17 @@ describe("the pool of a primary's workers", () => {
       assert.deepStrictEqual(said, [[], [], [], [], ["Stopped"]])
       assert.strictEqual(over.phase, "Stopped")
       assert.deepStrictEqual(apply(over, [stop, exited(9)]).said, [[], []])
+    })
+
+    it("waits for the old workers a roll let go, still draining, before it has stopped", () => {
+      // Slot 0 has rolled: its old worker (0) was asked to drain and exit, and has not yet.
+      const { state, said } = apply(serving(2), [roll, ready(2), probationOver(2), stop])
+      assert.deepStrictEqual(said[2], ["Terminate 0", "Log rolling worker", "Spawn 1:3"])
+      assert.deepStrictEqual(said[3], ["Terminate 2", "Kill 3", "Terminate 1"])
+      const { state: left, said: exits } = apply(state, [exited(2, 0), exited(3, null, "SIGKILL"), exited(1, 0)])
+      assert.deepStrictEqual(exits.flat(), [], "not stopped while worker 0 still drains")
+      assert.strictEqual(left.phase, "Stopping")
+      assert.deepStrictEqual(apply(left, [exited(0, 0)]).last, ["Stopped"])
     })
 
     it("with nothing left to stop, stopped at once", () => {
