@@ -9,12 +9,14 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as TestClock from "effect/testing/TestClock"
 import { fstatSync } from "node:fs"
 import * as Supervisor from "../src/Supervisor.ts"
 import * as Group from "../src/internal/group.ts"
+import type * as Tickets from "../src/internal/tickets.ts"
 import type * as FakeOs from "./support/os.ts"
-import { primary, until, untilEffect } from "./support/supervised.ts"
+import { primary, supervised, until, untilEffect } from "./support/supervised.ts"
 import type { SupervisedOptions } from "./support/supervised.ts"
 
 type Primary = Effect.Success<ReturnType<typeof primary>>
@@ -512,6 +514,106 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* hears(c, "resume")
       yield* hears(a, "resume")
       yield* terminate(s, [a, c])
+    })
+  )
+})
+
+describe("a worker, on a fake OS", () => {
+  const keys: Tickets.TicketKey = { key: Buffer.alloc(48, 9), createdAt: 0 }
+  // Its primary is its parent (pid 41), and the environment names its slot.
+  const worker = (options: SupervisedOptions = {}) =>
+    Effect.gen(function* () {
+      const s = yield* supervised({
+        parentPid: 41,
+        parentValues: { EFFECT_GRACE_TICKET_KEYS: "channel", EFFECT_GRACE_WORKER: "1" },
+        env: { EFFECT_GRACE_WORKER: "1" },
+        keysFrom: keys,
+        ...options
+      })
+      // A test that fails leaves the worker running: it is stopped with the clock moving, through any shutdown delay.
+      const ticking = Effect.forever(Effect.andThen(TestClock.adjust("1 second"), Effect.yieldNow))
+      yield* Effect.addFinalizer(() => Effect.raceFirst(Fiber.interrupt(s.fiber), ticking))
+      return s
+    })
+  const ready = (s: Effect.Success<ReturnType<typeof worker>>) =>
+    untilEffect(
+      Effect.map(s.health.status, (status) => status.ready),
+      "ready"
+    )
+
+  it.effect("takes its primary's key, says ready to it, and is ready itself only once the group serves", () =>
+    Effect.gen(function* () {
+      const s = yield* worker()
+      assert.deepStrictEqual(s.ticketKey, keys, "the group's key, with its age")
+      assert.strictEqual(yield* s.fake.parent!.channel.receive, "ready")
+      assert.deepStrictEqual(s.notes, [], "the primary tells systemd")
+      assert.deepStrictEqual(s.supervisor.worker, Option.some({ slot: 1, primaryPid: 41 }))
+      assert.deepStrictEqual(yield* s.supervisor.parentPid, Option.none(), "its primary is no predecessor")
+      assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["starting"] })
+      yield* s.fake.parent!.channel.send("serving")
+      yield* ready(s)
+      assert.isTrue(s.lines.some((l) => l.message === "effect-grace: ready" && l.annotations.slot === 1))
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["drained"])
+    })
+  )
+
+  it.effect("paused by its primary: unready, its servers stop accepting and drain; resumed: they accept again", () =>
+    Effect.gen(function* () {
+      const s = yield* worker()
+      yield* s.fake.parent!.channel.send("serving")
+      yield* ready(s)
+      yield* s.fake.parent!.channel.send("pause")
+      yield* until(() => s.events.includes("paused"), "paused")
+      assert.deepStrictEqual(yield* s.health.status, { ready: false, live: true, reasons: ["handed off"] })
+      yield* s.fake.parent!.channel.send("resume")
+      yield* until(() => s.events.includes("resumed"), "resumed")
+      yield* ready(s)
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["paused", "resumed", "drained"])
+    })
+  )
+
+  it.effect("terminated while paused: no shutdown delay, nothing to systemd, the drain goes on", () =>
+    Effect.gen(function* () {
+      const s = yield* worker({ shutdownDelay: "2 seconds" })
+      yield* s.fake.parent!.channel.send("serving")
+      yield* ready(s)
+      yield* s.fake.parent!.channel.send("pause")
+      yield* until(() => s.events.includes("paused"), "paused")
+      yield* s.fake.signal("SIGTERM")
+      yield* until(() => s.logs().includes("effect-grace: draining"), "the drain at once")
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["paused", "drained"], "never closing: it accepts nothing already")
+      assert.deepStrictEqual(s.notes, [])
+    })
+  )
+
+  it.effect("its primary gone, it drains and its run ends", () =>
+    Effect.gen(function* () {
+      const s = yield* worker()
+      yield* s.fake.parent!.channel.send("serving")
+      yield* ready(s)
+      yield* s.fake.parent!.exits
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.events, ["drained"])
+      assert.isTrue(
+        s.lines.some((l) => l.message === "effect-grace: termination requested" && l.annotations.by === "primary")
+      )
+    })
+  )
+
+  it.effect("restart asks its primary for a rolling restart, and is answered with the primary's pid", () =>
+    Effect.gen(function* () {
+      const s = yield* worker()
+      assert.strictEqual(yield* s.fake.parent!.channel.receive, "ready")
+      assert.strictEqual(yield* s.supervisor.restart, 41)
+      assert.strictEqual(yield* s.fake.parent!.channel.receive, "roll")
+      assert.strictEqual(s.fake.children.length, 0, "a worker starts no successor")
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
     })
   )
 })

@@ -5,6 +5,7 @@
  * resumed, forced, drained), and every log line with its level and
  * annotations.
  */
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -57,6 +58,8 @@ export interface SupervisedOptions extends Supervisor.Options {
   readonly keysFrom?: Tickets.TicketKey
   /** The parent goes before it sends anything. */
   readonly parentGone?: boolean
+  /** The environment as `Config` reads it, instead of the process's (`EFFECT_GRACE_WORKER` makes a worker). */
+  readonly env?: Readonly<Record<string, string>>
 }
 
 /** An application whose one server records what the supervisor makes it do. */
@@ -153,7 +156,11 @@ const launch = (options: SupervisedOptions) =>
       ).pipe(
         Effect.provideService(Os.Os, fake.os),
         Effect.provide(Notify.layerCallback((message) => Effect.sync(() => void notes.push(message)))),
-        Effect.provide(Logger.layer([logger]))
+        Effect.provide(Logger.layer([logger])),
+        (run) =>
+          options.env === undefined
+            ? run
+            : Effect.provideService(run, ConfigProvider.ConfigProvider, ConfigProvider.fromUnknown(options.env))
       )
     )
     return {
