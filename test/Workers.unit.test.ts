@@ -10,12 +10,16 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
 import * as TestClock from "effect/testing/TestClock"
 import { fstatSync } from "node:fs"
+import * as Listeners from "../src/Listeners.ts"
 import * as Supervisor from "../src/Supervisor.ts"
 import * as Group from "../src/internal/group.ts"
+import type * as Os from "../src/internal/os.ts"
 import type * as Tickets from "../src/internal/tickets.ts"
-import type * as FakeOs from "./support/os.ts"
+import * as Worker from "../src/internal/worker.ts"
+import * as FakeOs from "./support/os.ts"
 import { primary, supervised, until, untilEffect } from "./support/supervised.ts"
 import type { SupervisedOptions } from "./support/supervised.ts"
 
@@ -95,12 +99,13 @@ const slotOf = (w: Heard) => w.child.env.EFFECT_GRACE_WORKER
 describe("a primary and its workers, on a fake OS", () => {
   it.effect("starts its workers with the ticket key first; ready once both are, then each is told it serves", () =>
     Effect.gen(function* () {
-      const s = yield* primary({ workers: 2 })
+      const s = yield* primary({ workers: 2, pidFile: "/run/app.pid" })
       const a = yield* spawned(s)
       const b = yield* spawned(s)
       assert.deepStrictEqual([a.child.worker, b.child.worker], [true, true])
       assert.deepStrictEqual([slotOf(a), slotOf(b)], ["0", "1"])
       for (const name of ["NOTIFY_SOCKET", "GRACE_WORKERS", "GRACE_PID_FILE"]) assert.notProperty(a.child.env, name)
+      assert.strictEqual(a.child.env.NODE_COMPILE_CACHE, "/tmp/compile-cache", "workers read what the primary compiled")
       for (const w of [a, b]) {
         yield* until(() => w.lines.length > 0, "the first line")
         assert.match(w.lines[0]!, /^ticket-keys \S+$/)
@@ -109,6 +114,7 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* sayReady(a)
       assert.deepStrictEqual(s.notes, [], "not ready with one worker of two")
       assert.notInclude(s.logs(), "effect-grace: ready")
+      assert.deepStrictEqual(s.fake.pidFile, [])
       assert.deepStrictEqual(a.lines.slice(1), [], "not told it serves before the group does")
       yield* b.child.sayReady
       yield* until(() => s.logs().includes("effect-grace: ready"), "ready")
@@ -117,6 +123,7 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* hears(b, "serving")
       assert.deepStrictEqual(a.lines.slice(1), ["serving"])
       assert.strictEqual(s.fake.children.length, 2)
+      assert.deepStrictEqual(s.fake.pidFile, ["write /run/app.pid"], "the primary's pid, once the group serves")
       yield* terminate(s, [a, b])
       assert.deepStrictEqual(s.notes, ["READY=1", "STOPPING=1"])
     })
@@ -543,7 +550,7 @@ describe("a worker, on a fake OS", () => {
 
   it.effect("takes its primary's key, says ready to it, and is ready itself only once the group serves", () =>
     Effect.gen(function* () {
-      const s = yield* worker()
+      const s = yield* worker({ pidFile: "/run/app.pid" })
       assert.deepStrictEqual(s.ticketKey, keys, "the group's key, with its age")
       assert.strictEqual(yield* s.fake.parent!.channel.receive, "ready")
       assert.deepStrictEqual(s.notes, [], "the primary tells systemd")
@@ -556,6 +563,7 @@ describe("a worker, on a fake OS", () => {
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
       assert.deepStrictEqual(s.events, ["drained"])
+      assert.deepStrictEqual(s.fake.pidFile, [], "the PID file is the primary's")
     })
   )
 
@@ -614,6 +622,75 @@ describe("a worker, on a fake OS", () => {
       assert.strictEqual(s.fake.children.length, 0, "a worker starts no successor")
       yield* s.fake.signal("SIGTERM")
       yield* Fiber.join(s.fiber)
+    })
+  )
+})
+
+describe("a worker's link to its primary", () => {
+  // The primary's end of the channel, and the fds it has sent over the worker's second socket.
+  const linked = Effect.gen(function* () {
+    const [primaryEnd, workerEnd] = yield* FakeOs.channelPair
+    const fds: Array<number> = []
+    const parent: Os.Parent = {
+      pid: 41,
+      channel: workerEnd,
+      receiveFd: () =>
+        fds.length > 0 ? Effect.succeed(fds.shift()!) : Effect.fail({ syscall: "recvmsg", code: "EAGAIN", errno: 11 })
+    }
+    const link = yield* Worker.connect(parent, 2)
+    return { primaryEnd, fds, link }
+  })
+  const http = { address: "127.0.0.1:0", name: "http", backlog: 511, nth: 0 }
+
+  it.effect("the ticket key, then the commands in order; the channel closing ends them: the primary has gone", () =>
+    Effect.gen(function* () {
+      const { primaryEnd, link } = yield* linked
+      assert.deepStrictEqual([link.pid, link.slot], [41, 2])
+      for (const line of ["ticket-keys abc", "serving", "pause", "junk", "resume"]) yield* primaryEnd.send(line)
+      assert.strictEqual(yield* link.ticketKey, "abc")
+      const commands = [yield* Queue.take(link.commands), yield* Queue.take(link.commands)]
+      assert.deepStrictEqual([...commands, yield* Queue.take(link.commands)], ["serving", "pause", "resume"])
+      yield* link.signalReady
+      yield* link.roll
+      assert.deepStrictEqual([yield* primaryEnd.receive, yield* primaryEnd.receive], ["ready", "roll"])
+      yield* primaryEnd.close
+      yield* link.exited
+      assert.isTrue(Exit.isFailure(yield* Effect.exit(Queue.take(link.commands))), "no command after it")
+    })
+  )
+
+  it.effect("a listen ask: its line with a key; `listened` takes the fd sent, `listen-failed` gives the reason", () =>
+    Effect.gen(function* () {
+      const { primaryEnd, fds, link } = yield* linked
+      const first = yield* Effect.forkChild(link.listen(http))
+      const asked = JSON.parse((yield* primaryEnd.receive).slice("listen ".length))
+      assert.deepStrictEqual(asked, { key: 0, ...http })
+      const second = yield* Effect.forkChild(Effect.flip(link.listen({ ...http, address: "nowhere" })))
+      assert.strictEqual(JSON.parse((yield* primaryEnd.receive).slice("listen ".length)).key, 1)
+      // Answered out of order, and one answer for no ask at all.
+      const reason = { _tag: "InvalidAddress", address: "nowhere", detail: "no port" }
+      yield* primaryEnd.send(`listen-failed ${JSON.stringify({ key: 1, reason })}`)
+      yield* primaryEnd.send(`listened ${JSON.stringify({ key: 7 })}`)
+      const error = yield* Fiber.join(second)
+      assert.deepStrictEqual(error.reason, new Listeners.InvalidAddress({ address: "nowhere", detail: "no port" }))
+      fds.push(9)
+      yield* primaryEnd.send(`listened ${JSON.stringify({ key: 0 })}`)
+      assert.strictEqual(yield* Fiber.join(first), 9)
+    })
+  )
+
+  it.effect("`listened` with no fd to take fails the ask with why; the primary gone fails the asks waiting", () =>
+    Effect.gen(function* () {
+      const { primaryEnd, link } = yield* linked
+      const first = yield* Effect.forkChild(Effect.flip(link.listen(http)))
+      yield* primaryEnd.receive
+      yield* primaryEnd.send(`listened ${JSON.stringify({ key: 0 })}`)
+      assert.deepInclude((yield* Fiber.join(first)).reason, { _tag: "BindFailed", code: "EAGAIN", syscall: "recvmsg" })
+      const waiting = yield* Effect.forkChild(Effect.flip(link.listen(http)))
+      yield* primaryEnd.receive
+      yield* primaryEnd.close
+      assert.deepInclude((yield* Fiber.join(waiting)).reason, { _tag: "BindFailed", code: "ECONNRESET" })
+      assert.isUndefined(yield* link.ticketKey, "never sent: none")
     })
   )
 })
