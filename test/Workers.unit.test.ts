@@ -5,6 +5,7 @@
  * the primary writes to each is recorded.
  */
 import { assert, describe, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -501,6 +502,32 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* b.child.exit({ code: 0, signal: null })
       yield* Fiber.join(s.fiber)
       assert.strictEqual(successor.child.state, "released")
+    })
+  )
+
+  it.effect("a second SIGTERM forces the exit: outside runMain the run is over without waiting for its workers", () =>
+    Effect.gen(function* () {
+      const { s, workers } = yield* serving()
+      const [a, b] = workers
+      yield* s.fake.signal("SIGTERM")
+      for (const w of [a, b]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+      yield* s.fake.signal("SIGTERM")
+      yield* until(() => s.fake.forced.length === 1, "the forced exit")
+      // The runtime does not end the process here: every drain is cut, and the run ends by itself.
+      yield* until(() => s.fiber.pollUnsafe() !== undefined, "the run over")
+    })
+  )
+
+  it.effect("workers below 1 in the options fail at start, as GRACE_WORKERS=0 does, instead of never being ready", () =>
+    Effect.gen(function* () {
+      for (const workers of [0, Number.NaN]) {
+        const s = yield* primary({ workers })
+        yield* until(() => s.fiber.pollUnsafe() !== undefined, `workers: ${workers} refused`)
+        const exit = yield* Fiber.await(s.fiber)
+        assert.isTrue(Exit.isFailure(exit))
+        assert.match(String(Exit.isFailure(exit) ? Cause.squash(exit.cause) : ""), /workers/i)
+        assert.strictEqual(s.fake.children.length, 0)
+      }
     })
   )
 
