@@ -104,6 +104,13 @@ describe("the pool of a primary's workers", () => {
     assert.strictEqual(alone.phase, "Stopped")
   })
 
+  it("a worker that was ready and exits before the group is ready fails the start-up too", () => {
+    // "A worker that exits before the group was first ready fails the start-up" (pool.ts): not replaced.
+    const { state, last } = apply(Pool.start(2)[0], [ready(0), exited(0, null, "SIGSEGV")])
+    assert.deepStrictEqual(last, ["StartupFailed 0:0", "Kill 1"])
+    assert.strictEqual(state.phase, "Stopping")
+  })
+
   describe("a rolling restart", () => {
     it("with surge 1: a slot at a time, the old one paused once the new one is ready, terminated after probation", () => {
       const { state, said } = apply(serving(3), [
