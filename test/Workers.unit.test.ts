@@ -531,6 +531,25 @@ describe("a primary and its workers, on a fake OS", () => {
     })
   )
 
+  it.effect("SIGUSR2 without probation: MAINPID with READY once the successor is ready, then the workers drain", () =>
+    Effect.gen(function* () {
+      const { s, workers } = yield* serving()
+      const [a, b] = workers
+      yield* s.fake.signal("SIGUSR2")
+      const successor = yield* spawned(s)
+      assert.isFalse(a.child.terminated, "serving while the successor starts")
+      yield* successor.child.sayReady
+      yield* until(() => s.notes.includes(`MAINPID=${successor.child.pid}\nREADY=1`), "MAINPID")
+      for (const w of [a, b]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+      assert.notInclude(a.lines, "pause", "no window: straight to the drain")
+      yield* a.child.exit({ code: 0, signal: null })
+      yield* b.child.exit({ code: 0, signal: null })
+      yield* Fiber.join(s.fiber)
+      assert.strictEqual(successor.child.state, "released")
+      assert.notInclude(s.notes, "STOPPING=1")
+    })
+  )
+
   it.effect("a replacement ready while the group is paused (the primary's probation) is paused too", () =>
     Effect.gen(function* () {
       const { s, workers } = yield* serving({ probation: "5 seconds" })
