@@ -68,7 +68,8 @@ const serving = (workers: number): Pool.State => {
 const servers = (state: Pool.State) => state.slots.map((slot) => slot.serving)
 const tracked = (state: Pool.State) =>
   state.slots.reduce(
-    (n, slot) => n + [slot.serving, slot.starting, slot.probation].filter((id) => id !== undefined).length,
+    (n, slot) =>
+      n + [slot.serving, slot.starting, slot.probation, slot.retiring].filter((id) => id !== undefined).length,
     0
   )
 
@@ -112,33 +113,52 @@ describe("the pool of a primary's workers", () => {
   })
 
   describe("a rolling restart", () => {
-    it("with surge 1: a slot at a time, the old one paused once the new one is ready, terminated after probation", () => {
+    it("with surge 1: a slot at a time, the old one paused once the new one is ready, terminated after probation, the next begun once it has exited", () => {
       const { state, said } = apply(serving(3), [
         roll,
         ready(3),
         probationOver(3),
+        exited(0, 0),
         ready(4),
         probationOver(4),
+        exited(1, 0),
         ready(5),
-        probationOver(5)
+        probationOver(5),
+        exited(2, 0)
       ])
       assert.deepStrictEqual(said, [
         ["Log rolling worker", "Spawn 0:3"],
         ["Serving 3", "Pause 0", "StartProbation 3"],
-        ["Terminate 0", "Log rolling worker", "Spawn 1:4"],
+        ["Terminate 0"],
+        ["Log rolling worker", "Spawn 1:4"],
         ["Serving 4", "Pause 1", "StartProbation 4"],
-        ["Terminate 1", "Log rolling worker", "Spawn 2:5"],
+        ["Terminate 1"],
+        ["Log rolling worker", "Spawn 2:5"],
         ["Serving 5", "Pause 2", "StartProbation 5"],
-        ["Terminate 2", "RollDone"]
+        ["Terminate 2"],
+        ["RollDone"]
       ])
       assert.deepStrictEqual(servers(state), [3, 4, 5])
       assert.isUndefined(state.roll)
-      // The old ones finish their drain: nothing to do.
-      assert.deepStrictEqual(apply(state, [exited(0, 0), exited(1, 0), exited(2, 0)]).said, [[], [], []])
+      assert.deepStrictEqual(
+        state.slots.map((slot) => slot.retiring),
+        [undefined, undefined, undefined]
+      )
     })
 
     it("with surge 2: two slots at a time, never more new workers, the peak is workers + surge", () => {
-      const events = [roll, ready(4), probationOver(4), ready(3), probationOver(3), ready(5), probationOver(5)]
+      const events = [
+        roll,
+        ready(4),
+        probationOver(4),
+        exited(1, 0),
+        ready(3),
+        probationOver(3),
+        exited(0, 0),
+        ready(5),
+        probationOver(5),
+        exited(2, 0)
+      ]
       let state = serving(3)
       let peak = tracked(state)
       const said: Array<Array<string>> = []
@@ -147,17 +167,22 @@ describe("the pool of a primary's workers", () => {
         said.push(actions.map(show))
         state = next
         peak = Math.max(peak, tracked(state))
-        const starting = state.slots.filter((s) => s.starting !== undefined || s.probation !== undefined).length
-        assert.isAtMost(starting, 2, "never more than surge slots under way")
+        const underWay = state.slots.filter(
+          (s) => s.starting !== undefined || s.probation !== undefined || s.retiring !== undefined
+        ).length
+        assert.isAtMost(underWay, 2, "never more than surge slots under way")
       }
       assert.deepStrictEqual(said, [
         ["Log rolling worker", "Spawn 0:3", "Log rolling worker", "Spawn 1:4"],
         ["Serving 4", "Pause 1", "StartProbation 4"],
-        ["Terminate 1", "Log rolling worker", "Spawn 2:5"],
+        ["Terminate 1"],
+        ["Log rolling worker", "Spawn 2:5"],
         ["Serving 3", "Pause 0", "StartProbation 3"],
         ["Terminate 0"],
+        [],
         ["Serving 5", "Pause 2", "StartProbation 5"],
-        ["Terminate 2", "RollDone"]
+        ["Terminate 2"],
+        ["RollDone"]
       ])
       assert.strictEqual(peak, 5)
       assert.deepStrictEqual(servers(state), [3, 4, 5])
@@ -168,12 +193,16 @@ describe("the pool of a primary's workers", () => {
       assert.deepStrictEqual(last, ["Log rolling worker", "Spawn 0:2", "Log rolling worker", "Spawn 1:3"])
     })
 
-    it("without probation: the old one is terminated as soon as the new one is ready, never paused", () => {
-      const { state, said } = apply(serving(2), [roll, ready(2), ready(3)], { probation: false })
+    it("without probation: the old one stops accepting and is terminated as soon as the new one is ready", () => {
+      const { state, said } = apply(serving(2), [roll, ready(2), exited(0, 0), ready(3), exited(1, 0)], {
+        probation: false
+      })
       assert.deepStrictEqual(said, [
         ["Log rolling worker", "Spawn 0:2"],
-        ["Serving 2", "Terminate 0", "Log rolling worker", "Spawn 1:3"],
-        ["Serving 3", "Terminate 1", "RollDone"]
+        ["Serving 2", "Pause 0", "Terminate 0"],
+        ["Log rolling worker", "Spawn 1:3"],
+        ["Serving 3", "Pause 1", "Terminate 1"],
+        ["RollDone"]
       ])
       assert.deepStrictEqual(servers(state), [2, 3])
     })
@@ -199,11 +228,14 @@ describe("the pool of a primary's workers", () => {
     })
 
     it("with surge 2, one failure lets the slot under way finish, begins no other, and is the one reported", () => {
-      const { state, said } = apply(serving(3), [roll, exited(3, 2), ready(4), probationOver(4)], { surge: 2 })
+      const { state, said } = apply(serving(3), [roll, exited(3, 2), ready(4), probationOver(4), exited(1, 0)], {
+        surge: 2
+      })
       assert.deepStrictEqual(said.slice(1), [
         ["Log worker exited before it was ready"],
         ["Serving 4", "Pause 1", "StartProbation 4"],
-        ["Terminate 1", "RollStopped ExitedBeforeReady 0:3"]
+        ["Terminate 1"],
+        ["RollStopped ExitedBeforeReady 0:3"]
       ])
       assert.deepStrictEqual(servers(state), [0, 4, 2])
       const stopped = Pool.transition(apply(serving(3), [roll, exited(3, 2)], { surge: 2 }).state, roll, rules)
@@ -262,8 +294,8 @@ describe("the pool of a primary's workers", () => {
 
     it("a slot already starting a replacement when the roll reaches it is rolled by it", () => {
       // Slot 1's worker dies and its replacement (which has the new code) starts before the roll reaches it.
-      const { state, said } = apply(serving(2), [exited(1), roll, ready(3), probationOver(3)])
-      assert.deepStrictEqual(said[3], ["Terminate 0", "RollDone"])
+      const { state, said } = apply(serving(2), [exited(1), roll, ready(3), probationOver(3), exited(0, 0)])
+      assert.deepStrictEqual(said.slice(3), [["Terminate 0"], ["RollDone"]])
       assert.strictEqual(state.slots[1]!.starting, 2)
     })
   })
@@ -336,9 +368,9 @@ describe("the pool of a primary's workers", () => {
     it("waits for the old workers a roll let go, still draining, before it has stopped", () => {
       // Slot 0 has rolled: its old worker (0) was asked to drain and exit, and has not yet.
       const { state, said } = apply(serving(2), [roll, ready(2), probationOver(2), stop])
-      assert.deepStrictEqual(said[2], ["Terminate 0", "Log rolling worker", "Spawn 1:3"])
-      assert.deepStrictEqual(said[3], ["Terminate 2", "Kill 3", "Terminate 1"])
-      const { state: left, said: exits } = apply(state, [exited(2, 0), exited(3, null, "SIGKILL"), exited(1, 0)])
+      assert.deepStrictEqual(said[2], ["Terminate 0"])
+      assert.deepStrictEqual(said[3], ["Terminate 2", "Terminate 1"], "worker 0, told already, is not told twice")
+      const { state: left, said: exits } = apply(state, [exited(2, 0), exited(1, 0)])
       assert.deepStrictEqual(exits.flat(), [], "not stopped while worker 0 still drains")
       assert.strictEqual(left.phase, "Stopping")
       assert.deepStrictEqual(apply(left, [exited(0, 0)]).last, ["Stopped"])
@@ -388,7 +420,11 @@ const random = (seed: number) => {
  * every step must pass. Events are what the world may say next: a worker alive says ready or exits, a timer fires,
  * the supervisor rolls, pauses (never during a roll, as the supervisor never does), resumes what it paused, or stops.
  */
-const world = (seed: number, workers: number, given: Pool.Rules) => {
+/**
+ * A world that plays the workers' part. With `deaths`, any worker may die at any moment; without, only those told to
+ * end do (or a start-up failing before the group is ready).
+ */
+const world = (seed: number, workers: number, given: Pool.Rules, deaths: boolean) => {
   const alive = new Set<number>()
   const saidReady = new Set<number>()
   const paused = new Set<number>()
@@ -396,6 +432,8 @@ const world = (seed: number, workers: number, given: Pool.Rules) => {
   const spawned = new Set<number>()
   const probations = new Set<number>()
   const respawns = new Set<number>()
+  /** Workers told to drain and exit (or killed): they exit in the end. */
+  const ending = new Set<number>()
   // The last steps, written out only when a check fails.
   const trace: Array<readonly [Pool.Event, ReadonlyArray<Pool.Action>]> = []
   const counts = { groupReady: 0, stopped: 0, rollsEnded: 0, rollsBegun: 0, handedBack: 0, respawns: 0 }
@@ -424,6 +462,7 @@ const world = (seed: number, workers: number, given: Pool.Rules) => {
       case "StartProbation":
         known(action.id)
         if (action._tag === "StartProbation") probations.add(action.id)
+        else ending.add(action.id)
         return
       case "Pause":
         known(action.id)
@@ -463,10 +502,15 @@ const world = (seed: number, workers: number, given: Pool.Rules) => {
   }
 
   const checkState = () => {
-    const ids = state.slots.flatMap((s) => [s.serving, s.starting, s.probation].filter((id) => id !== undefined))
+    const ids = state.slots.flatMap((s) =>
+      [s.serving, s.starting, s.probation, s.retiring].filter((id) => id !== undefined)
+    )
     if (new Set(ids).size !== ids.length) fail("a worker in two places")
     for (const id of ids) if (!alive.has(id)) fail(`worker ${id} kept after it exited`)
-    if (ids.length > workers + given.surge) fail(`${ids.length} workers, more than ${workers} + surge`)
+    // A roll adds at most `surge` workers; a death's replacement starts at once, even beside an old worker still
+    // draining, so with deaths the bound is two a slot.
+    const most = deaths ? 2 * workers + given.surge : workers + given.surge
+    if (ids.length > most) fail(`${ids.length} workers, more than ${most}`)
     if (state.phase !== "Serving") return
     if (rollOpen !== (state.roll !== undefined)) fail("a roll ended without RollDone or RollStopped")
     for (const [i, s] of state.slots.entries()) {
@@ -485,14 +529,17 @@ const world = (seed: number, workers: number, given: Pool.Rules) => {
     const [next, actions] = Pool.transition(state, event, given)
     trace.push([event, actions])
     state = next
-    // A roll begins with actions (a refused one has none), and may end in the same step (every slot replaced).
-    if (!wasRolling && event._tag === "Roll" && actions.length > 0) {
+    // A roll begins (it may wait for a place: an old worker still draining), or may end in the same step (every slot
+    // replaced already); a refused one leaves nothing.
+    const ended = actions.some((action) => action._tag === "RollDone" || action._tag === "RollStopped")
+    if (!wasRolling && event._tag === "Roll" && (state.roll !== undefined || ended)) {
       rollOpen = true
       counts.rollsBegun++
     }
     if (event._tag === "Stop") rollOpen = false
     if (event._tag === "Exited") {
       alive.delete(event.id)
+      ending.delete(event.id)
       paused.delete(event.id)
       probations.delete(event.id)
     }
@@ -510,7 +557,9 @@ const world = (seed: number, workers: number, given: Pool.Rules) => {
     const events: Array<Pool.Event> = []
     for (const id of alive) {
       if (!saidReady.has(id)) events.push(ready(id))
-      events.push(exited(id, random(id)() < 0.5 ? 1 : null, "SIGKILL"))
+      if (deaths || ending.has(id) || state.phase === "Starting") {
+        events.push(exited(id, random(id)() < 0.5 ? 1 : null, "SIGKILL"))
+      }
     }
     for (const id of probations) events.push(probationOver(id))
     for (const slot of respawns) events.push({ _tag: "RespawnDue", slot })
@@ -528,6 +577,7 @@ const world = (seed: number, workers: number, given: Pool.Rules) => {
     alive,
     probations,
     respawns,
+    ending,
     saidReady,
     counts,
     fail,
@@ -544,7 +594,7 @@ describe("the pool, over random sequences of events", () => {
       const next = random(seed)
       const workers = 1 + Math.floor(next() * 4)
       const given: Pool.Rules = { ...rules, surge: 1 + Math.floor(next() * 3), probation: next() < 0.7 }
-      const w = world(seed, workers, given)
+      const w = world(seed, workers, given, next() < 0.7)
       // Mostly the workers start: a start-up that fails is checked too, but less often.
       for (let id = 0; id < workers; id++) if (next() < 0.95) w.send(ready(id))
       for (let n = 0; n < 150 && w.state.phase !== "Stopped"; n++) {
@@ -562,6 +612,7 @@ describe("the pool, over random sequences of events", () => {
           const due: Array<Pool.Event> = [
             ...[...w.alive].filter((id) => !w.saidReady.has(id)).map(ready),
             ...[...w.probations].map(probationOver),
+            ...[...w.ending].map((id) => exited(id, 0)),
             ...[...w.respawns].map((slot): Pool.Event => ({ _tag: "RespawnDue", slot }))
           ]
           if (due.length === 0) break

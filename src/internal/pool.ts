@@ -16,7 +16,8 @@
  * - Rolling restart: `surge` slots at a time start a new worker; once it is
  *   ready, the old one is paused and the new one is on probation; once that
  *   has passed, the old one drains, and once it has exited the next slot
- *   begins: never more than N + surge workers at once. A new
+ *   begins: the roll never makes more than N + surge workers (a worker that
+ *   dies is replaced at once, though, beside an old one still draining). A new
  *   worker that exits before it is ready, or within its probation (the old one
  *   then accepts again), stops the rollout: the slots not begun keep their
  *   old workers, and every slot serves.
@@ -175,6 +176,10 @@ const find = (state: State, id: number) => {
 const workerIds = (slot: Slot): Array<number> =>
   [slot.serving, slot.starting, slot.probation, slot.retiring].filter((id): id is number => id !== undefined)
 
+// Workers beyond one per slot: the new ones starting or on probation, the old ones draining. A roll keeps them at
+// most `surge`, whatever else is under way (a replacement after a death, an old worker of an earlier roll).
+const extra = (state: State): number => state.slots.reduce((n, slot) => n + Math.max(0, workerIds(slot).length - 1), 0)
+
 export const backoff = (rules: Rules, deaths: number): number =>
   Math.min(rules.maxBackoffMillis, Math.round(rules.backoffMillis * 1.5 ** Math.max(0, deaths - 1)))
 
@@ -187,7 +192,8 @@ const advance = (state: State, rules: Rules): Step => {
       roll.failure === undefined ? { _tag: "RollDone" } : { _tag: "RollStopped", failure: roll.failure }
     return [{ ...state, roll: undefined }, [done]]
   }
-  if (roll.failure !== undefined || roll.active.length >= rules.surge || roll.pending.length === 0) {
+  const busy = Math.max(roll.active.length, extra(state))
+  if (roll.failure !== undefined || busy >= rules.surge || roll.pending.length === 0) {
     return [state, []]
   }
   const [slot, ...pending] = roll.pending as [number, ...Array<number>]
@@ -230,7 +236,9 @@ const ready = (state: State, id: number, rules: Rules): Step => {
   if (s.serving === undefined || !rolling(state, slot)) {
     // A replacement (or a new worker whose old one has died meanwhile) takes the slot.
     const next = withSlot(state, slot, { ...s, serving: id, starting: undefined, deaths: 0 })
-    const done = rolling(state, slot) ? advance(slotDone(next, slot), rules) : ([next, []] as Step)
+    // The slot is done once its old worker, if one still drains, has exited too.
+    const done =
+      rolling(state, slot) && s.retiring === undefined ? advance(slotDone(next, slot), rules) : ([next, []] as Step)
     return [done[0], [log("effect-grace: worker serving", { slot }), ...told, ...done[1]]]
   }
   if (rules.probation) {
@@ -389,6 +397,14 @@ const stop = (state: State): Step => {
 
 /** The next state, and what to do, when `event` arrives in `state`. */
 export const transition = (state: State, event: Event, rules: Rules): Step => {
+  const [next, actions] = step(state, event, rules)
+  // Whatever freed a slot's place (an old worker gone, a replacement ready), a roll under way goes on.
+  if (next.phase !== "Serving" || next.roll === undefined) return [next, actions]
+  const [after, more] = advance(next, rules)
+  return [after, [...actions, ...more]]
+}
+
+const step = (state: State, event: Event, rules: Rules): Step => {
   switch (event._tag) {
     case "Ready":
       return state.phase === "Stopping" || state.phase === "Stopped" ? [state, []] : ready(state, event.id, rules)
