@@ -361,12 +361,17 @@ const toSocketAddress = (wanted: Resolved, ipv6: boolean): NetAddress.SocketAddr
         wanted.port
       )
 
-const bind = (spec: string, wanted: Resolved, backlog: number): Result.Result<number, BindFailed> => {
-  let bound = Sys.bindListen(toSocketAddress(wanted, true), backlog)
+const bind = (
+  spec: string,
+  wanted: Resolved,
+  backlog: number,
+  reusePort: boolean
+): Result.Result<number, BindFailed> => {
+  let bound = Sys.bindListen(toSocketAddress(wanted, true), backlog, { reusePort })
   // A wildcard on a host without IPv6 falls back to IPv4, as Node's listen(port) does.
   if (Result.isFailure(bound) && wanted._tag === "Tcp" && wanted.host === undefined) {
     if (bound.failure.code === "EAFNOSUPPORT" || bound.failure.code === "EADDRNOTAVAIL") {
-      bound = Sys.bindListen(toSocketAddress(wanted, false), backlog)
+      bound = Sys.bindListen(toSocketAddress(wanted, false), backlog, { reusePort })
     }
   }
   // A unix socket file that no one accepts on was left by a process that is gone: replace it.
@@ -403,6 +408,8 @@ interface State {
   /** How to bind where this process does not bind itself (a primary's worker), and how often each was asked. */
   readonly remote: Remote | undefined
   readonly remoteAsks: Map<string, number>
+  /** TCP sockets bound here join their address's `SO_REUSEPORT` group (a primary's, one socket per worker). */
+  readonly reusePort: boolean
 }
 
 /**
@@ -455,8 +462,8 @@ const claim = (state: State, request: Request): ListenFds.InheritedFd | undefine
   return found
 }
 
-const bindNative = (request: Request & { readonly address: string; readonly wanted: Resolved }) => {
-  const bound = bind(request.address, request.wanted, request.backlog)
+const bindNative = (request: Request & { readonly address: string; readonly wanted: Resolved }, reusePort: boolean) => {
+  const bound = bind(request.address, request.wanted, request.backlog, reusePort)
   if (Result.isFailure(bound)) return failWith(bound.failure)
   const fd = bound.success
   const address = Sys.localAddress(fd)
@@ -517,7 +524,7 @@ const acquire = (state: State, request: Request): Effect.Effect<Listener, Listen
     }
     const bindable = { ...request, address, wanted }
     if (state.remote !== undefined) return bindRemote(state, state.remote, bindable)
-    return Sys.native().available ? bindNative(bindable) : bindPortable(bindable)
+    return Sys.native().available ? bindNative(bindable, state.reusePort) : bindPortable(bindable)
   })
 
 // Asked of the primary, which holds the socket for the life of the service: here it is as if inherited.
@@ -583,6 +590,8 @@ export const make = (
   options: {
     /** Where to bind what was not inherited, if not here. */
     readonly remote?: Remote | undefined
+    /** Binds TCP sockets with `SO_REUSEPORT`, so that several can be bound to one address. */
+    readonly reusePort?: boolean | undefined
   } = {}
 ): Effect.Effect<Listeners["Service"]> =>
   Effect.sync(() => {
@@ -593,7 +602,8 @@ export const make = (
       asked: 0,
       handedOff: false,
       remote: options.remote,
-      remoteAsks: new Map()
+      remoteAsks: new Map(),
+      reusePort: options.reusePort === true
     }
     return Listeners.of({
       // Resolving a host name may take a while: it stays interruptible, outside the acquisition.

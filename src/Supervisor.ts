@@ -55,6 +55,7 @@
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
@@ -300,6 +301,22 @@ export const WorkerFailed: typeof Group.WorkerFailed = Group.WorkerFailed
  */
 export type WorkerFailed = Group.WorkerFailed
 
+/**
+ * A full upgrade to fewer workers than the previous primary had: it handed on a socket per worker for each
+ * address, and connections the kernel gave the sockets no worker took would wait for ever. The old primary serves
+ * on; stop and start the service to run fewer workers.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const TooFewWorkers: typeof Group.TooFewWorkers = Group.TooFewWorkers
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type TooFewWorkers = Group.TooFewWorkers
+
 // -----------------------------------------------------------------------------
 // Options
 // -----------------------------------------------------------------------------
@@ -478,6 +495,16 @@ interface Settings {
   readonly slot: number | undefined
 }
 
+// A count given in the options is checked as the environment's is.
+const wholeNumber = (name: string, value: number) =>
+  Number.isInteger(value) && value >= 1
+    ? Effect.void
+    : Effect.fail(
+        new Config.ConfigError(
+          new ConfigProvider.SourceError({ message: `${name}: ${value} is not a whole number of at least 1` })
+        )
+      )
+
 const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigError> =>
   Effect.gen(function* () {
     const configured = yield* config
@@ -485,6 +512,8 @@ const settingsOf = (options: Options): Effect.Effect<Settings, Config.ConfigErro
     // The primary writes the PID file; a worker never does.
     const pidFile = slot !== undefined ? undefined : (options.pidFile ?? Option.getOrUndefined(configured.pidFile))
     const workers = options.workers ?? Option.getOrUndefined(configured.workers)
+    if (workers !== undefined && workers !== "auto") yield* wholeNumber("workers", workers)
+    if (options.surge !== undefined) yield* wholeNumber("surge", options.surge)
     return {
       workers: workers === "auto" ? availableParallelism() : workers,
       surge: options.surge ?? Option.getOrElse(configured.surge, () => 1),
@@ -582,7 +611,8 @@ const acquire = (settings: Settings) =>
     const role = yield* roleOf(settings, os, parent)
     const link = parent === undefined || role._tag === "Worker" ? undefined : yield* Successor.connect(parent, values)
     const remote = role._tag === "Worker" ? role.link.listen : undefined
-    const listeners = yield* Listeners.make(yield* ListenFds.make(), { remote })
+    // A primary binds a socket per worker for each address (a SO_REUSEPORT group): see internal/group.ts.
+    const listeners = yield* Listeners.make(yield* ListenFds.make(), { remote, reusePort: role._tag === "Primary" })
     // A Notify given by the caller (a test's) wins over the one NOTIFY_SOCKET names.
     const given = yield* Effect.serviceOption(Notify.Notify)
     const notify = Option.isSome(given) ? given.value : yield* Notify.make
@@ -692,14 +722,12 @@ const whose = (runtime: Runtime): Record<string, unknown> => {
 const logged = (runtime: Runtime, message: string, annotations: Readonly<Record<string, unknown>> = {}) =>
   Effect.logInfo(message).pipe(Effect.annotateLogs({ ...whose(runtime), ...annotations }))
 
-// What a successor (or a worker) is given: every listener, and for a primary the inherited fds it holds for its
-// workers too (they claim them, and a primary closes none).
+// What a successor is given: every listener; a primary's, every socket its workers accept on.
 const passedOn = (runtime: Runtime) =>
   Effect.gen(function* () {
-    const { listeners, role } = runtime.resources
-    const active = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
-    if (role._tag !== "Primary") return active
-    return [...active, ...(yield* listeners.unclaimed).map((fd) => ({ fd: fd.fd, name: fd.name }))]
+    if (runtime.resources.role._tag === "Primary") return yield* (yield* Deferred.await(runtime.group)).held
+    const active = yield* runtime.resources.listeners.active
+    return active.flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
   })
 
 // The restart: spawn, wait for ready (an Effect timer: a TestClock drives it), tell the machine. The successor is
@@ -793,7 +821,8 @@ const announceReady = (runtime: Runtime) =>
     // A primary's listeners are also those it inherited for its workers.
     const held = role._tag === "Primary" ? yield* listeners.unclaimed : []
     const addresses = [...(yield* listeners.active), ...held].map((l) => Listeners.formatAddress(l.address))
-    yield* logged(runtime, "effect-grace: ready", { listeners: addresses.join(", ") })
+    // A primary holds a socket per worker of each address: each address is said once.
+    yield* logged(runtime, "effect-grace: ready", { listeners: [...new Set(addresses)].join(", ") })
     yield* Deferred.succeed(runtime.started, undefined)
   })
 
@@ -1175,6 +1204,7 @@ const groupOf = (runtime: Runtime, workers: number) =>
             )
           ),
         requestRoll: requestInBackground(runtime, "worker", "roll"),
+        forced: Deferred.await(runtime.forced),
         log: (message, annotations) => logged(runtime, message, annotations)
       })
       yield* (yield* Gate.Gate).register({ pause: group.pause, resume: group.resume })
@@ -1192,7 +1222,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     const settings = yield* settingsOf(options)
     const resources = yield* acquire(settings)
     const runtime = yield* makeRuntime(settings, resources)
-    yield* Effect.forkScoped(follow(runtime))
+    // A worker's drains (the application scope's finalizers, run by this fiber's children) say its slot too.
+    yield* Effect.forkScoped(asWorker(runtime)(follow(runtime)))
     yield* listen(runtime)
     // Runs before the owner is interrupted (finalizers run last-added first): the scope closing is a termination.
     yield* Effect.addFinalizer(() =>
@@ -1213,7 +1244,8 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
 // Running
 // -----------------------------------------------------------------------------
 
-type Errors<E> = E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError | WorkerFailed
+type Errors<E> =
+  E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError | WorkerFailed | TooFewWorkers
 
 // How the program runs the supervisor: under Supervisor.runMain (which it ends) or on its own. Another handler of the
 // termination signals would race the supervisor's drain (NodeRuntime.runMain's interrupts the program, exit 130).

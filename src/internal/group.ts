@@ -20,7 +20,12 @@ import * as Metric from "effect/Metric"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
-import type * as Listeners from "../Listeners.ts"
+import { closeSync } from "node:fs"
+import * as Result from "effect/Result"
+import * as Semaphore from "effect/Semaphore"
+import type * as ListenFds from "../ListenFds.ts"
+import * as Listeners from "../Listeners.ts"
+import * as Sys from "./sys.ts"
 import * as Os from "./os.ts"
 import * as Pool from "./pool.ts"
 import * as Tickets from "./tickets.ts"
@@ -44,6 +49,26 @@ export class WorkerFailed extends Data.TaggedError("WorkerFailed")<{
   }
 }
 
+/**
+ * The previous primary handed on more sockets of one address (one per worker) than this primary has workers:
+ * connections the kernel gave the others would wait for ever.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TooFewWorkers extends Data.TaggedError("TooFewWorkers")<{
+  readonly workers: number
+  readonly sockets: number
+  readonly address: string
+}> {
+  override get message(): string {
+    return (
+      `${this.workers} workers are fewer than the ${this.sockets} sockets of ${this.address} that the previous ` +
+      "primary handed on, one per worker; stop and start the service to run fewer workers"
+    )
+  }
+}
+
 export interface Settings {
   readonly workers: number
   readonly surge: number
@@ -63,6 +88,8 @@ export interface Context {
   readonly rolled: (outcome: Rolled) => Effect.Effect<void>
   /** A worker's application asks for a rolling restart. */
   readonly requestRoll: Effect.Effect<void>
+  /** Completes on a second termination signal: the workers still draining are killed. */
+  readonly forced: Effect.Effect<void>
   readonly log: (message: string, annotations: Readonly<Record<string, unknown>>) => Effect.Effect<void>
 }
 
@@ -77,6 +104,19 @@ export type Rolled =
       readonly signal: string | null
     }
 
+/**
+ * The listening sockets of one address: a `SO_REUSEPORT` group, one socket per slot, which the kernel spreads
+ * connections over (measured: even where one shared socket gave one worker most keep-alive connections,
+ * bench/results/balance.md); or one socket every slot shares (a unix path, or a socket systemd passed).
+ */
+interface Sockets {
+  readonly name: string
+  readonly fds: ReadonlyArray<number>
+}
+
+/** The socket of `sockets` that the worker of `slot` accepts on. */
+const socketOf = (sockets: Sockets, slot: number) => sockets.fds[slot % sockets.fds.length]!
+
 /** The group, as the primary's supervisor drives it. */
 export interface Group {
   readonly roll: Effect.Effect<void>
@@ -84,6 +124,8 @@ export interface Group {
   readonly resume: Effect.Effect<void>
   /** The pid of each worker that serves, by slot (for logs and tests). */
   readonly pids: Effect.Effect<ReadonlyArray<number | undefined>>
+  /** Every listening socket the group holds, for a successor primary. */
+  readonly held: Effect.Effect<ReadonlyArray<Os.Passed>>
 }
 
 /**
@@ -107,44 +149,96 @@ interface Runtime {
   readonly state: Ref.Ref<Pool.State>
   readonly workers: Map<number, Worker.Worker>
   readonly fibers: FiberSet.FiberSet
-  /** Fds the primary holds for its workers' asks, by address, name and order. */
-  readonly bound: Map<string, number>
+  /** The sockets of each address, in the order they were inherited or asked for. */
+  readonly sockets: Array<Sockets>
+  /** Those bound for the workers' asks, by address, name and order. */
+  readonly bound: Map<string, Sockets>
+  /** One ask bound at a time: two workers asking for one address get one group of sockets. */
+  readonly binding: Semaphore.Semaphore
   readonly ready: Deferred.Deferred<void, WorkerFailed>
   readonly stopped: Deferred.Deferred<void>
 }
 
 const send = (runtime: Runtime, event: Pool.Event) => Queue.offer(runtime.events, event)
 
-// Every listening socket the primary holds: those bound for a worker's ask, and those it inherited.
-const passed = (runtime: Runtime) =>
-  Effect.gen(function* () {
-    const { listeners } = runtime.context
-    const active = (yield* listeners.active).flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
-    const unclaimed = (yield* listeners.unclaimed).map((fd) => ({ fd: fd.fd, name: fd.name }))
-    return [...active, ...unclaimed]
-  })
+// What the worker of `slot` is given: one socket of each address.
+const passed = (runtime: Runtime, slot: number): ReadonlyArray<Os.Passed> =>
+  runtime.sockets.map((sockets) => ({ fd: socketOf(sockets, slot), name: sockets.name }))
 
-// Bound once for the group and held for the life of the service; a later ask of the same is given the same socket.
-const listen = (runtime: Runtime) => (request: Worker.ListenRequest) =>
+const reusesPort = (fd: number) => Result.getOrElse(Sys.reusesPort(fd), () => false)
+
+// Bound once for the group, a socket per slot, and held for the life of the service; a later ask of the same is
+// given the same sockets.
+const listen = (runtime: Runtime, slot: number) => (request: Worker.ListenRequest) =>
   Effect.gen(function* () {
     const key = JSON.stringify([request.address, request.name, request.nth])
-    const held = runtime.bound.get(key)
-    if (held !== undefined) return held
-    const { address, name, backlog } = request
-    const listener = yield* Scope.provide(runtime.context.listeners.listen({ address, name, backlog }), runtime.scope)
+    const held = runtime.bound.get(key) ?? (yield* bindSockets(runtime, request))
+    runtime.bound.set(key, held)
+    return socketOf(held, slot)
+  }).pipe(runtime.binding.withPermits(1))
+
+const bindSockets = (runtime: Runtime, request: Worker.ListenRequest) =>
+  Effect.gen(function* () {
+    const { listeners, settings } = runtime.context
+    const { name, backlog } = request
+    const bind = (address: string) => Scope.provide(listeners.listen({ address, name, backlog }), runtime.scope)
     // A primary binds with the native calls (workers need them): a listener always has its fd here.
-    runtime.bound.set(key, listener.fd!)
-    return listener.fd!
+    const first = yield* bind(request.address)
+    const fds = [first.fd!]
+    if (first.address._tag !== "UnixPathAddress" && reusesPort(first.fd!)) {
+      const address = Listeners.formatAddress(first.address)
+      while (fds.length < settings.workers) fds.push((yield* bind(address)).fd!)
+    }
+    const sockets: Sockets = { name: first.name, fds }
+    runtime.sockets.push(sockets)
+    return sockets
+  })
+
+// The sockets inherited (from systemd, or from the previous primary, a group per address): one per slot, bound
+// here up to the number of workers where the previous primary had fewer.
+const adoptInherited = (runtime: Runtime) =>
+  Effect.gen(function* () {
+    const byAddress = new Map<string, Array<ListenFds.InheritedFd>>()
+    for (const fd of yield* runtime.context.listeners.unclaimed) {
+      const key = JSON.stringify([fd.name, Listeners.formatAddress(fd.address)])
+      byAddress.set(key, [...(byAddress.get(key) ?? []), fd])
+    }
+    for (const fds of byAddress.values()) {
+      const group = fds.filter((fd) => fd.address._tag !== "UnixPathAddress" && reusesPort(fd.fd))
+      for (const fd of fds) if (!group.includes(fd)) runtime.sockets.push({ name: fd.name, fds: [fd.fd] })
+      if (group.length > 0) runtime.sockets.push(yield* completeGroup(runtime, group))
+    }
+  })
+
+const completeGroup = (runtime: Runtime, group: ReadonlyArray<ListenFds.InheritedFd>) =>
+  Effect.gen(function* () {
+    const { workers } = runtime.context.settings
+    const { name, address } = group[0]!
+    if (group.length > workers) {
+      return yield* new TooFewWorkers({ workers, sockets: group.length, address: Listeners.formatAddress(address) })
+    }
+    const fds = group.map((fd) => fd.fd)
+    while (fds.length < workers) {
+      const bound = Sys.bindListen(address, 511, { reusePort: true })
+      if (Result.isFailure(bound)) return yield* Effect.die(new Error(Sys.formatSysError(bound.failure)))
+      const fd = bound.success
+      yield* Scope.addFinalizer(
+        runtime.scope,
+        Effect.sync(() => closeSync(fd))
+      )
+      fds.push(fd)
+    }
+    return { name, fds }
   })
 
 // Starts the worker `id` for `slot`, and watches it: ready (within the timeout, or it is killed), and its exit.
 const spawn = (runtime: Runtime, slot: number, id: number) =>
   Effect.gen(function* () {
     const { os, keyring, env, settings } = runtime.context
-    const requests: Worker.Requests = { listen: listen(runtime), roll: runtime.context.requestRoll }
+    const requests: Worker.Requests = { listen: listen(runtime, slot), roll: runtime.context.requestRoll }
     const started = yield* Worker.start(
       os,
-      { slot, passed: yield* passed(runtime), ticketKey: Tickets.encode(yield* keyring.current), env },
+      { slot, passed: passed(runtime, slot), ticketKey: Tickets.encode(yield* keyring.current), env },
       requests
     ).pipe(Scope.provide(runtime.scope), Effect.result)
     if (started._tag === "Failure") {
@@ -266,7 +360,7 @@ const follow = (runtime: Runtime, first: Pool.Step): Effect.Effect<void> => {
  * exits first. Closing the scope stops the group: every worker drains and exits (or is killed, if not ready), and
  * the scope's closing waits for them.
  */
-export const make = (context: Context): Effect.Effect<Group, WorkerFailed, Scope.Scope> =>
+export const make = (context: Context): Effect.Effect<Group, WorkerFailed | TooFewWorkers, Scope.Scope> =>
   Effect.gen(function* () {
     const { settings } = context
     const runtime: Runtime = {
@@ -282,13 +376,20 @@ export const make = (context: Context): Effect.Effect<Group, WorkerFailed, Scope
       state: yield* Ref.make(Pool.start(0)[0]),
       workers: new Map(),
       fibers: yield* FiberSet.make(),
+      sockets: [],
       bound: new Map(),
+      binding: yield* Semaphore.make(1),
       ready: yield* Deferred.make<void, WorkerFailed>(),
       stopped: yield* Deferred.make<void>()
     }
+    yield* adoptInherited(runtime)
     yield* Effect.forkScoped(follow(runtime, Pool.start(settings.workers)))
-    // Runs before the owner is interrupted: every worker drains and exits first.
-    yield* Effect.addFinalizer(() => Effect.andThen(send(runtime, { _tag: "Stop" }), Deferred.await(runtime.stopped)))
+    // Runs before the owner is interrupted: every worker drains and exits first, or is killed once forced.
+    const killAll = Effect.forEach([...runtime.workers.values()], (worker) => worker.kill, { discard: true })
+    const forced = Effect.andThen(context.forced, killAll)
+    yield* Effect.addFinalizer(() =>
+      Effect.andThen(send(runtime, { _tag: "Stop" }), Effect.raceFirst(Deferred.await(runtime.stopped), forced))
+    )
     yield* Deferred.await(runtime.ready)
     return {
       roll: Effect.asVoid(send(runtime, { _tag: "Roll" })),
@@ -296,6 +397,7 @@ export const make = (context: Context): Effect.Effect<Group, WorkerFailed, Scope
       resume: Effect.asVoid(send(runtime, { _tag: "ResumeAll" })),
       pids: Effect.map(Ref.get(runtime.state), (state) =>
         state.slots.map((slot) => (slot.serving === undefined ? undefined : runtime.workers.get(slot.serving)?.pid))
-      )
+      ),
+      held: Effect.sync(() => runtime.sockets.flatMap(({ name, fds }) => fds.map((fd) => ({ fd, name }))))
     }
   })

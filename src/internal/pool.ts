@@ -117,7 +117,13 @@ export type Action =
 
 export type Step = readonly [State, ReadonlyArray<Action>]
 
-const emptySlot: Slot = { serving: undefined, starting: undefined, probation: undefined, retiring: undefined, deaths: 0 }
+const emptySlot: Slot = {
+  serving: undefined,
+  starting: undefined,
+  probation: undefined,
+  retiring: undefined,
+  deaths: 0
+}
 
 const log = (message: string, annotations: Record<string, unknown> = {}): Action => ({
   _tag: "Log",
@@ -262,15 +268,24 @@ const exitedWhileStopping = (state: State, id: number): Step => {
   return [{ ...next, phase: "Stopped" }, [{ _tag: "Stopped" }]]
 }
 
+// A worker exited before the group was first ready (before it was ready itself, or after): the program is broken.
+// The others are stopped with it: the pool has stopped once they have gone.
+const startupFailed = (state: State, slot: number, event: Exited): Step => {
+  const { id, code, signal } = event
+  const s = state.slots[slot]!
+  const gone: Slot = {
+    ...s,
+    starting: s.starting === id ? undefined : s.starting,
+    serving: s.serving === id ? undefined : s.serving
+  }
+  const [next, actions] = stop(withSlot(state, slot, gone))
+  return [next, [{ _tag: "StartupFailed", slot, id, code, signal }, ...actions]]
+}
+
 // A worker started for a slot exited before it was ready.
 const diedStarting = (state: State, slot: number, event: Exited, rules: Rules): Step => {
   const s = state.slots[slot]!
   const { id, code, signal } = event
-  if (state.phase === "Starting") {
-    // The others are stopped with it: the pool has stopped once they have gone.
-    const [next, actions] = stop(withSlot(state, slot, { ...s, starting: undefined }))
-    return [next, [{ _tag: "StartupFailed", slot, id, code, signal }, ...actions]]
-  }
   const exited = log("effect-grace: worker exited before it was ready", { slot, code, signal })
   if (rolling(state, slot) && s.serving !== undefined) {
     const next = slotDone(withSlot(state, slot, { ...s, starting: undefined }), slot, {
@@ -285,8 +300,11 @@ const diedStarting = (state: State, slot: number, event: Exited, rules: Rules): 
   }
   const deaths = s.deaths + 1
   const millis = backoff(rules, deaths)
-  const next = withSlot(state, slot, { ...s, starting: undefined, deaths })
-  return [next, [exited, { _tag: "ScheduleRespawn", slot, millis }]]
+  const emptied = withSlot(state, slot, { ...s, starting: undefined, deaths })
+  // In a roll (its old worker died meanwhile), the roll stops here too.
+  const failure: RollFailure = { _tag: "ExitedBeforeReady", slot, id, code, signal }
+  const [next, more] = rolling(state, slot) ? advance(slotDone(emptied, slot, failure), rules) : [emptied, []]
+  return [next, [exited, { _tag: "ScheduleRespawn", slot, millis }, ...more]]
 }
 
 type Exited = Extract<Event, { readonly _tag: "Exited" }>
@@ -326,6 +344,7 @@ const exited = (state: State, event: Exited, rules: Rules): Step => {
   if (state.phase === "Stopping") return exitedWhileStopping(state, event.id)
   const where = find(state, event.id)
   if (where === undefined) return [state, []]
+  if (state.phase === "Starting") return startupFailed(state, where.slot, event)
   switch (where.role) {
     case "starting":
       return diedStarting(state, where.slot, event, rules)

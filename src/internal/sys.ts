@@ -29,6 +29,7 @@ const SOCK_DGRAM = 2
 const SOCK_CLOEXEC = 0o2000000
 const SOL_SOCKET = 1
 const SO_REUSEADDR = 2
+const SO_REUSEPORT = 15
 const SO_TYPE = 3
 const SO_ACCEPTCONN = 30
 const SO_DOMAIN = 39
@@ -220,6 +221,10 @@ export const inspect = (fd: number): Result.Result<FdKind, SysError> => {
   })
 }
 
+/** Whether a socket is in a `SO_REUSEPORT` group (bound with the option). */
+export const reusesPort = (fd: number): Result.Result<boolean, SysError> =>
+  withLibc("getsockopt", (lib) => Result.map(intOption(lib, fd, SO_REUSEPORT), (on) => on !== 0))
+
 /** getsockname(2), decoded. An abstract unix address is reported with a leading `@`. */
 export const localAddress = (fd: number): Result.Result<NetAddress.SocketAddress, SysError> => {
   return withLibc("getsockname", (lib) => {
@@ -277,9 +282,15 @@ const familyOf = (address: NetAddress.SocketAddress): number =>
  * socket(2), bind(2) and listen(2), without accepting: the caller adopts the fd
  * (`server.listen({ fd })`) when it is ready to answer. The fd is blocking and
  * close-on-exec, as systemd passes them. An IPv6 wildcard also accepts IPv4, as
- * Node's own `listen(port)` does.
+ * Node's own `listen(port)` does. With `reusePort`, a TCP socket joins the
+ * `SO_REUSEPORT` group of its address: the kernel spreads connections among
+ * the group's sockets.
  */
-export const bindListen = (address: NetAddress.SocketAddress, backlog: number): Result.Result<number, SysError> => {
+export const bindListen = (
+  address: NetAddress.SocketAddress,
+  backlog: number,
+  options: { readonly reusePort?: boolean | undefined } = {}
+): Result.Result<number, SysError> => {
   return withLibc("socket", (lib) => {
     return Result.flatMap(encodeSockaddr(address), (sockaddr) => {
       const fd = lib.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0)
@@ -287,6 +298,9 @@ export const bindListen = (address: NetAddress.SocketAddress, backlog: number): 
       const steps = (): Result.Result<number, SysError> => {
         if (address._tag !== "UnixPathAddress") {
           if (lib.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, [1], 4) < 0) return fail(lib, "setsockopt")
+          if (options.reusePort === true && lib.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, [1], 4) < 0) {
+            return fail(lib, "setsockopt")
+          }
           if (address._tag === "InetAddressV6" && NetAddress.isUnspecified(address.address)) {
             if (lib.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, [0], 4) < 0) return fail(lib, "setsockopt")
           }
