@@ -13,9 +13,10 @@
  * - `node-shared`: this process binds one listening socket (it never accepts)
  *   and passes it to every worker as fd 3; each worker is
  *   `bench/balance.ts worker` (plain `node:http`, `hello from pid N.`).
- * - `node-reuseport`: the same workers, each on a socket of its own bound
- *   with `SO_REUSEPORT` on one port, as effect-grace's primary gives each slot
- *   when it binds the sockets itself; the kernel picks a socket per
+ * - `node-reuseport`: this process binds one socket per worker on one port,
+ *   each with `SO_REUSEPORT` (it never accepts), and passes worker i its
+ *   socket i as fd 3, as effect-grace's primary gives each slot a socket of
+ *   its own where it binds the sockets itself; the kernel picks a socket per
  *   connection by a hash of its addresses and ports.
  * - `grace`: `examples/demo.ts` with `GRACE_WORKERS=N`: a primary (no
  *   application) and N workers, each answering `GET /sleep/?duration=...`
@@ -97,12 +98,12 @@ interface Running {
   readonly stop: () => Promise<void>
 }
 
-/** A plain worker (`bench/balance.ts worker`) on the socket passed as fd 3, or on a reuseport socket of its own. */
-const startPlainWorker = (listen: { readonly fd: number } | { readonly port: number }) => {
+/** A plain worker (`bench/balance.ts worker`) on the listening socket `fd`, passed as its fd 3. */
+const startPlainWorker = (fd: number) => {
   const child: ChildProcess = spawn(process.execPath, [PLAIN_WORKER, "worker"], {
-    // fd 3 is the shared listening socket (or nothing), fd 4 the IPC channel.
-    stdio: ["ignore", "inherit", "inherit", "fd" in listen ? listen.fd : "ignore", "ipc"],
-    env: { ...process.env, BALANCE_PORT: "port" in listen ? String(listen.port) : undefined }
+    // fd 3 is the listening socket, fd 4 the IPC channel.
+    stdio: ["ignore", "inherit", "inherit", fd, "ipc"],
+    env: { ...process.env, BALANCE_PORT: undefined }
   })
   const pid = child.pid
   if (pid === undefined) throw new Error("cannot start a plain worker")
@@ -132,9 +133,9 @@ const startPlainWorker = (listen: { readonly fd: number } | { readonly port: num
 }
 
 /** Binds without accepting: this process holds the socket and never polls it. */
-const bindShared = (): { readonly fd: number; readonly port: number } => {
-  const fd = Sys.bindListen(NetAddress.inetAddressUnsafe(NetAddress.ipv4Loopback, 0), BACKLOG)
-  if (Result.isFailure(fd)) throw new Error(`cannot bind ${HOST}:0: ${Sys.formatSysError(fd.failure)}`)
+const bind = (port: number, reusePort: boolean): { readonly fd: number; readonly port: number } => {
+  const fd = Sys.bindListen(NetAddress.inetAddressUnsafe(NetAddress.ipv4Loopback, port), BACKLOG, { reusePort })
+  if (Result.isFailure(fd)) throw new Error(`cannot bind ${HOST}:${port}: ${Sys.formatSysError(fd.failure)}`)
   const address = Sys.localAddress(fd.success)
   if (Result.isFailure(address) || address.success._tag !== "InetAddressV4") {
     throw new Error(`cannot read the address of fd ${fd.success}`)
@@ -142,15 +143,19 @@ const bindShared = (): { readonly fd: number; readonly port: number } => {
   return { fd: fd.success, port: address.success.port }
 }
 
+/** One socket for every worker, or (`reusePort`) one each, all on the same port. */
+const bindAll = (count: number, reusePort: boolean): Array<{ readonly fd: number; readonly port: number }> => {
+  const first = bind(0, reusePort)
+  if (!reusePort) return Array.from({ length: count }, () => first)
+  return [first, ...Array.from({ length: count - 1 }, () => bind(first.port, true))]
+}
+
 const startPlain = async (target: "node-shared" | "node-reuseport", count: number): Promise<Running> => {
-  const shared = target === "node-shared" ? bindShared() : undefined
-  const port = shared?.port ?? (await freePorts(1))[0]!
-  const workers = Array.from({ length: count }, () =>
-    startPlainWorker(shared === undefined ? { port } : { fd: shared.fd })
-  )
+  const sockets = bindAll(count, target === "node-reuseport")
+  const workers = sockets.map((socket) => startPlainWorker(socket.fd))
   const stop = async () => {
     await Promise.all(workers.map((w) => w.stop()))
-    if (shared !== undefined) closeSync(shared.fd)
+    for (const fd of new Set(sockets.map((socket) => socket.fd))) closeSync(fd)
   }
   try {
     await Promise.all(workers.map((w) => w.listening))
@@ -158,7 +163,13 @@ const startPlain = async (target: "node-shared" | "node-reuseport", count: numbe
     await stop()
     throw error
   }
-  return { port, path: (ms) => `/${ms}`, workers: workers.map((w) => w.pid), primary: undefined, stop }
+  return {
+    port: sockets[0]!.port,
+    path: (ms) => `/${ms}`,
+    workers: workers.map((w) => w.pid),
+    primary: undefined,
+    stop
+  }
 }
 
 /**
