@@ -1258,12 +1258,13 @@ const mainWorkers = async () => {
     await logs.waitFor(0, `pid ${primary} to be ready`, 30_000, logged("ready", primary))
     const slots = new Map<number, number>()
     for (const started of startedWorkers(logs.lines(), primary)) slots.set(started.slot, started.worker)
-    const first = groupStats(primary, slots)
     const loadStart = now()
     loads = startClients(ports)
     prober = startProber(ports)
     await sleep(settings.warmupMs)
     const measuredFrom = now()
+    // Read under load, as the final ones are.
+    const first = groupStats(primary, slots)
 
     let aborted: string | undefined
     try {
