@@ -1026,9 +1026,27 @@ const logReader = (errors: ReadonlyArray<string>) => {
     }
     return parsed
   }
-  const waitFor = async (from: number, what: string, ms: number, match: (line: LogLine) => boolean) => {
+  /** Waits for a line matching `match`; a refusal or failure logged by `refusedBy` (a warning with a reason) ends it. */
+  const waitFor = async (
+    from: number,
+    what: string,
+    ms: number,
+    match: (line: LogLine) => boolean,
+    refusedBy?: number
+  ) => {
     let found: LogLine | undefined
-    await until(() => (found = lines().slice(from).find(match)) !== undefined, ms, what, 5)
+    const refused = (line: LogLine) =>
+      line.fields.level === "WARN" && line.fields.pid === String(refusedBy) && line.fields.reason !== undefined
+    await until(
+      () =>
+        (found = lines()
+          .slice(from)
+          .find((line) => match(line) || refused(line))) !== undefined,
+      ms,
+      what,
+      5
+    )
+    if (!match(found!)) throw new Error(`${found!.message} (reason ${found!.fields.reason}, pid ${refusedBy})`)
     return found!
   }
   return { lines, waitFor }
@@ -1128,8 +1146,12 @@ const roll = async (logs: Logs, primary: number, slots: Map<number, number>): Pr
   const oldWorkers = [...slots.values()]
   const signalled = now()
   process.kill(primary, "SIGHUP")
-  const done = await logs.waitFor(from, `pid ${primary} to restart its workers`, 120_000, (line) =>
-    logged("workers restarted", primary)(line)
+  const done = await logs.waitFor(
+    from,
+    `pid ${primary} to restart its workers`,
+    120_000,
+    logged("workers restarted", primary),
+    primary
   )
   await until(() => oldWorkers.every((pid) => !isAlive(pid)), 30_000, "every old worker to exit")
   const oldGone = now()
@@ -1171,7 +1193,8 @@ const upgrade = async (logs: Logs, primary: number, slots: Map<number, number>):
     from,
     `pid ${primary}'s successor to be ready`,
     60_000,
-    logged("successor ready", primary)
+    logged("successor ready", primary),
+    primary
   )
   const successor = Number(ready.fields.successor)
   await until(

@@ -209,7 +209,7 @@ const startDemo = async (workers: number | undefined): Promise<Running> => {
     for (let i = 0; i < (workers ?? 1); i++) pids.push(Number((await demo.waitForLine(BANNER, 30_000, i))[1]))
     return {
       port: ports[0]!,
-      path: (ms) => `/sleep/?duration=${ms}ms`,
+      path: (ms) => `/sleep/?duration=${ms === 0 ? "0s" : `${ms}ms`}`,
       workers: pids,
       primary: workers === undefined ? undefined : demo.pid,
       stop
