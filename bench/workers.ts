@@ -38,8 +38,8 @@
  * What a run reports: req/s (answers over the run's seconds), p50 and p99
  * latency, each worker's share of the requests and of the connections (the
  * clients whose answers it sent) and max/mean (1 is even, N is everything on
- * one worker), the CPU each process used, and how busy the rest of the
- * machine was. The summary: the N-worker/1-worker ratio per target, round by
+ * one worker), the CPU each process used (the client's too: near a core, it
+ * sets the pace), and how busy the rest of the machine was. The summary: the N-worker/1-worker ratio per target, round by
  * round; effect-grace's ratio over plain node's (target: at least 0.95, and
  * `node-reuseport` is the way the primary shares the port); the largest
  * share over the mean under keep-alive (target: at most 1.2).
@@ -318,6 +318,8 @@ interface Run {
   readonly connectionMaxOverMean: number
   /** CPU used meanwhile by other processes on the machine, in cores. */
   readonly otherCores: number
+  /** CPU used by this process, the client, in cores: near 1, the client is the bottleneck. */
+  readonly clientCores: number
 }
 
 const sharesOf = (counts: ReadonlyArray<number>): Array<number> => {
@@ -336,10 +338,12 @@ const measure = async (
   const pids = [...running.workers, ...(running.primary === undefined ? [] : [running.primary])]
   const others = otherLoad(pids)
   const cpuBefore = pids.map(cpuMillis)
+  const clientBefore = process.cpuUsage()
   const started = performance.now()
   const seen = await keepAlive(running.port, path, connections, settings.durationSeconds)
   const elapsedMs = performance.now() - started
   const cpu = pids.map((pid, i) => (cpuMillis(pid) - cpuBefore[i]!) / elapsedMs)
+  const client = process.cpuUsage(clientBefore)
   const otherCores = others.stop()
   const perWorker = running.workers.map((pid, i) => ({
     pid,
@@ -365,7 +369,8 @@ const measure = async (
     shares,
     maxOverMean: (shares[0] ?? Number.NaN) * shares.length,
     connectionMaxOverMean: (connectionShares[0] ?? Number.NaN) * connectionShares.length,
-    otherCores
+    otherCores,
+    clientCores: (client.user + client.system) / 1000 / elapsedMs
   }
 }
 
@@ -378,7 +383,8 @@ const printRun = (run: Run) =>
       `p50 ${fixed(run.p50Ms).padStart(6)} p99 ${fixed(run.p99Ms).padStart(6)} ms  ` +
       `shares ${percents(run.shares).padEnd(11)} (max/mean ${fixed(run.maxOverMean)}, ` +
       `connections ${fixed(run.connectionMaxOverMean)})  ` +
-      `failed ${run.failed}  stray ${run.strayAnswers}  other load ${fixed(run.otherCores)} cores`
+      `failed ${run.failed}  stray ${run.strayAnswers}  client ${fixed(run.clientCores)} cores  ` +
+      `other load ${fixed(run.otherCores)} cores`
   )
 
 /** The configurations of a round: each target with each worker count (the single process once). */
@@ -448,6 +454,7 @@ const throughputTable = (runs: ReadonlyArray<Run>): string =>
   markdownTable(
     [
       "load, handler",
+      "at most (C / handler)",
       "target",
       ...settings.workers.map((n) => `N=${n} req/s`),
       ...scaled().map((n) => `N=${n}/N=1`),
@@ -456,6 +463,7 @@ const throughputTable = (runs: ReadonlyArray<Run>): string =>
     cases().flatMap((c) =>
       scalingTargets().map((target) => [
         caseName(c),
+        c.delayMs === 0 ? "" : fixed((c.connections * 1000) / c.delayMs, 0),
         target,
         ...settings.workers.map((n) =>
           perRound(select(runs, { target, workers: n, ...c }).map((r) => r.requestsPerSecond))
@@ -604,6 +612,7 @@ const runTable = (runs: ReadonlyArray<Run>): string =>
       "connections per worker",
       "worker CPU (cores)",
       "primary CPU",
+      "client CPU",
       "failed",
       "stray",
       "other load"
@@ -621,6 +630,7 @@ const runTable = (runs: ReadonlyArray<Run>): string =>
       run.perWorker.map((w) => w.connections).join(" "),
       run.perWorker.map((w) => fixed(w.cpuCores)).join(" "),
       fixed(run.primaryCpuCores),
+      fixed(run.clientCores),
       String(run.failed),
       String(run.strayAnswers),
       fixed(run.otherCores)
@@ -637,7 +647,10 @@ const report = (runs: ReadonlyArray<Run>) => {
   const failed = runs.reduce((n, run) => n + run.failed, 0)
   const stray = runs.reduce((n, run) => n + run.strayAnswers, 0)
   const sections = [
-    "Requests/s, per round (`round 1 / round 2 / ...`), and the N-worker/1-worker ratio of each round:",
+    "Requests/s, per round (`round 1 / round 2 / ...`), and the N-worker/1-worker ratio of each round. With a " +
+      "handler of d ms, C connections answer at most C / d requests/s, whatever the workers: near that bound, " +
+      "more workers cannot help. The client runs in this process: where it uses about a core (`client CPU` " +
+      "below) it, not the servers, sets the pace, and on a machine of 2 cores the workers share the other one.",
     throughputTable(runs),
     "effect-grace's ratio over plain node's, round by round (the primary gives each slot a `SO_REUSEPORT` socket " +
       "of its own where it binds the sockets itself: `node-reuseport` is the comparison; `node-shared` is the " +
@@ -650,7 +663,8 @@ const report = (runs: ReadonlyArray<Run>) => {
     sharesTable(runs),
     "Latency, median over the rounds of each run's p50 and p99:",
     latencyTable(runs),
-    `${failed} failed requests (errors, timeouts, non-2xx) and ${stray} answers from no known worker over all runs. ${noise}`
+    `${failed} failed requests (errors, timeouts, non-2xx) and ${stray} answers from no known worker over all runs. ` +
+      `The client used a median of ${fixed(median(runs.map((run) => run.clientCores)))} cores. ${noise}`
   ]
   console.log(`\n${sections.join("\n\n")}`)
   writeResults(
