@@ -235,3 +235,152 @@ describe("the supervisor's state machine", () => {
     })
   })
 })
+
+describe("the supervisor's state machine: a primary's rolling restart, a worker's pause", () => {
+  const primary: Partial<Machine.Rules> = { canRoll: true }
+  const rolling = at({ _tag: "Rolling", reply: "first" })
+  const paused = at({ _tag: "Paused" })
+  const probation = at({ _tag: "Probation", reply: "first", successor: "successor", pid: 200, signals: 0 })
+  const rollRequest = (
+    reply = "second",
+    signal: string | undefined = "SIGHUP"
+  ): Extract<Event, { _tag: "RestartRequested" }> => ({
+    _tag: "RestartRequested",
+    reply,
+    signal,
+    kind: "roll"
+  })
+  const rollRefusal = (state: State, given: Partial<Machine.Rules> = primary) => {
+    const [next, actions] = step(state, rollRequest(), given)
+    assert.deepStrictEqual(next, state, "a refusal changes nothing")
+    assert.deepStrictEqual(tags(actions), ["Log rolling restart requested", "Refuse"], "logged, then refused")
+    const refused = actions[1] as Extract<Action, { _tag: "Refuse" }>
+    assert.strictEqual(refused.reply, "second", "the refusal answers the one who asked")
+    return refused.refusal
+  }
+
+  it("a roll from serving: logged with who asked, RELOADING, then the roll", () => {
+    const [next, actions] = step(serving, rollRequest("second", "SIGHUP"), primary)
+    assert.deepStrictEqual(next.phase, { _tag: "Rolling", reply: "second" })
+    assert.deepStrictEqual(tags(actions), ["Log rolling restart requested", "NotifyReloading", "StartRoll"])
+    assert.deepStrictEqual((actions[0] as Extract<Action, { _tag: "Log" }>).annotations, { by: "SIGHUP" })
+    const [, called] = step(serving, { ...rollRequest(), signal: undefined }, primary)
+    assert.deepStrictEqual((called[0] as Extract<Action, { _tag: "Log" }>).annotations, { by: "call" })
+  })
+
+  it("a roll needs a primary, not a native hand-off nor the parent gone", () => {
+    assert.deepStrictEqual(rollRefusal(serving, { canRoll: false }), { _tag: "RestartUnsupported" })
+    assert.deepStrictEqual(rollRefusal(starting, { canRoll: false }), { _tag: "RestartUnsupported" })
+    assert.strictEqual(step(serving, rollRequest(), { canRoll: true, canHandOff: false })[0].phase._tag, "Rolling")
+    assert.strictEqual(step(at({ _tag: "Serving" }, 41), rollRequest(), primary)[0].phase._tag, "Rolling")
+  })
+
+  it("a roll is refused before ready, during a restart, a probation, a roll or a pause, and once stopping", () => {
+    assert.deepStrictEqual(rollRefusal(starting), { _tag: "NotServing", state: "starting" })
+    for (const state of [restarting, probation, rolling, paused]) {
+      assert.deepStrictEqual(rollRefusal(state), { _tag: "AlreadyInProgress" }, state.phase._tag)
+    }
+    for (const state of [delaying, handingOff, terminating, stopped]) {
+      assert.deepStrictEqual(rollRefusal(state), { _tag: "NotServing", state: "draining" }, state.phase._tag)
+    }
+  })
+
+  it("an upgrade during a roll is refused as one in progress, and a successor ready then is killed", () => {
+    const [next, actions] = step(rolling, restart(), primary)
+    assert.deepStrictEqual(next, rolling)
+    assert.deepStrictEqual(tags(actions), ["Log restart requested", "Refuse"])
+    assert.deepStrictEqual((actions[1] as Extract<Action, { _tag: "Refuse" }>).refusal, { _tag: "AlreadyInProgress" })
+    assert.deepStrictEqual(step(rolling, ready, primary), [
+      rolling,
+      [{ _tag: "KillSuccessor", successor: "successor" }]
+    ])
+  })
+
+  it("the roll done: serving again, the caller answered with the primary's pid", () => {
+    const [next, actions] = step(rolling, { _tag: "RollDone", pid: 100 }, primary)
+    assert.deepStrictEqual(next, serving)
+    assert.deepStrictEqual(actions, [{ _tag: "RollDone", reply: "first", pid: 100 }])
+    // A second roll after it goes ahead.
+    assert.strictEqual(step(next, rollRequest(), primary)[0].phase._tag, "Rolling")
+  })
+
+  it("the roll stopped: serving again, the caller refused with why; each end only in its own phase", () => {
+    const [next, actions] = step(rolling, { _tag: "RollStopped", failure: "handed back" }, primary)
+    assert.deepStrictEqual(next, serving)
+    assert.deepStrictEqual(actions, [{ _tag: "RestartFailed", reply: "first", failure: "handed back" }])
+    for (const state of [serving, restarting, terminating, stopped]) {
+      assert.deepStrictEqual(step(state, { _tag: "RollDone", pid: 100 }, primary), [state, []], state.phase._tag)
+      assert.deepStrictEqual(step(state, { _tag: "RollStopped", failure: "late" }, primary), [state, []])
+    }
+    assert.deepStrictEqual(step(rolling, { _tag: "RestartFailed", failure: "upgrade's" }, primary), [rolling, []])
+  })
+
+  it("a termination during a roll refuses its caller before STOPPING=1, then drains (the workers with it)", () => {
+    const [next, actions] = step(rolling, term(), primary)
+    assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "terminate", signals: 1 })
+    assert.deepStrictEqual(tags(actions), [
+      "Log termination requested",
+      "Refuse",
+      "Unready",
+      "NotifyStopping",
+      "BeginDrain"
+    ])
+    assert.deepStrictEqual(actions[1], {
+      _tag: "Refuse",
+      reply: "first",
+      refusal: { _tag: "NotServing", state: "draining" }
+    })
+    assert.notInclude(tags(actions), "InterruptRestart", "no successor to interrupt: the pool stops its workers")
+    const [delayed, then] = step(rolling, term("call"), { ...primary, shutdownDelay: true })
+    assert.deepStrictEqual(delayed.phase, { _tag: "Delaying", signals: 0 })
+    assert.deepStrictEqual(tags(then), [
+      "Log termination requested",
+      "Refuse",
+      "Unready",
+      "NotifyStopping",
+      "BeginDelay"
+    ])
+    // The roll's end after it says nothing.
+    assert.deepStrictEqual(step(next, { _tag: "RollDone", pid: 100 }, primary), [next, []])
+  })
+
+  it("a worker paused by its primary: unready, the servers paused; resumed: they accept again", () => {
+    const [next, actions] = step(serving, { _tag: "Pause" })
+    assert.deepStrictEqual(next, paused)
+    assert.deepStrictEqual(actions, [{ _tag: "Unready", why: "handed off" }, { _tag: "PauseServing" }])
+    const [back, resumed] = step(next, { _tag: "Resume" })
+    assert.deepStrictEqual(back, serving)
+    assert.deepStrictEqual(resumed, [{ _tag: "ResumeServing" }])
+  })
+
+  it("pause only from serving, resume only from paused", () => {
+    for (const state of [starting, paused, restarting, delaying, terminating, stopped]) {
+      assert.deepStrictEqual(step(state, { _tag: "Pause" }), [state, []], state.phase._tag)
+    }
+    for (const state of [starting, serving, restarting, delaying, terminating, stopped]) {
+      assert.deepStrictEqual(step(state, { _tag: "Resume" }), [state, []], state.phase._tag)
+    }
+  })
+
+  it("a restart asked of a paused worker is refused as one in progress", () => {
+    const [next, actions] = step(paused, restart(), { canHandOff: false })
+    assert.deepStrictEqual(next, paused)
+    assert.deepStrictEqual((actions[1] as Extract<Action, { _tag: "Refuse" }>).refusal, { _tag: "AlreadyInProgress" })
+  })
+
+  it("terminated while paused: no delay, no STOPPING=1, the drain goes on to its end; a second signal forces", () => {
+    for (const shutdownDelay of [false, true]) {
+      const [next, actions] = step(paused, term(), { shutdownDelay })
+      assert.deepStrictEqual(next.phase, { _tag: "Draining", reason: "terminate", signals: 1 })
+      assert.deepStrictEqual(tags(actions), ["Log termination requested", "Unready", "BeginDrain"])
+      assert.deepStrictEqual(actions[1], { _tag: "Unready", why: "stopping" })
+    }
+    const [gone, first] = step(paused, term("primary"))
+    assert.deepStrictEqual(gone.phase, { _tag: "Draining", reason: "terminate", signals: 0 }, "the primary's going")
+    assert.deepStrictEqual((first[0] as Extract<Action, { _tag: "Log" }>).annotations, { by: "primary" })
+    const [once, after] = step(gone, term())
+    assert.deepStrictEqual(tags(after), ["Log termination requested"], "one signal after the primary's going")
+    assert.deepStrictEqual(tags(step(once, term())[1]), ["Log termination requested", "ForceExit"])
+    assert.deepStrictEqual(step(gone, { _tag: "Resume" }), [gone, []], "a resume once draining changes nothing")
+  })
+})

@@ -5,6 +5,7 @@
  * resumed, forced, drained), and every log line with its level and
  * annotations.
  */
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -57,6 +58,8 @@ export interface SupervisedOptions extends Supervisor.Options {
   readonly keysFrom?: Tickets.TicketKey
   /** The parent goes before it sends anything. */
   readonly parentGone?: boolean
+  /** The environment as `Config` reads it, instead of the process's (`EFFECT_GRACE_WORKER` makes a worker). */
+  readonly env?: Readonly<Record<string, string>>
 }
 
 /** An application whose one server records what the supervisor makes it do. */
@@ -91,6 +94,48 @@ interface Seen {
 /** Runs the application under the supervisor on a fake OS, with no probation unless `options` asks for one. */
 export const supervised = (options: SupervisedOptions = {}) =>
   Effect.gen(function* () {
+    const launched = yield* launch(options)
+    const { fake, lines, logs, fiber } = launched
+    yield* until(() => launched.seen() !== undefined, "the application building")
+    if (options.gate === undefined) yield* until(() => logs().includes("effect-grace: ready"), "ready")
+    const seen = launched.seen()!
+    return {
+      fake,
+      notes: launched.notes,
+      events: launched.events,
+      lines,
+      /** Every message logged, in order. */
+      logs,
+      /** The warnings, with the reason each names. */
+      warnings: launched.warnings,
+      fiber,
+      supervisor: seen.supervisor,
+      health: seen.health,
+      ticketKey: seen.ticketKey
+    }
+  })
+
+/**
+ * A primary (`workers` set) under the supervisor on a fake OS: it runs no application, and its workers are children
+ * the test plays (`fake.spawned`). Returned at once: the primary is ready once its workers say they are.
+ */
+export const primary = (options: SupervisedOptions & { readonly workers: number }) =>
+  Effect.gen(function* () {
+    const launched = yield* launch(options)
+    // A test that fails leaves its workers running: they exit with it, so that the primary's drain does not wait.
+    yield* Effect.addFinalizer(() =>
+      Effect.forEach(
+        launched.fake.children,
+        (child) => (child.state === "running" ? child.exit({ code: 0, signal: null }) : Effect.void),
+        { discard: true }
+      )
+    )
+    return launched
+  })
+
+// The supervisor started on the fake OS, with what the test watches.
+const launch = (options: SupervisedOptions) =>
+  Effect.gen(function* () {
     const fake = yield* FakeOs.make(options)
     if (options.keysFrom !== undefined) {
       yield* fake.parent!.channel.send(`ticket-keys ${Tickets.encode(options.keysFrom)}`)
@@ -111,25 +156,25 @@ export const supervised = (options: SupervisedOptions = {}) =>
       ).pipe(
         Effect.provideService(Os.Os, fake.os),
         Effect.provide(Notify.layerCallback((message) => Effect.sync(() => void notes.push(message)))),
-        Effect.provide(Logger.layer([logger]))
+        Effect.provide(Logger.layer([logger])),
+        (run) =>
+          options.env === undefined
+            ? run
+            : Effect.provideService(run, ConfigProvider.ConfigProvider, ConfigProvider.fromUnknown(options.env))
       )
     )
-    yield* until(() => seen !== undefined, "the application building")
-    const logs = () => lines.map((line) => line.message)
-    if (options.gate === undefined) yield* until(() => logs().includes("effect-grace: ready"), "ready")
     return {
       fake,
       notes,
       events,
       lines,
       /** Every message logged, in order. */
-      logs,
+      logs: () => lines.map((line) => line.message),
       /** The warnings, with the reason each names. */
       warnings: () =>
         lines.filter((line) => line.level === "Warn").map((line) => ({ ...line, reason: line.annotations.reason })),
       fiber,
-      supervisor: seen!.supervisor,
-      health: seen!.health,
-      ticketKey: seen!.ticketKey
+      /** What the application saw of the supervisor, once it builds (never in a primary). */
+      seen: () => seen
     }
   })
