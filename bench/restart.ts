@@ -32,6 +32,14 @@
  *   checkout's `.cache/restart/`), as the README advises for the fastest
  *   hand-offs: Node then resolves and reads one module instead of hundreds.
  * - `--out DIR`: where to write the results (default `bench/results/`).
+ * - `--workers N`: the demo in workers mode (`GRACE_WORKERS=N`), restarted
+ *   `--rolls` times (default 20; 4 with `--quick`) by `SIGHUP` to its
+ *   primary (a rolling restart, one slot at a time) and `--upgrades` times
+ *   (default 5; 2 with `--quick`) by `SIGUSR2` (a new primary and its
+ *   workers), the upgrades spread evenly among the rolls, each new worker
+ *   or primary on probation for `--probation` (`GRACE_PROBATION`, default
+ *   `1 second`, to keep the run a few minutes). Results go to
+ *   `restart-workers.json`, `.md` and `.svg`; see "Workers" below.
  *
  * Load: autocannon, `--connections` keep-alive connections spread over the
  * three ports, each sending `GET /sleep/?duration=0s` as soon as the previous
@@ -59,6 +67,21 @@
  * - fds and RSS of the first and the final process, both read under load in
  *   steady state: they should be close; growth over restarts is a leak.
  *
+ * Workers: the demo's processes (a primary, its workers, and during an
+ * upgrade the new primary and its workers) are counted every 20 ms by their
+ * command line (the demo's first address is unique to the run), in a worker
+ * thread, and each restart's peak is reported (a roll should peak at N + 2,
+ * an upgrade at 2N + 2). The times come from the demo's logs (logfmt on
+ * stderr, with their timestamps): a roll lasts from the signal to the
+ * primary's `workers restarted` (each old worker gone), an upgrade from the
+ * signal to the old primary and its workers gone (polled); the handoff is
+ * the signal to the first prober answer from a new worker. Latency phases:
+ * the window is the whole restart; start-up is each new worker's
+ * `worker started` to its `ready` (for an upgrade, the signal to the old
+ * primary's `successor ready`); hand-over is a new worker's `ready` to its
+ * slot's old worker's `stopped` (for an upgrade, `successor ready` to the
+ * old group gone).
+ *
  * autocannon ignores `Connection: close`: it writes its next request on a
  * connection the server said it is closing (that request is then lost, and
  * autocannon does not notice). A draining server says exactly that, so each
@@ -82,10 +105,12 @@ import {
   freshCompileCache,
   freePorts,
   isAlive,
+  killAllWithArgument,
   machine,
   markdownTable,
   percentile,
   processGroup,
+  processesWithArgument,
   processStats,
   setNice,
   sleep,
@@ -112,7 +137,11 @@ const { values: flags } = parseArgs({
     renice: { type: "string", default: "0" },
     out: { type: "string" },
     "flat-cache": { type: "boolean", default: false },
-    bundle: { type: "boolean", default: false }
+    bundle: { type: "boolean", default: false },
+    workers: { type: "string" },
+    rolls: { type: "string" },
+    upgrades: { type: "string" },
+    probation: { type: "string", default: "1 second" }
   }
 })
 const COMPILE_CACHE_MODES = ["fresh", "first", "off"] as const
@@ -136,8 +165,8 @@ const settings = {
 }
 const BANNER = /^Serving .* with pid (\d+)\.$/
 const ANSWER = /from pid (\d+)\.\s*$/
-/** The whole run, whatever happens. */
-const DEADLINE_MS = 180_000
+/** The whole run, whatever happens (a workers run has more, and longer, restarts). */
+const DEADLINE_MS = flags.workers === undefined ? 180_000 : 900_000
 
 const now = () => performance.now()
 
@@ -526,7 +555,16 @@ const main = async () => {
       final: { pid: current, ...finalStats },
       terminated
     }
-    printAndWrite(output, picture({ loadStart, stopped, restarts, revision: output.machine.revision }))
+    const svg = picture({
+      loadStart,
+      stopped,
+      restarts: restarts.map((r, i) => ({ ...r, label: `restart ${i + 1}, pid ${r.from} -> ${r.to}` })),
+      title: "Restarts under load (bench:restart)",
+      subtitle:
+        `${output.machine.revision}, Node ${process.version}: the demo on three ports, ` +
+        `${settings.connections} keep-alive connections, ${restarts.length} restarts by SIGUSR2`
+    })
+    printAndWrite(output, svg)
     if (aborted !== undefined || report.failed > 0 || !terminated.exited || terminated.leftover.length > 0)
       process.exitCode = 1
   } catch (error) {
@@ -560,24 +598,51 @@ const terminate = async (group: number, pid: number) => {
 // Report
 // -----------------------------------------------------------------------------
 
-const summarize = (input: {
+/** A span of a run (`performance.now()` ms). */
+interface Interval {
+  readonly from: number
+  readonly to: number
+}
+
+/**
+ * The spans of the restarts a request can overlap: the whole window of each
+ * restart, the start-up of a new process, the hand-over (the new one ready,
+ * the old one not gone yet), and the half second after a restart.
+ */
+interface Phases {
+  readonly windows: ReadonlyArray<Interval>
+  readonly startups: ReadonlyArray<Interval>
+  readonly handovers: ReadonlyArray<Interval>
+  readonly afters: ReadonlyArray<Interval>
+}
+
+/** A single process's restarts: signal to old process gone, of which signal to ready and ready to gone. */
+const phasesOf = (restarts: ReadonlyArray<Restart>): Phases => ({
+  windows: restarts.map((r) => ({ from: r.signalled, to: r.drained })),
+  startups: restarts.map((r) => ({ from: r.signalled, to: r.ready })),
+  handovers: restarts.map((r) => ({ from: r.ready, to: r.drained })),
+  afters: restarts.map((r) => ({ from: r.drained, to: r.drained + 500 }))
+})
+
+/** What the clients saw, whatever the restarts were: requests, failures and latency by phase. */
+const summarizeLoad = (input: {
   readonly loadStart: number
   readonly measuredFrom: number
   readonly stopped: number
-  readonly restarts: ReadonlyArray<Restart>
+  /** When each restart was signalled, in order: failures are counted from one to the next. */
+  readonly signals: ReadonlyArray<number>
+  readonly phases: Phases
   readonly results: ReadonlyArray<autocannon.Result>
   readonly probes: ReadonlyArray<Probe>
 }) => {
-  const { restarts, results, probes } = input
-  // A request belongs to a phase of a restart if it overlaps it, from one time of the restart to another.
-  const phase =
-    (from: keyof Restart, to: keyof Restart, extraMs = 0) =>
-    (start: number, end: number) =>
-      restarts.some((restart) => start <= restart[to] + extraMs && end >= restart[from])
-  const inWindow = phase("signalled", "drained")
-  const inStartup = phase("signalled", "ready")
-  const inHandover = phase("ready", "drained")
-  const inAfter = phase("drained", "drained", 500)
+  const { signals, phases, results, probes } = input
+  // A request belongs to a phase of a restart if it overlaps it.
+  const phase = (intervals: ReadonlyArray<Interval>) => (start: number, end: number) =>
+    intervals.some((interval) => start <= interval.to && end >= interval.from)
+  const inWindow = phase(phases.windows)
+  const inStartup = phase(phases.startups)
+  const inHandover = phase(phases.handovers)
+  const inAfter = phase(phases.afters)
 
   const steady: Array<number> = []
   const during: Array<number> = []
@@ -606,27 +671,13 @@ const summarize = (input: {
     }
   }
 
-  const perRestart = restarts.map((restart, i) => {
-    const answered = probes.find((p) => p.pid === restart.to && p.end >= restart.signalled)
-    const next = restarts[i + 1]?.signalled ?? input.stopped
-    return {
-      from: restart.from,
-      to: restart.to,
-      readyMs: restart.ready - restart.signalled,
-      handoffMs: answered === undefined ? Number.NaN : answered.end - restart.signalled,
-      drainedMs: restart.drained - restart.signalled,
-      renicedMs: restart.renicedMs,
-      failures: record.failures.filter((f) => f.at >= restart.signalled && f.at < next).length
-    }
-  })
-
   const failures = record.failures.map((failure) => {
-    const index = restarts.findLastIndex((restart) => restart.signalled <= failure.at)
+    const index = signals.findLastIndex((signalled) => signalled <= failure.at)
     return {
       ...failure,
       at: Math.round(failure.at - input.loadStart),
       restart: index + 1,
-      sinceSignalMs: index >= 0 ? Math.round(failure.at - restarts[index]!.signalled) : undefined
+      sinceSignalMs: index >= 0 ? Math.round(failure.at - signals[index]!) : undefined
     }
   })
   const byKind: Record<string, number> = {}
@@ -634,15 +685,6 @@ const summarize = (input: {
     byKind[`${failure.source} ${failure.kind}`] = (byKind[`${failure.source} ${failure.kind}`] ?? 0) + 1
 
   const sum = (f: (result: autocannon.Result) => number) => results.reduce((n, result) => n + f(result), 0)
-  const spread = (values: ReadonlyArray<number>) => {
-    const sorted = sortedOf(values.filter(Number.isFinite))
-    return {
-      medianMs: percentile(sorted, 50),
-      minMs: sorted.length > 0 ? sorted[0]! : Number.NaN,
-      maxMs: sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN,
-      missing: values.length - sorted.length
-    }
-  }
   const latencies = {
     steady: latency(steady),
     duringRestarts: latency(during),
@@ -671,10 +713,51 @@ const summarize = (input: {
       ...latencies,
       /** The target: at most 1.3. */
       p99DuringOverSteady: latencies.duringRestarts.p99Ms / latencies.steady.p99Ms
-    },
-    ready: spread(perRestart.map((r) => r.readyMs)),
-    handoff: spread(perRestart.map((r) => r.handoffMs)),
-    drained: spread(perRestart.map((r) => r.drainedMs)),
+    }
+  }
+}
+
+/** Failures seen from `signalled` until `next`: those of one restart. */
+const failuresBetween = (signalled: number, next: number) =>
+  record.failures.filter((f) => f.at >= signalled && f.at < next).length
+
+/** The median, smallest and largest of durations, and how many are missing (NaN). */
+const spreadOf = (values: ReadonlyArray<number>) => {
+  const sorted = sortedOf(values.filter(Number.isFinite))
+  return {
+    medianMs: percentile(sorted, 50),
+    minMs: sorted.length > 0 ? sorted[0]! : Number.NaN,
+    maxMs: sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN,
+    missing: values.length - sorted.length
+  }
+}
+
+const summarize = (input: {
+  readonly loadStart: number
+  readonly measuredFrom: number
+  readonly stopped: number
+  readonly restarts: ReadonlyArray<Restart>
+  readonly results: ReadonlyArray<autocannon.Result>
+  readonly probes: ReadonlyArray<Probe>
+}) => {
+  const { restarts, probes } = input
+  const perRestart = restarts.map((restart, i) => {
+    const answered = probes.find((p) => p.pid === restart.to && p.end >= restart.signalled)
+    return {
+      from: restart.from,
+      to: restart.to,
+      readyMs: restart.ready - restart.signalled,
+      handoffMs: answered === undefined ? Number.NaN : answered.end - restart.signalled,
+      drainedMs: restart.drained - restart.signalled,
+      renicedMs: restart.renicedMs,
+      failures: failuresBetween(restart.signalled, restarts[i + 1]?.signalled ?? input.stopped)
+    }
+  })
+  return {
+    ...summarizeLoad({ ...input, signals: restarts.map((r) => r.signalled), phases: phasesOf(restarts) }),
+    ready: spreadOf(perRestart.map((r) => r.readyMs)),
+    handoff: spreadOf(perRestart.map((r) => r.handoffMs)),
+    drained: spreadOf(perRestart.map((r) => r.drainedMs)),
     restarts: perRestart
   }
 }
@@ -690,6 +773,14 @@ type Output = ReturnType<typeof summarize> & {
   readonly terminated: Awaited<ReturnType<typeof terminate>>
 }
 
+/** A restart as drawn: its window, from the signal to the old process(es) gone, and what to call it. */
+interface Shown {
+  readonly signalled: number
+  readonly ready: number
+  readonly drained: number
+  readonly label: string
+}
+
 /**
  * The run as a picture: the whole run, then two restarts up close: the worst
  * (most failures, else the slowest answer) and a typical one (the median time
@@ -698,8 +789,10 @@ type Output = ReturnType<typeof summarize> & {
 const picture = (input: {
   readonly loadStart: number
   readonly stopped: number
-  readonly restarts: ReadonlyArray<Restart>
-  readonly revision: string
+  /** Each restart's window, from the signal to the old process(es) gone, and what to call it. */
+  readonly restarts: ReadonlyArray<Shown>
+  readonly title: string
+  readonly subtitle: string
 }): string => {
   const { loadStart, stopped, restarts } = input
   const points = { count: record.ends.length, ends: record.ends, latencies: record.latencies, pids: record.pids }
@@ -713,7 +806,7 @@ const picture = (input: {
     windows: restarts,
     failures
   })
-  const worstLatency = (restart: Restart) => {
+  const worstLatency = (restart: Shown) => {
     let worst = 0
     for (let i = 0; i < record.ends.length; i++) {
       const end = record.ends[i]!
@@ -722,7 +815,7 @@ const picture = (input: {
     }
     return worst
   }
-  const failuresIn = (restart: Restart) =>
+  const failuresIn = (restart: Shown) =>
     record.failures.filter((f) => f.at >= restart.signalled - 500 && f.at <= restart.drained + 500).length
   const ranked = restarts
     .map((restart, i) => ({ restart, i, failures: failuresIn(restart), worst: worstLatency(restart) }))
@@ -730,12 +823,12 @@ const picture = (input: {
   const byDrain = restarts
     .map((restart, i) => ({ restart, i }))
     .toSorted((a, b) => a.restart.drained - a.restart.signalled - (b.restart.drained - b.restart.signalled))
-  const closeUp = (label: string, chosen: { readonly restart: Restart; readonly i: number } | undefined) => {
+  const closeUp = (label: string, chosen: { readonly restart: Shown; readonly i: number } | undefined) => {
     if (chosen === undefined) return []
-    const { restart, i } = chosen
+    const { restart } = chosen
     return [
       panel(
-        `${label}: restart ${i + 1}, pid ${restart.from} -> ${restart.to}; ms since the signal`,
+        `${label}: ${restart.label}; ms since the signal`,
         restart.signalled,
         restart.signalled - 400,
         restart.drained + 600
@@ -743,9 +836,8 @@ const picture = (input: {
     ]
   }
   return timelineSvg(
-    "Restarts under load (bench:restart)",
-    `${input.revision}, Node ${process.version}: the demo on three ports, ${settings.connections} keep-alive connections, ` +
-      `${restarts.length} restarts by SIGUSR2, ${record.ends.length} answers, ${record.failures.length} failures`,
+    input.title,
+    `${input.subtitle}, ${record.ends.length} answers, ${record.failures.length} failures`,
     [
       panel("The whole run; s since the load started", loadStart, loadStart, stopped),
       ...closeUp("Worst", ranked[0]),
@@ -889,6 +981,611 @@ const settingsText = (s: typeof settings) =>
     s.renice === 0 ? "successor at the same priority" : `successor at nice ${s.renice} until its banner`
   ].join(", ")
 
+// -----------------------------------------------------------------------------
+// Workers (`--workers N`)
+// -----------------------------------------------------------------------------
+
+const workerSettings = {
+  workers: Number(flags.workers),
+  rolls: Number(flags.rolls ?? (flags.quick ? 4 : 20)),
+  upgrades: Number(flags.upgrades ?? (flags.quick ? 2 : 5)),
+  /** `GRACE_PROBATION`: how long a new worker (or primary) is on probation before the old one drains. */
+  probation: flags.probation,
+  /** How often the demo's processes are counted. */
+  sampleEveryMs: 20
+}
+
+/** One logfmt line of the demo's stderr; `at` is its timestamp on this process's `performance.now()` clock. */
+interface LogLine {
+  readonly at: number
+  readonly message: string
+  readonly fields: Readonly<Record<string, string>>
+}
+
+const parseLogLine = (line: string): LogLine | undefined => {
+  const fields: Record<string, string> = {}
+  for (const [, key, raw] of line.matchAll(/(\w+)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
+    try {
+      fields[key!] = raw!.startsWith('"') ? (JSON.parse(raw!) as string) : raw!
+    } catch {
+      fields[key!] = raw!
+    }
+  }
+  if (fields.timestamp === undefined || fields.message === undefined) return undefined
+  return { at: Date.parse(fields.timestamp) - performance.timeOrigin, message: fields.message, fields }
+}
+
+/** The demo's log lines, parsed as they come, and a bounded wait for one after an index. */
+const logReader = (errors: ReadonlyArray<string>) => {
+  const parsed: Array<LogLine> = []
+  let read = 0
+  const lines = () => {
+    for (; read < errors.length; read++) {
+      const line = parseLogLine(errors[read]!)
+      if (line !== undefined) parsed.push(line)
+    }
+    return parsed
+  }
+  /** Waits for a line matching `match`; a refusal or failure logged by `refusedBy` (a warning with a reason) ends it. */
+  const waitFor = async (
+    from: number,
+    what: string,
+    ms: number,
+    match: (line: LogLine) => boolean,
+    refusedBy?: number
+  ) => {
+    let found: LogLine | undefined
+    const refused = (line: LogLine) =>
+      line.fields.level === "WARN" && line.fields.pid === String(refusedBy) && line.fields.reason !== undefined
+    await until(
+      () =>
+        (found = lines()
+          .slice(from)
+          .find((line) => match(line) || refused(line))) !== undefined,
+      ms,
+      what,
+      5
+    )
+    if (!match(found!)) throw new Error(`${found!.message} (reason ${found!.fields.reason}, pid ${refusedBy})`)
+    return found!
+  }
+  return { lines, waitFor }
+}
+
+const logged = (message: string, pid: number) => (line: LogLine) =>
+  line.message === `effect-grace: ${message}` && line.fields.pid === String(pid)
+
+/**
+ * Counts the demo's processes (those with `argument` in their command line)
+ * every `everyMs` in a worker thread, off the load's event loop: each sample
+ * is a time (`performance.timeOrigin + performance.now()`) and a count.
+ */
+const SAMPLER_WORKER = `
+const { parentPort, workerData } = require("node:worker_threads")
+const { readdirSync, readFileSync } = require("node:fs")
+const needle = "\\0" + workerData.argument + "\\0"
+const alive = (pid) => {
+  try {
+    const stat = readFileSync("/proc/" + pid + "/stat", "utf8")
+    const state = stat[stat.lastIndexOf(")") + 2]
+    return state !== "Z" && state !== "X"
+  } catch {
+    return false
+  }
+}
+const count = () => {
+  let n = 0
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\\d+$/.test(entry)) continue
+    try {
+      if (("\\0" + readFileSync("/proc/" + entry + "/cmdline", "latin1")).includes(needle) && alive(entry)) n++
+    } catch {}
+  }
+  return n
+}
+const samples = []
+const timer = setInterval(() => samples.push(performance.timeOrigin + performance.now(), count()), workerData.everyMs)
+parentPort.on("message", () => {
+  clearInterval(timer)
+  parentPort.postMessage(samples)
+})
+`
+
+const startSampler = (argument: string) => {
+  const worker = new Worker(SAMPLER_WORKER, {
+    eval: true,
+    workerData: { argument, everyMs: workerSettings.sampleEveryMs }
+  })
+  const stop = async (): Promise<Array<{ readonly at: number; readonly count: number }>> => {
+    const flat = await within(
+      new Promise<Array<number>>((resolve) => {
+        worker.once("message", resolve)
+        // A worker thread's port, not a window: there is no origin.
+        // oxlint-disable-next-line unicorn/require-post-message-target-origin
+        worker.postMessage("stop")
+      }),
+      10_000,
+      "the process sampler to stop"
+    )
+    await worker.terminate()
+    const samples: Array<{ readonly at: number; readonly count: number }> = []
+    for (let i = 0; i < flat.length; i += 2)
+      samples.push({ at: flat[i]! - performance.timeOrigin, count: flat[i + 1]! })
+    return samples
+  }
+  return { stop, kill: () => void worker.terminate() }
+}
+
+/** A rolling restart (SIGHUP) or a full upgrade (SIGUSR2) of the workers demo. */
+interface WorkersRestart {
+  readonly kind: "roll" | "upgrade"
+  /** The primary signalled, and the one serving after (the same for a roll). */
+  readonly primary: number
+  readonly successor: number
+  readonly oldWorkers: ReadonlyArray<number>
+  readonly newWorkers: ReadonlyArray<number>
+  /** Times: the signal; every new worker ready; the restart done (see the header); every old process gone. */
+  readonly signalled: number
+  readonly ready: number
+  readonly done: number
+  readonly oldGone: number
+  readonly startups: ReadonlyArray<Interval>
+  readonly handovers: ReadonlyArray<Interval>
+}
+
+type Logs = ReturnType<typeof logReader>
+
+/** Slot to worker pid, from the `worker started` lines of `primary` at or after `from`. */
+const startedWorkers = (lines: ReadonlyArray<LogLine>, primary: number) =>
+  lines
+    .filter(logged("worker started", primary))
+    .map((line) => ({ at: line.at, slot: Number(line.fields.slot), worker: Number(line.fields.worker) }))
+
+const roll = async (logs: Logs, primary: number, slots: Map<number, number>): Promise<WorkersRestart> => {
+  const from = logs.lines().length
+  const oldWorkers = [...slots.values()]
+  const signalled = now()
+  process.kill(primary, "SIGHUP")
+  const done = await logs.waitFor(
+    from,
+    `pid ${primary} to restart its workers`,
+    120_000,
+    logged("workers restarted", primary),
+    primary
+  )
+  await until(() => oldWorkers.every((pid) => !isAlive(pid)), 30_000, "every old worker to exit")
+  const oldGone = now()
+  const lines = logs.lines().slice(from)
+  const startups: Array<Interval> = []
+  const handovers: Array<Interval> = []
+  const newWorkers: Array<number> = []
+  for (const started of startedWorkers(lines, primary)) {
+    const ready = lines.find(logged("ready", started.worker))?.at ?? done.at
+    const old = slots.get(started.slot)
+    const stopped = old === undefined ? undefined : lines.find(logged("stopped", old))
+    startups.push({ from: started.at, to: ready })
+    handovers.push({ from: ready, to: stopped?.at ?? done.at })
+    slots.set(started.slot, started.worker)
+    newWorkers.push(started.worker)
+  }
+  const ready = Math.max(...startups.map((startup) => startup.to))
+  return {
+    kind: "roll",
+    primary,
+    successor: primary,
+    oldWorkers,
+    newWorkers,
+    signalled,
+    ready,
+    done: done.at,
+    oldGone,
+    startups,
+    handovers
+  }
+}
+
+const upgrade = async (logs: Logs, primary: number, slots: Map<number, number>): Promise<WorkersRestart> => {
+  const from = logs.lines().length
+  const oldWorkers = [...slots.values()]
+  const signalled = now()
+  process.kill(primary, "SIGUSR2")
+  const ready = await logs.waitFor(
+    from,
+    `pid ${primary}'s successor to be ready`,
+    60_000,
+    logged("successor ready", primary),
+    primary
+  )
+  const successor = Number(ready.fields.successor)
+  await until(
+    () => !isAlive(primary) && oldWorkers.every((pid) => !isAlive(pid)),
+    60_000,
+    `pid ${primary} and its workers to exit`
+  )
+  const done = now()
+  slots.clear()
+  for (const started of startedWorkers(logs.lines().slice(from), successor)) slots.set(started.slot, started.worker)
+  return {
+    kind: "upgrade",
+    primary,
+    successor,
+    oldWorkers,
+    newWorkers: [...slots.values()],
+    signalled,
+    ready: ready.at,
+    done,
+    oldGone: done,
+    startups: [{ from: signalled, to: ready.at }],
+    handovers: [{ from: ready.at, to: done }]
+  }
+}
+
+/** `rolls` rolls and `upgrades` upgrades, the upgrades spread evenly among the rolls. */
+const schedule = (rolls: number, upgrades: number): Array<WorkersRestart["kind"]> => {
+  const total = rolls + upgrades
+  return Array.from({ length: total }, (_, i) =>
+    Math.floor(((i + 1) * upgrades) / total) > Math.floor((i * upgrades) / total) ? "upgrade" : "roll"
+  )
+}
+
+/** fds and RSS of the primary and of each worker. */
+const groupStats = (primary: number, slots: ReadonlyMap<number, number>) => ({
+  primary: { pid: primary, ...processStats(primary) },
+  workers: [...slots.values()].map((pid) => ({ pid, ...processStats(pid) }))
+})
+
+/** SIGTERM to the final primary; waits for it, then for every process of the demo, to be gone. */
+const terminateWorkers = async (address: string, pid: number) => {
+  const started = now()
+  process.kill(pid, "SIGTERM")
+  const exited = await until(() => !isAlive(pid), 15_000, `pid ${pid} to exit after SIGTERM`).then(
+    () => true,
+    () => false
+  )
+  const exitMs = now() - started
+  await until(() => processesWithArgument(address).length === 0, 5000, "the workers to exit").catch(() => undefined)
+  return { pid, exited, exitMs, leftover: processesWithArgument(address) }
+}
+
+/** The demo in workers mode, rolled and upgraded under load. */
+const mainWorkers = async () => {
+  const { workers } = workerSettings
+  const kinds = schedule(workerSettings.rolls, workerSettings.upgrades)
+  const ports = await freePorts(3)
+  const address = `127.0.0.1:${ports[0]}`
+  console.log(
+    `Restarts under load, workers: GRACE_WORKERS=${workers}, ${workerSettings.rolls} rolls (SIGHUP) and ` +
+      `${workerSettings.upgrades} upgrades (SIGUSR2), probation ${workerSettings.probation}, ` +
+      `${settings.connections} keep-alive connections on 127.0.0.1:${ports.join(", ")}, ` +
+      `${settings.steadyMs} ms steady state after each\n`
+  )
+  const cache = freshCompileCache()
+  // The workers are in process groups of their own: found, and killed at exit, by the demo's address.
+  const removeKill = killAllWithArgument(address)
+  const demo = spawnNode([demoPath, ...ports.flatMap((port, i) => [`--a${i}`, `127.0.0.1:${port}`])], {
+    group: true,
+    env: {
+      ...demoEnv(cache.directory),
+      GRACE_WORKERS: String(workers),
+      GRACE_PROBATION: workerSettings.probation,
+      GRACE_SHUTDOWN_DELAY: undefined
+    }
+  })
+  const logs = logReader(demo.errors)
+  const sampler = startSampler(address)
+  const restarts: Array<WorkersRestart> = []
+  let loads: Array<Load> = []
+  let prober: ReturnType<typeof startProber> | undefined
+  try {
+    let primary = demo.pid
+    await logs.waitFor(0, `pid ${primary} to be ready`, 30_000, logged("ready", primary))
+    const slots = new Map<number, number>()
+    for (const started of startedWorkers(logs.lines(), primary)) slots.set(started.slot, started.worker)
+    const loadStart = now()
+    loads = startClients(ports)
+    prober = startProber(ports)
+    await sleep(settings.warmupMs)
+    const measuredFrom = now()
+    // Read under load, as the final ones are.
+    const first = groupStats(primary, slots)
+
+    let aborted: string | undefined
+    try {
+      for (const [i, kind] of kinds.entries()) {
+        const restart = await (kind === "roll" ? roll : upgrade)(logs, primary, slots)
+        primary = restart.successor
+        restarts.push(restart)
+        console.log(
+          `${kind.padEnd(7)} ${String(i + 1).padStart(2)}: primary ${restart.primary} -> ${restart.successor}, ` +
+            `workers ${restart.oldWorkers.join(" ")} -> ${restart.newWorkers.join(" ")}  ` +
+            `ready ${fixed(restart.ready - restart.signalled, 0)} ms, done ${fixed(restart.done - restart.signalled, 0)} ms, ` +
+            `old gone ${fixed(restart.oldGone - restart.signalled, 0)} ms, failures so far ${record.failures.length}`
+        )
+        await sleep(settings.steadyMs)
+      }
+    } catch (error) {
+      aborted = error instanceof Error ? error.message : String(error)
+      console.error(
+        `\nRestarts stopped: ${aborted}\ndemo stderr (last 20 lines):\n${demo.errors.slice(-20).join("\n")}`
+      )
+    }
+
+    const final = groupStats(primary, slots)
+    const stopped = now()
+    for (const load of loads) load.instance.stop()
+    const results = await within(Promise.all(loads.map((load) => load.result)), 10_000, "autocannon to stop")
+    await within(prober.stop(), 10_000, "the prober to stop")
+    for (const written of inFlight.values()) {
+      if (stopped - written > 2000) {
+        fail({ source: "load", kind: "stalled", detail: `unanswered for ${fixed(stopped - written, 0)} ms at the end` })
+      }
+    }
+    const samples = await sampler.stop()
+    const report = summarizeWorkers({
+      loadStart,
+      measuredFrom,
+      stopped,
+      restarts,
+      results,
+      probes: prober.probes,
+      samples
+    })
+    const terminated = await terminateWorkers(address, primary)
+    const output = {
+      machine: machine(Path.dirname(demoSource)),
+      demo: demoPath,
+      settings: { ...settings, ...workerSettings },
+      ports,
+      aborted,
+      ...report,
+      first,
+      final,
+      terminated
+    }
+    const svg = picture({
+      loadStart,
+      stopped,
+      restarts: restarts.map((r, i) => ({
+        signalled: r.signalled,
+        ready: r.ready,
+        drained: r.oldGone,
+        label: `${r.kind} ${i + 1}, primary ${r.primary} -> ${r.successor}`
+      })),
+      title: "Rolling restarts and upgrades of workers under load (bench:restart --workers)",
+      subtitle:
+        `${output.machine.revision}, Node ${process.version}: GRACE_WORKERS=${workers}, three ports, ` +
+        `${settings.connections} keep-alive connections, ${workerSettings.rolls} rolls by SIGHUP, ` +
+        `${workerSettings.upgrades} upgrades by SIGUSR2, probation ${workerSettings.probation}`
+    })
+    printAndWriteWorkers(output, svg)
+    if (aborted !== undefined || report.failed > 0 || !terminated.exited || terminated.leftover.length > 0)
+      process.exitCode = 1
+  } catch (error) {
+    process.exitCode = 1
+    console.error(`\nFAILED: ${error instanceof Error ? error.message : String(error)}`)
+    console.error(`demo stderr (last 40 lines):\n${demo.errors.slice(-40).join("\n")}`)
+  } finally {
+    for (const load of loads) load.instance.stop()
+    await prober?.stop()
+    sampler.kill()
+    await demo.stop(1000)
+    for (const pid of processesWithArgument(address)) {
+      try {
+        process.kill(pid, "SIGKILL")
+      } catch {
+        // Gone meanwhile.
+      }
+    }
+    removeKill()
+    cache.remove()
+  }
+}
+
+const summarizeWorkers = (input: {
+  readonly loadStart: number
+  readonly measuredFrom: number
+  readonly stopped: number
+  readonly restarts: ReadonlyArray<WorkersRestart>
+  readonly results: ReadonlyArray<autocannon.Result>
+  readonly probes: ReadonlyArray<Probe>
+  readonly samples: ReadonlyArray<{ readonly at: number; readonly count: number }>
+}) => {
+  const { restarts, probes, samples } = input
+  const phases: Phases = {
+    windows: restarts.map((r) => ({ from: r.signalled, to: Math.max(r.done, r.oldGone) })),
+    startups: restarts.flatMap((r) => r.startups),
+    handovers: restarts.flatMap((r) => r.handovers),
+    afters: restarts.map((r) => ({ from: Math.max(r.done, r.oldGone), to: Math.max(r.done, r.oldGone) + 500 }))
+  }
+  const peak = (from: number, to: number) =>
+    samples.filter((s) => s.at >= from && s.at <= to).reduce((n, s) => Math.max(n, s.count), 0)
+  const perRestart = restarts.map((restart, i) => {
+    const answered = probes.find((p) => restart.newWorkers.includes(p.pid) && p.end >= restart.signalled)
+    return {
+      kind: restart.kind,
+      primary: restart.primary,
+      successor: restart.successor,
+      oldWorkers: restart.oldWorkers,
+      newWorkers: restart.newWorkers,
+      readyMs: restart.ready - restart.signalled,
+      handoffMs: answered === undefined ? Number.NaN : answered.end - restart.signalled,
+      doneMs: restart.done - restart.signalled,
+      oldGoneMs: restart.oldGone - restart.signalled,
+      peakProcesses: peak(restart.signalled, Math.max(restart.done, restart.oldGone)),
+      failures: failuresBetween(restart.signalled, restarts[i + 1]?.signalled ?? input.stopped)
+    }
+  })
+  const of = (kind: WorkersRestart["kind"]) => perRestart.filter((r) => r.kind === kind)
+  const before = samples.filter((s) => s.at >= input.loadStart && s.at < (restarts[0]?.signalled ?? input.stopped))
+  return {
+    ...summarizeLoad({ ...input, signals: restarts.map((r) => r.signalled), phases }),
+    rolls: {
+      /** Signal to the primary's `workers restarted`. */
+      done: spreadOf(of("roll").map((r) => r.doneMs)),
+      oldGone: spreadOf(of("roll").map((r) => r.oldGoneMs)),
+      handoff: spreadOf(of("roll").map((r) => r.handoffMs)),
+      peakProcesses: Math.max(0, ...of("roll").map((r) => r.peakProcesses))
+    },
+    upgrades: {
+      /** Signal to the old primary's `successor ready`. */
+      ready: spreadOf(of("upgrade").map((r) => r.readyMs)),
+      /** Signal to the old primary and its workers gone. */
+      done: spreadOf(of("upgrade").map((r) => r.doneMs)),
+      handoff: spreadOf(of("upgrade").map((r) => r.handoffMs)),
+      peakProcesses: Math.max(0, ...of("upgrade").map((r) => r.peakProcesses))
+    },
+    processes: {
+      /** Counted every `sampleEveryMs` by command line, from the load's start to the first signal. */
+      steady: { min: Math.min(...before.map((s) => s.count)), max: Math.max(...before.map((s) => s.count)) },
+      samples: samples.length
+    },
+    restarts: perRestart
+  }
+}
+
+type WorkersOutput = ReturnType<typeof summarizeWorkers> & {
+  readonly aborted: string | undefined
+  readonly machine: ReturnType<typeof machine>
+  readonly settings: typeof settings & typeof workerSettings
+  readonly first: ReturnType<typeof groupStats>
+  readonly final: ReturnType<typeof groupStats>
+  readonly terminated: Awaited<ReturnType<typeof terminateWorkers>>
+}
+
+const printAndWriteWorkers = (output: WorkersOutput, svg: string) => {
+  const mib = (kib: number) => fixed(kib / 1024, 1)
+  const n = output.settings.workers
+  const stats = (group: ReturnType<typeof groupStats>) =>
+    `primary ${group.primary.fds} fds, ${mib(group.primary.rssKiB)} MiB (pid ${group.primary.pid}); workers ` +
+    group.workers.map((w) => `${w.fds} fds, ${mib(w.rssKiB)} MiB (pid ${w.pid})`).join("; ")
+  const summary = markdownTable(
+    ["measure", "value"],
+    [
+      ["rolls (SIGHUP), upgrades (SIGUSR2)", `${countOf(output, "roll")}, ${countOf(output, "upgrade")}`],
+      ["requests answered (load)", String(output.requests.answered)],
+      ["prober requests", String(output.requests.probes)],
+      ["answers with Connection: close (load)", String(output.requests.connectionClose)],
+      ["failed requests", String(output.failed)],
+      ...Object.entries(output.failuresByKind).map(([kind, count]) => [`  ${kind}`, String(count)]),
+      ["latency steady (p50 / p99 / max)", latencyText(output.latency.steady)],
+      ["latency during restarts, signal to old processes gone", latencyText(output.latency.duringRestarts)],
+      ["p99 during restarts / p99 steady (target at most 1.3)", fixed(output.latency.p99DuringOverSteady)],
+      ["  of which: start-up, a new worker (or primary) starting", latencyText(output.latency.startup)],
+      ["  of which: hand-over, new one ready to old one gone", latencyText(output.latency.handover)],
+      ["steady, but in the half second after a restart", latencyText(output.latency.afterRestarts)],
+      ["roll, signal to `workers restarted` (median, min-max)", spreadText(output.rolls.done)],
+      ["roll, signal to every old worker gone", spreadText(output.rolls.oldGone)],
+      ["roll, signal to first prober answer from a new worker", spreadText(output.rolls.handoff)],
+      ["upgrade, signal to `successor ready`", spreadText(output.upgrades.ready)],
+      ["upgrade, signal to old primary and its workers gone", spreadText(output.upgrades.done)],
+      ["upgrade, signal to first prober answer from a new worker", spreadText(output.upgrades.handoff)],
+      [
+        "processes before the first restart (min-max)",
+        `${output.processes.steady.min}-${output.processes.steady.max} (expected ${n + 1})`
+      ],
+      [
+        "peak processes during a roll",
+        `${output.rolls.peakProcesses} (expected ${n + 2}: primary, N workers, one new)`
+      ],
+      [
+        "peak processes during an upgrade",
+        `${output.upgrades.peakProcesses} (expected ${2 * n + 2}: two primaries, each with N workers)`
+      ],
+      ["first: fds, RSS", stats(output.first)],
+      ["final: fds, RSS", stats(output.final)],
+      [
+        "SIGTERM to the final primary",
+        output.terminated.exited
+          ? `exited in ${fixed(output.terminated.exitMs, 0)} ms, ${output.terminated.leftover.length} process(es) left`
+          : `did not exit within 15 s; left: ${output.terminated.leftover.join(", ")}`
+      ]
+    ]
+  )
+  const perRestart = markdownTable(
+    [
+      "#",
+      "kind",
+      "primary",
+      "workers",
+      "ready ms",
+      "handoff ms",
+      "done ms",
+      "old gone ms",
+      "peak processes",
+      "failures"
+    ],
+    output.restarts.map((r, i) => [
+      String(i + 1),
+      r.kind,
+      r.primary === r.successor ? String(r.primary) : `${r.primary} -> ${r.successor}`,
+      `${r.oldWorkers.join(" ")} -> ${r.newWorkers.join(" ")}`,
+      fixed(r.readyMs, 0),
+      fixed(r.handoffMs, 0),
+      fixed(r.doneMs, 0),
+      fixed(r.oldGoneMs, 0),
+      String(r.peakProcesses),
+      String(r.failures)
+    ])
+  )
+  const failureList =
+    output.failures.length === 0
+      ? "No failed requests."
+      : markdownTable(
+          ["t ms", "restart", "ms after signal", "client", "kind", "detail"],
+          output.failures.map((f) => [
+            String(f.at),
+            String(f.restart),
+            String(f.sinceSignalMs ?? ""),
+            f.source,
+            f.kind,
+            f.detail
+          ])
+        )
+  const verdict =
+    output.aborted !== undefined
+      ? `Target (0 failed requests, every restart done): NOT met: ${output.aborted}.`
+      : output.failed === 0
+        ? "Target (0 failed requests): met."
+        : `Target (0 failed requests): NOT met (${output.failed} failed).`
+  console.log(`\n${summary}\n\n${perRestart}\n\n${failureList}\n\n${verdict}`)
+  writeResults(
+    "restart-workers",
+    output,
+    [
+      "# Rolling restarts and upgrades of workers under load",
+      "",
+      `\`npm run bench:restart -- --workers ${n}\` at ${output.machine.revision} on Node ${output.machine.node}, ` +
+        `${output.machine.cpus} CPUs, ${output.machine.date}: the demo with \`GRACE_WORKERS=${n}\` on three ports, ` +
+        `${output.settings.connections} keep-alive connections sending \`GET ${output.settings.path}\`, ` +
+        `${output.settings.rolls} rolling restarts by \`SIGHUP\` and ${output.settings.upgrades} upgrades by ` +
+        `\`SIGUSR2\` to the primary, spread among the rolls, one at a time, \`GRACE_PROBATION=${output.settings.probation}\`, ` +
+        `${output.settings.steadyMs} ms of steady state after each; ${settingsText(output.settings)}.`,
+      "",
+      "Latency is per request, from write to last byte. A restart's window runs from the signal to the old " +
+        'processes gone: requests overlapping a window are "during restarts", the others (after the warm-up) ' +
+        '"steady". Start-up is a new worker\'s `worker started` to its `ready` (for an upgrade, the signal to ' +
+        "`successor ready`); hand-over a new worker's `ready` to its slot's old worker's `stopped` (for an upgrade, " +
+        "`successor ready` to the old group gone). Processes are the demo's, counted by command line every " +
+        `${output.settings.sampleEveryMs} ms.`,
+      "",
+      summary,
+      "",
+      verdict,
+      "",
+      perRestart,
+      "",
+      failureList,
+      "",
+      "Picture: `restart-workers.svg` (answers coloured by the pid that served them)."
+    ].join("\n"),
+    svg,
+    flags.out === undefined ? undefined : Path.resolve(flags.out)
+  )
+}
+
+const countOf = (output: WorkersOutput, kind: WorkersRestart["kind"]) =>
+  output.restarts.filter((r) => r.kind === kind).length
+
 // A run that hangs anyway is ended, with every process it started (support.ts's exit clean-up).
 setTimeout(() => {
   console.error(`\nFAILED: the run took more than ${DEADLINE_MS / 1000} s`)
@@ -896,4 +1593,4 @@ setTimeout(() => {
   process.exit(2)
 }, DEADLINE_MS).unref()
 
-await main()
+await (flags.workers === undefined ? main() : mainWorkers())

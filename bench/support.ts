@@ -221,6 +221,36 @@ export const processGroup = (pgid: number): Array<number> =>
       return fields !== undefined && Number(fields[2]) === pgid && isAlive(pid)
     })
 
+/**
+ * The live (non-zombie) processes with `argument` as one of their command-line arguments: a program's unique
+ * address (`127.0.0.1:40123`) finds every process of it, those in process groups of their own (workers) too.
+ */
+export const processesWithArgument = (argument: string): Array<number> => {
+  const needle = `\0${argument}\0`
+  return readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        return `\0${readFileSync(`/proc/${pid}/cmdline`, "latin1")}`.includes(needle) && isAlive(pid)
+      } catch {
+        return false
+      }
+    })
+}
+
+/** Registers a clean-up that kills (SIGKILL) every process with `argument` (see `processesWithArgument`). */
+export const killAllWithArgument = (argument: string): (() => void) =>
+  onCleanup(() => {
+    for (const pid of processesWithArgument(argument)) {
+      try {
+        process.kill(pid, "SIGKILL")
+      } catch {
+        // Already gone.
+      }
+    }
+  })
+
 /** Open fds (`/proc/<pid>/fd`) and resident memory (`VmRSS`, in KiB) of a process. */
 export const processStats = (pid: number): { readonly fds: number; readonly rssKiB: number } => {
   const fds = readdirSync(`/proc/${pid}/fd`).length
