@@ -1090,14 +1090,21 @@ const serviceOf = (runtime: Runtime): Supervisor["Service"] => {
 // A worker hears its primary: pause, resume, the group serving, and its going (this worker then drains and exits).
 const listenToPrimary = (runtime: Runtime, link: Worker.PrimaryLink) =>
   Effect.gen(function* () {
-    const command = (line: Worker.Command): Effect.Effect<void> =>
-      line === "serving"
-        ? Effect.flatMap(Ref.get(runtime.state), (state) =>
+    const command = (line: Worker.Command): Effect.Effect<void> => {
+      switch (line) {
+        case "serving":
+          return Effect.flatMap(Ref.get(runtime.state), (state) =>
             Effect.sync(() => {
               if (state.phase._tag === "Serving") runtime.health.setPhase("serving")
             })
           )
-        : Effect.asVoid(send(runtime, { _tag: line === "pause" ? "Pause" : "Resume" }))
+        case "terminate":
+          return Effect.asVoid(send(runtime, { _tag: "Terminate", source: "primary", signal: undefined }))
+        case "pause":
+        case "resume":
+          return Effect.asVoid(send(runtime, { _tag: line === "pause" ? "Pause" : "Resume" }))
+      }
+    }
     yield* Effect.forkScoped(
       Effect.forever(Effect.flatMap(Queue.take(link.commands), command)).pipe(Effect.catch(() => Effect.void))
     )

@@ -6,6 +6,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -19,6 +20,7 @@ import * as Supervisor from "../src/Supervisor.ts"
 import * as Group from "../src/internal/group.ts"
 import type * as Os from "../src/internal/os.ts"
 import type * as Tickets from "../src/internal/tickets.ts"
+import * as Sys from "../src/internal/sys.ts"
 import * as Worker from "../src/internal/worker.ts"
 import * as FakeOs from "./support/os.ts"
 import { primary, supervised, until, untilEffect } from "./support/supervised.ts"
@@ -45,6 +47,9 @@ const heard = (child: FakeOs.FakeChild) =>
 const spawned = (s: Primary) => Effect.flatMap(s.fake.spawned, heard)
 
 const hears = (w: Heard, line: string) => until(() => w.lines.includes(line), `${w.child.pid} told ${line}`)
+
+/** Asked to drain and exit: a line on its channel, not a signal (systemd signals every process of the service). */
+const terminated = (w: Heard) => w.lines.includes("terminate")
 
 const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attributes: Record<string, string>) =>
   Effect.map(Metric.value(Metric.withAttributes(metric, attributes)), (state) => state.count)
@@ -89,13 +94,20 @@ const terminate = (s: Primary, workers: ReadonlyArray<Heard>) =>
   Effect.gen(function* () {
     yield* s.fake.signal("SIGTERM")
     for (const w of workers) {
-      yield* until(() => w.child.terminated, `${w.child.pid} terminated`)
+      yield* until(() => terminated(w), `${w.child.pid} terminated`)
       yield* w.child.exit({ code: 0, signal: null })
     }
     yield* Fiber.join(s.fiber)
   })
 
 const slotOf = (w: Heard) => w.child.env.EFFECT_GRACE_WORKER
+
+/** The port a listening fd is bound to. */
+const portOf = (fd: number) => {
+  const address = Sys.localAddress(fd)
+  assert.isTrue(address._tag === "Success")
+  return address._tag === "Success" && "port" in address.success ? address.success.port : undefined
+}
 
 describe("a primary and its workers, on a fake OS", () => {
   it.effect("starts its workers with the ticket key first; ready once both are, then each is told it serves", () =>
@@ -136,7 +148,7 @@ describe("a primary and its workers, on a fake OS", () => {
       const [a, b, c] = [yield* spawned(s), yield* spawned(s), yield* spawned(s)]
       yield* sayReady(a)
       yield* b.child.exit({ code: 3, signal: null })
-      yield* until(() => a.child.terminated, "the ready one asked to stop")
+      yield* until(() => terminated(a), "the ready one asked to stop")
       assert.strictEqual(c.child.state, "killed", "the one not ready is killed")
       yield* a.child.exit({ code: 0, signal: null })
       const exit = yield* Fiber.await(s.fiber)
@@ -154,7 +166,7 @@ describe("a primary and its workers, on a fake OS", () => {
       const [a, b] = [yield* spawned(s), yield* spawned(s)]
       yield* sayReady(a)
       yield* s.fake.signal("SIGTERM")
-      yield* until(() => a.child.terminated, "the ready one asked to drain")
+      yield* until(() => terminated(a), "the ready one asked to drain")
       assert.strictEqual(b.child.state, "killed")
       assert.isUndefined(s.fiber.pollUnsafe(), "the run waits for the ready one")
       yield* a.child.exit({ code: 0, signal: null })
@@ -163,7 +175,7 @@ describe("a primary and its workers, on a fake OS", () => {
     })
   )
 
-  it.effect("a worker's listen: bound on loopback, the fd sent before `listened`; the same socket for every ask", () =>
+  it.effect("a worker's listen: bound on loopback, the fd sent before `listened`; a socket a slot, on one port", () =>
     Effect.gen(function* () {
       const { s, workers } = yield* serving()
       const [a, b] = workers
@@ -176,7 +188,10 @@ describe("a primary and its workers, on a fake OS", () => {
       assert.isTrue(fstatSync(fd).isSocket(), "a socket the primary holds")
       yield* ask(b, 0, "127.0.0.1:0")
       yield* hears(b, `listened {"key":0}`)
-      assert.deepStrictEqual(b.child.sentFds, [fd], "the same socket: the workers share its accept queue")
+      assert.strictEqual(b.child.sentFds.length, 1)
+      const other = b.child.sentFds[0]!
+      assert.notStrictEqual(other, fd, "a socket of its own: the kernel spreads connections over the two")
+      assert.deepStrictEqual(portOf(other), portOf(fd), "on the same port (SO_REUSEPORT)")
       yield* ask(a, 8, "nowhere:abc")
       yield* until(() => a.lines.some((line) => line.startsWith("listen-failed ")), "the refusal")
       const failed = JSON.parse(a.lines.find((line) => line.startsWith("listen-failed "))!.slice(14))
@@ -186,15 +201,16 @@ describe("a primary and its workers, on a fake OS", () => {
       // A worker started later is given it at its start.
       yield* a.child.exit({ code: null, signal: "SIGKILL" })
       const c = yield* spawned(s)
-      assert.deepInclude(c.child.passed, { fd, name: "http" })
+      assert.deepStrictEqual(c.child.passed, [{ fd, name: "http" }], "slot 0's socket, and only it")
       yield* sayReady(c)
       yield* terminate(s, [b, c])
       // Held for the life of the service, closed with it.
       assert.throws(() => fstatSync(fd))
+      assert.throws(() => fstatSync(other))
     })
   )
 
-  it.effect("two workers asking at once for the same host name get the same socket", () =>
+  it.effect("two workers asking at once for the same host name get the sockets of one group, on one port", () =>
     Effect.gen(function* () {
       const s = yield* primary({ workers: 2 })
       const [a, b] = [yield* spawned(s), yield* spawned(s)]
@@ -205,7 +221,8 @@ describe("a primary and its workers, on a fake OS", () => {
       }
       yield* hears(a, `listened {"key":0}`)
       yield* hears(b, `listened {"key":0}`)
-      assert.deepStrictEqual(b.child.sentFds, a.child.sentFds, "one socket, held for both")
+      assert.notDeepEqual(b.child.sentFds, a.child.sentFds, "a socket each")
+      assert.deepStrictEqual(portOf(b.child.sentFds[0]!), portOf(a.child.sentFds[0]!), "one group: one port")
       yield* sayReady(a, b)
       yield* terminate(s, [a, b])
     })
@@ -230,26 +247,28 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* hears(a, "pause")
       yield* hears(c, "serving")
       assert.strictEqual(s.fake.children.length, 3, "surge 1: the next slot waits")
-      assert.isFalse(a.child.terminated)
+      assert.isFalse(terminated(a))
       yield* TestClock.adjust("4999 millis")
-      assert.isFalse(a.child.terminated, "not before the probation has passed")
+      assert.isFalse(terminated(a), "not before the probation has passed")
       assert.strictEqual(s.fake.children.length, 3)
       yield* TestClock.adjust("1 millis")
-      yield* until(() => a.child.terminated, "the old one of slot 0 ended")
+      yield* until(() => terminated(a), "the old one of slot 0 ended")
+      yield* TestClock.adjust("10 seconds")
+      assert.strictEqual(s.fake.children.length, 3, "the next slot waits until the old one has drained and exited")
+      yield* a.child.exit({ code: 0, signal: null })
       const d = yield* spawned(s)
       assert.strictEqual(slotOf(d), "1")
       assert.deepStrictEqual(b.lines.slice(1), ["serving"], "the next slot's old one untouched so far")
       yield* sayReady(d)
       yield* hears(b, "pause")
       yield* TestClock.adjust("5 seconds")
-      yield* until(() => b.child.terminated, "the old one of slot 1 ended")
+      yield* until(() => terminated(b), "the old one of slot 1 ended")
+      assert.isFalse(s.logs().includes("effect-grace: workers restarted"), "not over while it drains")
+      yield* b.child.exit({ code: 0, signal: null })
       yield* until(() => s.logs().includes("effect-grace: workers restarted"), "the roll done")
       assert.deepStrictEqual(s.notes.slice(2), ["READY=1"], "the reload is over")
       assert.strictEqual((yield* restarts("ready")) - before, 1)
-      assert.deepStrictEqual(a.lines.slice(1), ["serving", "pause"], "paused, never resumed")
-      // The old ones finish their drain; the new ones serve on.
-      yield* a.child.exit({ code: 0, signal: null })
-      yield* b.child.exit({ code: 0, signal: null })
+      assert.deepStrictEqual(a.lines.slice(1), ["serving", "pause", "terminate"], "paused, never resumed")
       yield* terminate(s, [c, d])
     })
   )
@@ -263,16 +282,16 @@ describe("a primary and its workers, on a fake OS", () => {
       assert.isTrue(
         s.lines.some((l) => l.message === "effect-grace: rolling restart requested" && l.annotations.by === "worker")
       )
-      // Without probation, the old one ends as soon as the new one is ready, and is never paused.
+      // Without probation, the old one stops accepting and ends as soon as the new one is ready.
       yield* sayReady(c)
-      yield* until(() => a.child.terminated, "the old one ended")
-      assert.notInclude(a.lines, "pause")
+      yield* until(() => terminated(a), "the old one ended")
+      assert.deepStrictEqual(a.lines.slice(1), ["serving", "pause", "terminate"])
+      yield* a.child.exit({ code: 0, signal: null })
       const d = yield* spawned(s)
       yield* sayReady(d)
-      yield* until(() => b.child.terminated, "the old one ended")
-      yield* until(() => s.logs().includes("effect-grace: workers restarted"), "the roll done")
-      yield* a.child.exit({ code: 0, signal: null })
+      yield* until(() => terminated(b), "the old one ended")
       yield* b.child.exit({ code: 0, signal: null })
+      yield* until(() => s.logs().includes("effect-grace: workers restarted"), "the roll done")
       yield* terminate(s, [c, d])
     })
   )
@@ -296,7 +315,7 @@ describe("a primary and its workers, on a fake OS", () => {
       assert.strictEqual(s.notes.at(-1), "READY=1", "the reload is over")
       yield* TestClock.adjust("10 seconds")
       assert.strictEqual(s.fake.children.length, 3, "slot 1 keeps its worker")
-      assert.isFalse(a.child.terminated)
+      assert.isFalse(terminated(a))
       assert.deepStrictEqual(b.lines.slice(1), ["serving"])
       // The next roll goes ahead.
       yield* s.fake.signal("SIGHUP")
@@ -390,29 +409,26 @@ describe("a primary and its workers, on a fake OS", () => {
     })
   )
 
-  it.effect("SIGTERM after a roll: the run is over only once the old workers, still draining, have exited", () =>
+  it.effect("SIGTERM during a roll: the run is over only once the old worker, still draining, has exited", () =>
     Effect.gen(function* () {
       const { s, workers } = yield* serving()
       const [a, b] = workers
       yield* s.fake.signal("SIGHUP")
       const c = yield* spawned(s)
       yield* sayReady(c)
-      const d = yield* spawned(s)
-      yield* sayReady(d)
-      yield* until(() => s.logs().includes("effect-grace: workers restarted"), "the roll done")
-      // a and b were asked to drain and exit; a has, b still drains.
-      yield* a.child.exit({ code: 0, signal: null })
-      assert.isTrue(b.child.terminated)
+      // a was asked to drain and exit, and still drains.
+      yield* until(() => terminated(a), "the old one of slot 0 asked to end")
       yield* s.fake.signal("SIGTERM")
-      for (const w of [c, d]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+      for (const w of [b, c]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
+      assert.strictEqual(a.lines.filter((line) => line === "terminate").length, 1, "a is not asked twice")
       yield* taken(
         exits,
         2,
-        Effect.all([c.child.exit({ code: 0, signal: null }), d.child.exit({ code: 0, signal: null })])
+        Effect.all([b.child.exit({ code: 0, signal: null }), c.child.exit({ code: 0, signal: null })])
       )
-      // The primary's exit would cut b's drain (the last process of a container; systemd's stop of the cgroup).
+      // The primary's exit would cut a's drain (the last process of a container; systemd's stop of the cgroup).
       assert.isUndefined(s.fiber.pollUnsafe(), "not over while a worker still drains")
-      yield* b.child.exit({ code: 0, signal: null })
+      yield* a.child.exit({ code: 0, signal: null })
       yield* Fiber.join(s.fiber)
     })
   )
@@ -451,7 +467,7 @@ describe("a primary and its workers, on a fake OS", () => {
         yield* hears(a, "pause")
         yield* s.fake.signal("SIGTERM")
         yield* until(() => d.child.state === "killed", "the one not ready killed")
-        for (const w of [a, b, c]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+        for (const w of [a, b, c]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
         assert.include(s.notes, "STOPPING=1")
         yield* a.child.exit({ code: 0, signal: null })
         yield* b.child.exit({ code: 0, signal: null })
@@ -496,7 +512,7 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* hears(a, "pause")
       yield* TestClock.adjust("5 seconds")
       yield* until(() => s.notes.some((n) => n.startsWith(`MAINPID=${successor.child.pid}`)), "MAINPID")
-      for (const w of [a, b]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+      for (const w of [a, b]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
       assert.isUndefined(s.fiber.pollUnsafe(), "the primary waits for its workers")
       yield* a.child.exit({ code: 0, signal: null })
       yield* b.child.exit({ code: 0, signal: null })
@@ -510,7 +526,7 @@ describe("a primary and its workers, on a fake OS", () => {
       const { s, workers } = yield* serving()
       const [a, b] = workers
       yield* s.fake.signal("SIGTERM")
-      for (const w of [a, b]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+      for (const w of [a, b]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
       yield* s.fake.signal("SIGTERM")
       yield* until(() => s.fake.forced.length === 1, "the forced exit")
       // The runtime does not end the process here: every drain is cut, and the run ends by itself.
@@ -537,10 +553,10 @@ describe("a primary and its workers, on a fake OS", () => {
       const [a, b] = workers
       yield* s.fake.signal("SIGUSR2")
       const successor = yield* spawned(s)
-      assert.isFalse(a.child.terminated, "serving while the successor starts")
+      assert.isFalse(terminated(a), "serving while the successor starts")
       yield* successor.child.sayReady
       yield* until(() => s.notes.includes(`MAINPID=${successor.child.pid}\nREADY=1`), "MAINPID")
-      for (const w of [a, b]) yield* until(() => w.child.terminated, `${w.child.pid} asked to drain`)
+      for (const w of [a, b]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
       assert.notInclude(a.lines, "pause", "no window: straight to the drain")
       yield* a.child.exit({ code: 0, signal: null })
       yield* b.child.exit({ code: 0, signal: null })
@@ -642,6 +658,30 @@ describe("a worker, on a fake OS", () => {
       yield* Fiber.join(s.fiber)
       assert.deepStrictEqual(s.events, ["paused", "drained"], "never closing: it accepts nothing already")
       assert.deepStrictEqual(s.notes, [])
+    })
+  )
+
+  it.effect("told to terminate by its primary, it drains; systemd's SIGTERM to every process then forces nothing", () =>
+    Effect.gen(function* () {
+      const drainGate = yield* Deferred.make<void>()
+      const s = yield* worker({ drainGate })
+      yield* s.fake.parent!.channel.send("serving")
+      yield* ready(s)
+      yield* s.fake.parent!.channel.send("terminate")
+      yield* until(() => s.logs().includes("effect-grace: draining"), "the drain")
+      assert.isTrue(
+        s.lines.some((l) => l.message === "effect-grace: termination requested" && l.annotations.by === "primary")
+      )
+      // systemd's stop signals the whole control group, during the drain: this worker's first signal, not its second.
+      yield* s.fake.signal("SIGTERM")
+      yield* until(
+        () => s.lines.filter((l) => l.message === "effect-grace: termination requested").length === 2,
+        "the signal taken"
+      )
+      yield* Deferred.succeed(drainGate, undefined)
+      yield* Fiber.join(s.fiber)
+      assert.deepStrictEqual(s.fake.forced, [], "no forced exit")
+      assert.notInclude(s.events, "forced")
     })
   )
 

@@ -15,8 +15,10 @@
  * - The worker writes `ready` once it serves, and `roll` to ask for a rolling
  *   restart (its application's `restart`).
  * - The primary writes `serving` once the group serves (the worker's
- *   readiness), `pause` (stop accepting, drain, stay built) and `resume`.
- *   It ends a worker with SIGTERM (drain and exit) or SIGKILL.
+ *   readiness), `pause` (stop accepting, drain, stay built), `resume`, and
+ *   `terminate` (drain and exit). Not a signal: systemd's stop signals every
+ *   process of the service, and a worker's second termination signal would
+ *   cut its drain short. It kills a worker with SIGKILL.
  * - A worker whose channel closes has lost its primary: it drains and exits.
  */
 import type * as Cause from "effect/Cause"
@@ -32,7 +34,7 @@ import * as Successor from "./successor.ts"
 export const WORKER_VARIABLE = "EFFECT_GRACE_WORKER"
 
 /** What the primary tells a worker. */
-export type Command = "serving" | "pause" | "resume"
+export type Command = "serving" | "pause" | "resume" | "terminate"
 
 /** A listener a worker asks its primary for: the `nth` ask of the same address and name by that worker. */
 export interface ListenRequest {
@@ -64,7 +66,7 @@ const LISTEN = "listen "
 const LISTENED = "listened "
 const LISTEN_FAILED = "listen-failed "
 const ROLL = "roll"
-const COMMANDS: ReadonlyArray<string> = ["serving", "pause", "resume"]
+const COMMANDS: ReadonlyArray<string> = ["serving", "pause", "resume", "terminate"]
 
 // One listen request: the fd first, then the line that says it was sent.
 const answerListen = (child: Os.Child, requests: Requests, line: string) =>
@@ -121,7 +123,7 @@ export const start = (
       exited: child.exited,
       tell: (command) => child.channel.send(command),
       kill: child.kill,
-      terminate: child.terminate
+      terminate: child.channel.send("terminate")
     }
   })
 
