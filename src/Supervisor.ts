@@ -328,7 +328,11 @@ export type TooFewWorkers = Group.TooFewWorkers
  * @category models
  */
 export interface Options {
-  /** Signals that start a restart. Default `["SIGUSR2"]`; `["SIGHUP"]` for servers reloaded by HUP. */
+  /**
+   * Signals that start a restart. Default `["SIGUSR2"]`; `["SIGHUP"]` for servers reloaded by HUP. On a primary
+   * (with `workers`), `SIGHUP` always restarts the workers one at a time, and these signals (but `SIGHUP`) replace
+   * the primary and its workers.
+   */
   readonly restartSignals?: ReadonlyArray<NodeJS.Signals> | undefined
   /** How long a successor may take to be ready before it is killed. Default 60 seconds. */
   readonly readyTimeout?: Duration.Input | undefined

@@ -800,4 +800,35 @@ describe("Workers", () => {
       }),
     { timeout: 30_000 }
   )
+
+  it.live(
+    "a new primary killed within its probation hands the service back to the old primary and its workers, 0 failed",
+    () =>
+      Effect.gen(function* () {
+        const { program, primary, workers, url, tag } = yield* startWorkers({ GRACE_PROBATION: "10 seconds" })
+        const load = yield* bothLoads(url)
+        yield* load.more(100)
+        const from = program.lines.length
+        process.kill(primary, "SIGUSR2")
+        const ready = yield* waitForLog(program, from, "effect-grace: successor ready", { pid: primary })
+        const successor = Number(ready.annotations.successor)
+        const next = yield* groupReady(program, successor, from)
+        // The old workers are paused: the new ones serve, until their primary dies.
+        const during = load.mark()
+        yield* eventually(() => load.pids(during).some((pid) => next.includes(pid)), "a new worker answering")
+        process.kill(successor, "SIGKILL")
+        const warning = yield* waitForLogWhere(program, from, "the hand-back", (log) => log.level === "WARN")
+        assert.strictEqual(warning.annotations.reason, "HandedBack", warning.message)
+        // Orphaned, the new workers drain what they had and exit; the old ones accept again.
+        yield* Effect.forEach(next, gone, { discard: true })
+        const after = load.mark()
+        yield* load.more(200)
+        yield* eventually(() => workers.every((pid) => load.pids(after).includes(pid)), "both old workers answering")
+        yield* load.stop
+        assert.deepStrictEqual(load.failures(), [], "nothing refused or cut, then or since")
+        for (const pid of load.pids(after)) assert.include(workers, pid)
+        assert.deepStrictEqual(sorted(processesTagged(tag)), sorted([primary, ...workers]))
+      }),
+    { timeout: 60_000 }
+  )
 })
