@@ -906,26 +906,7 @@ const printAndWrite = (output: Output, svg: string) => {
       String(r.failures)
     ])
   )
-  const failureList =
-    output.failures.length === 0
-      ? "No failed requests."
-      : markdownTable(
-          ["t ms", "restart", "ms after signal", "client", "kind", "detail"],
-          output.failures.map((f) => [
-            String(f.at),
-            String(f.restart),
-            String(f.sinceSignalMs ?? ""),
-            f.source,
-            f.kind,
-            f.detail
-          ])
-        )
-  const verdict =
-    output.aborted !== undefined
-      ? `Target (0 failed requests, every restart done): NOT met: ${output.aborted}.`
-      : output.failed === 0
-        ? "Target (0 failed requests): met."
-        : `Target (0 failed requests): NOT met (${output.failed} failed).`
+  const { failureList, verdict } = failureReport(output)
   console.log(`\n${summary}\n\n${perRestart}\n\n${failureList}\n\n${verdict}`)
   writeResults(
     "restart",
@@ -957,6 +938,41 @@ const printAndWrite = (output: Output, svg: string) => {
     flags.out === undefined ? undefined : Path.resolve(flags.out)
   )
 }
+
+/** Every failed request listed, and whether the run met its target: the same for one process and for workers. */
+const failureReport = (output: {
+  readonly aborted: string | undefined
+  readonly failed: number
+  readonly failures: ReadonlyArray<{
+    readonly at: number
+    readonly restart: number
+    readonly sinceSignalMs: number | undefined
+    readonly source: string
+    readonly kind: string
+    readonly detail: string
+  }>
+}) => ({
+  failureList:
+    output.failures.length === 0
+      ? "No failed requests."
+      : markdownTable(
+          ["t ms", "restart", "ms after signal", "client", "kind", "detail"],
+          output.failures.map((f) => [
+            String(f.at),
+            String(f.restart),
+            String(f.sinceSignalMs ?? ""),
+            f.source,
+            f.kind,
+            f.detail
+          ])
+        ),
+  verdict:
+    output.aborted !== undefined
+      ? `Target (0 failed requests, every restart done): NOT met: ${output.aborted}.`
+      : output.failed === 0
+        ? "Target (0 failed requests): met."
+        : `Target (0 failed requests): NOT met (${output.failed} failed).`
+})
 
 const latencyText = (l: {
   readonly p50Ms: number
@@ -1527,26 +1543,7 @@ const printAndWriteWorkers = (output: WorkersOutput, svg: string) => {
       String(r.failures)
     ])
   )
-  const failureList =
-    output.failures.length === 0
-      ? "No failed requests."
-      : markdownTable(
-          ["t ms", "restart", "ms after signal", "client", "kind", "detail"],
-          output.failures.map((f) => [
-            String(f.at),
-            String(f.restart),
-            String(f.sinceSignalMs ?? ""),
-            f.source,
-            f.kind,
-            f.detail
-          ])
-        )
-  const verdict =
-    output.aborted !== undefined
-      ? `Target (0 failed requests, every restart done): NOT met: ${output.aborted}.`
-      : output.failed === 0
-        ? "Target (0 failed requests): met."
-        : `Target (0 failed requests): NOT met (${output.failed} failed).`
+  const { failureList, verdict } = failureReport(output)
   console.log(`\n${summary}\n\n${perRestart}\n\n${failureList}\n\n${verdict}`)
   writeResults(
     "restart-workers",
