@@ -94,7 +94,7 @@ export type Action =
   | { readonly _tag: "Spawn"; readonly slot: number; readonly id: number }
   /** Kills a worker that is not ready (SIGKILL) and reaps it. */
   | { readonly _tag: "Kill"; readonly id: number }
-  /** Asks a worker to drain and exit (SIGTERM). */
+  /** Asks a worker to drain and exit (a `terminate` line: not a signal, see worker.ts). */
   | { readonly _tag: "Terminate"; readonly id: number }
   | { readonly _tag: "Pause"; readonly id: number }
   | { readonly _tag: "Resume"; readonly id: number }
