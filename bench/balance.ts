@@ -49,20 +49,21 @@ import type { ChildProcess } from "node:child_process"
 import { closeSync } from "node:fs"
 import * as Http from "node:http"
 import { parseArgs } from "node:util"
-import * as NetAddress from "effect/net/NetAddress"
-import * as Result from "effect/Result"
-import * as Sys from "../src/internal/sys.ts"
 import { Outcome, startRequests } from "./load.ts"
 import {
+  bindLoopback,
   cpuMillis,
   fixed,
   freePorts,
   machine,
   markdownTable,
+  maxOverMean,
   median,
   onCleanup,
   otherLoad,
   percentile,
+  percents,
+  sharesOf,
   sleep,
   sortedOf,
   startLoad,
@@ -74,7 +75,6 @@ const MODES = ["shared", "single-accept", "reuseport"] as const
 type Mode = (typeof MODES)[number]
 
 const HOST = "127.0.0.1"
-const BACKLOG = 511
 
 // -----------------------------------------------------------------------------
 // Worker
@@ -193,21 +193,8 @@ interface Pool {
   readonly stop: () => Promise<void>
 }
 
-const loopback = (port: number) => NetAddress.inetAddressUnsafe(NetAddress.ipv4Loopback, port)
-
-/** Binds without accepting: this process holds the socket and never polls it. */
-const bindShared = (): { readonly fd: number; readonly port: number } => {
-  const fd = Sys.bindListen(loopback(0), BACKLOG)
-  if (Result.isFailure(fd)) throw new Error(`cannot bind ${HOST}:0: ${Sys.formatSysError(fd.failure)}`)
-  const address = Sys.localAddress(fd.success)
-  if (Result.isFailure(address) || address.success._tag !== "InetAddressV4") {
-    throw new Error(`cannot read the address of fd ${fd.success}`)
-  }
-  return { fd: fd.success, port: address.success.port }
-}
-
 const startPool = async (mode: Mode, count: number): Promise<Pool> => {
-  const shared = mode === "reuseport" ? undefined : bindShared()
+  const shared = mode === "reuseport" ? undefined : bindLoopback(0)
   const port = shared?.port ?? (await freePorts(1))[0]!
   const env: Record<string, string> = mode === "single-accept" ? { UV_TCP_SINGLE_ACCEPT: "1" } : {}
   const listen: Listen = shared === undefined ? { _tag: "ReusePort", port } : { _tag: "Shared", fd: shared.fd }
@@ -321,13 +308,6 @@ interface Run {
   readonly otherCores: number
 }
 
-const sharesOf = (counts: ReadonlyArray<number>): Array<number> => {
-  const total = counts.reduce((a, b) => a + b, 0)
-  return counts.map((n) => (total === 0 ? Number.NaN : n / total)).toSorted((a, b) => b - a)
-}
-
-const maxOverMean = (shares: ReadonlyArray<number>): number => (shares[0] ?? Number.NaN) * shares.length
-
 const measure = async (
   pool: Pool,
   load: Load,
@@ -370,8 +350,6 @@ const measure = async (
     otherCores
   }
 }
-
-const percents = (shares: ReadonlyArray<number>) => shares.map((share) => fixed(share * 100, 0)).join("/")
 
 const printRun = (run: Run) =>
   console.log(

@@ -15,6 +15,9 @@ import { dirname, join, relative } from "node:path"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import autocannon from "autocannon"
+import * as NetAddress from "effect/net/NetAddress"
+import * as Result from "effect/Result"
+import * as Sys from "../src/internal/sys.ts"
 
 // -----------------------------------------------------------------------------
 // Clean-up
@@ -554,3 +557,33 @@ export const bundleProgram = (entry: string, file: string): string | undefined =
   })
   return file
 }
+
+// -----------------------------------------------------------------------------
+// Workers sharing a port (bench:balance, bench:workers)
+// -----------------------------------------------------------------------------
+
+/**
+ * Binds 127.0.0.1:`port` without accepting (`SO_REUSEPORT` with `reusePort`): this process holds the socket and
+ * never polls it, as effect-grace's primary does.
+ */
+export const bindLoopback = (port: number, reusePort = false): { readonly fd: number; readonly port: number } => {
+  const fd = Sys.bindListen(NetAddress.inetAddressUnsafe(NetAddress.ipv4Loopback, port), 511, { reusePort })
+  if (Result.isFailure(fd)) throw new Error(`cannot bind 127.0.0.1:${port}: ${Sys.formatSysError(fd.failure)}`)
+  const address = Sys.localAddress(fd.success)
+  if (Result.isFailure(address) || address.success._tag !== "InetAddressV4") {
+    throw new Error(`cannot read the address of fd ${fd.success}`)
+  }
+  return { fd: fd.success, port: address.success.port }
+}
+
+/** Each worker's share of `counts`, largest first. */
+export const sharesOf = (counts: ReadonlyArray<number>): Array<number> => {
+  const total = counts.reduce((a, b) => a + b, 0)
+  return counts.map((n) => (total === 0 ? Number.NaN : n / total)).toSorted((a, b) => b - a)
+}
+
+/** The largest share over the mean share: 1 is even, N is everything on one of N workers. */
+export const maxOverMean = (shares: ReadonlyArray<number>): number => (shares[0] ?? Number.NaN) * shares.length
+
+/** Shares as percents: `58/42`. */
+export const percents = (shares: ReadonlyArray<number>) => shares.map((share) => fixed(share * 100, 0)).join("/")

@@ -50,21 +50,22 @@ import { closeSync } from "node:fs"
 import { availableParallelism } from "node:os"
 import * as Path from "node:path"
 import { parseArgs } from "node:util"
-import * as NetAddress from "effect/net/NetAddress"
-import * as Result from "effect/Result"
-import * as Sys from "../src/internal/sys.ts"
 import {
+  bindLoopback,
   cpuMillis,
   fixed,
   freePorts,
   killAllWithArgument,
   machine,
   markdownTable,
+  maxOverMean,
   median,
   onCleanup,
   otherLoad,
   percentile,
+  percents,
   processesWithArgument,
+  sharesOf,
   sortedOf,
   spawnNode,
   startLoad,
@@ -77,7 +78,6 @@ const TARGETS = ["node-shared", "node-reuseport", "grace", "grace-single"] as co
 type Target = (typeof TARGETS)[number]
 
 const HOST = "127.0.0.1"
-const BACKLOG = 511
 const BANNER = /^Serving .* with pid (\d+)\.$/
 const ANSWER = /from pid (\d+)\.\s*$/
 const PLAIN_WORKER = new URL("balance.ts", import.meta.url).pathname
@@ -132,22 +132,11 @@ const startPlainWorker = (fd: number) => {
   return { pid, listening, stop }
 }
 
-/** Binds without accepting: this process holds the socket and never polls it. */
-const bind = (port: number, reusePort: boolean): { readonly fd: number; readonly port: number } => {
-  const fd = Sys.bindListen(NetAddress.inetAddressUnsafe(NetAddress.ipv4Loopback, port), BACKLOG, { reusePort })
-  if (Result.isFailure(fd)) throw new Error(`cannot bind ${HOST}:${port}: ${Sys.formatSysError(fd.failure)}`)
-  const address = Sys.localAddress(fd.success)
-  if (Result.isFailure(address) || address.success._tag !== "InetAddressV4") {
-    throw new Error(`cannot read the address of fd ${fd.success}`)
-  }
-  return { fd: fd.success, port: address.success.port }
-}
-
 /** One socket for every worker, or (`reusePort`) one each, all on the same port. */
 const bindAll = (count: number, reusePort: boolean): Array<{ readonly fd: number; readonly port: number }> => {
-  const first = bind(0, reusePort)
+  const first = bindLoopback(0, reusePort)
   if (!reusePort) return Array.from({ length: count }, () => first)
-  return [first, ...Array.from({ length: count - 1 }, () => bind(first.port, true))]
+  return [first, ...Array.from({ length: count - 1 }, () => bindLoopback(first.port, true))]
 }
 
 const startPlain = async (target: "node-shared" | "node-reuseport", count: number): Promise<Running> => {
@@ -322,11 +311,6 @@ interface Run {
   readonly clientCores: number
 }
 
-const sharesOf = (counts: ReadonlyArray<number>): Array<number> => {
-  const total = counts.reduce((a, b) => a + b, 0)
-  return counts.map((n) => (total === 0 ? Number.NaN : n / total)).toSorted((a, b) => b - a)
-}
-
 const measure = async (
   running: Running,
   connections: number,
@@ -367,14 +351,12 @@ const measure = async (
     strayAnswers: [...seen.byPid.values()].reduce((a, b) => a + b, 0) - answeredByWorkers,
     primaryCpuCores: running.primary === undefined ? 0 : cpu[cpu.length - 1]!,
     shares,
-    maxOverMean: (shares[0] ?? Number.NaN) * shares.length,
-    connectionMaxOverMean: (connectionShares[0] ?? Number.NaN) * connectionShares.length,
+    maxOverMean: maxOverMean(shares),
+    connectionMaxOverMean: maxOverMean(connectionShares),
     otherCores,
     clientCores: (client.user + client.system) / 1000 / elapsedMs
   }
 }
-
-const percents = (shares: ReadonlyArray<number>) => shares.map((share) => fixed(share * 100, 0)).join("/")
 
 const printRun = (run: Run) =>
   console.log(
