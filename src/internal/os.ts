@@ -349,9 +349,8 @@ const removePidFile = (path: string) =>
     }
   })
 
-// Exited, not yet reaped: its exit is on its way to this process (SIGCHLD), and Node has not reported it yet.
-// A process's state letter and parent, from /proc; none once it is gone.
-const procStat = (pid: number | string): { readonly state: string; readonly ppid: number } | undefined => {
+/** A process's state letter and parent pid, from /proc; none once it is gone. */
+export const procStat = (pid: number | string): { readonly state: string; readonly ppid: number } | undefined => {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
     const [state = "", ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
@@ -361,6 +360,7 @@ const procStat = (pid: number | string): { readonly state: string; readonly ppid
   }
 }
 
+// Exited, not yet reaped: its exit is on its way to this process (SIGCHLD), and Node has not reported it yet.
 const isZombie = (pid: number): boolean => (procStat(pid)?.state ?? "Z") === "Z"
 
 // This process's children that are zombies now.

@@ -10,6 +10,7 @@ import { createInterface } from "node:readline"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import * as Os from "../../src/internal/os.ts"
 
 /** The Node binary the tests run on (Node 24 from node_modules), for fixtures under type stripping. */
 export const nodePath = process.execPath
@@ -169,16 +170,8 @@ export const processesTagged = (tag: string): Array<number> =>
       }
     })
 
-/** A process's state letter and parent pid, from /proc; none once it is gone. */
-export const procStat = (pid: number | string): { readonly state: string; readonly ppid: number } | undefined => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    const [state = "", ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return { state, ppid: Number(ppid) }
-  } catch {
-    return undefined
-  }
-}
+/** A process's state letter and parent pid, from /proc; none once it is gone: the OS service's own reader. */
+export const procStat = Os.procStat
 
 /** Whether a process exists (and is not a zombie). */
 export const isAlive = (pid: number): boolean => {
