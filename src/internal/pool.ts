@@ -237,9 +237,8 @@ const ready = (state: State, id: number, rules: Rules): Step => {
     // A replacement (or a new worker whose old one has died meanwhile) takes the slot.
     const next = withSlot(state, slot, { ...s, serving: id, starting: undefined, deaths: 0 })
     // The slot is done once its old worker, if one still drains, has exited too.
-    const done =
-      rolling(state, slot) && s.retiring === undefined ? advance(slotDone(next, slot), rules) : ([next, []] as Step)
-    return [done[0], [log("effect-grace: worker serving", { slot }), ...told, ...done[1]]]
+    const done = rolling(state, slot) && s.retiring === undefined ? slotDone(next, slot) : next
+    return [done, [log("effect-grace: worker serving", { slot }), ...told]]
   }
   if (rules.probation) {
     const next = withSlot(state, slot, { ...s, probation: id, starting: undefined, deaths: 0 })
@@ -252,19 +251,19 @@ const ready = (state: State, id: number, rules: Rules): Step => {
 }
 
 // The new worker outlived its window: the old one, paused, drains, and the slot is done once it has exited.
-const probationOver = (state: State, id: number, rules: Rules): Step => {
+const probationOver = (state: State, id: number): Step => {
   const where = find(state, id)
   if (where === undefined || where.role !== "probation") return [state, []]
   const s = state.slots[where.slot]!
   const next = withSlot(state, where.slot, { ...s, serving: id, probation: undefined, retiring: s.serving })
-  if (s.serving === undefined) return advance(slotDone(next, where.slot), rules)
+  if (s.serving === undefined) return [slotDone(next, where.slot), []]
   return [next, [{ _tag: "Terminate", id: s.serving }]]
 }
 
 // The old worker of a rolled slot has drained and exited: the slot is done, and the roll goes on.
-const retired = (state: State, slot: number, rules: Rules): Step => {
+const retired = (state: State, slot: number): Step => {
   const next = withSlot(state, slot, { ...state.slots[slot]!, retiring: undefined })
-  return rolling(state, slot) ? advance(slotDone(next, slot), rules) : [next, []]
+  return [rolling(state, slot) ? slotDone(next, slot) : next, []]
 }
 
 const exitedWhileStopping = (state: State, id: number): Step => {
@@ -295,30 +294,22 @@ const diedStarting = (state: State, slot: number, event: Exited, rules: Rules): 
   const s = state.slots[slot]!
   const { id, code, signal } = event
   const exited = log("effect-grace: worker exited before it was ready", { slot, code, signal })
+  const failure: RollFailure = { _tag: "ExitedBeforeReady", slot, id, code, signal }
   if (rolling(state, slot) && s.serving !== undefined) {
-    const next = slotDone(withSlot(state, slot, { ...s, starting: undefined }), slot, {
-      _tag: "ExitedBeforeReady",
-      slot,
-      id,
-      code,
-      signal
-    })
-    const [after, more] = advance(next, rules)
-    return [after, [exited, ...more]]
+    return [slotDone(withSlot(state, slot, { ...s, starting: undefined }), slot, failure), [exited]]
   }
   const deaths = s.deaths + 1
   const millis = backoff(rules, deaths)
   const emptied = withSlot(state, slot, { ...s, starting: undefined, deaths })
   // In a roll (its old worker died meanwhile), the roll stops here too.
-  const failure: RollFailure = { _tag: "ExitedBeforeReady", slot, id, code, signal }
-  const [next, more] = rolling(state, slot) ? advance(slotDone(emptied, slot, failure), rules) : [emptied, []]
-  return [next, [exited, { _tag: "ScheduleRespawn", slot, millis }, ...more]]
+  const next = rolling(state, slot) ? slotDone(emptied, slot, failure) : emptied
+  return [next, [exited, { _tag: "ScheduleRespawn", slot, millis }]]
 }
 
 type Exited = Extract<Event, { readonly _tag: "Exited" }>
 
 // A worker on probation died: the old one accepts again, and the roll stops.
-const diedOnProbation = (state: State, slot: number, event: Exited, rules: Rules): Step => {
+const diedOnProbation = (state: State, slot: number, event: Exited): Step => {
   const s = state.slots[slot]!
   const { id, code, signal } = event
   const failure: RollFailure = { _tag: "HandedBack", slot, id, code, signal }
@@ -330,12 +321,10 @@ const diedOnProbation = (state: State, slot: number, event: Exited, rules: Rules
   if (s.serving === undefined) {
     // The old one has died too: the slot starts afresh.
     const [next, actions] = spawn(slotDone(withSlot(state, slot, { ...s, probation: undefined }), slot, failure), slot)
-    const [after, more] = advance(next, rules)
-    return [after, [handedBack, ...actions, ...more]]
+    return [next, [handedBack, ...actions]]
   }
   const next = slotDone(withSlot(state, slot, { ...s, probation: undefined }), slot, failure)
-  const [after, more] = advance(next, rules)
-  return [after, [handedBack, { _tag: "Resume", id: s.serving }, ...more]]
+  return [next, [handedBack, { _tag: "Resume", id: s.serving }]]
 }
 
 // A worker that served died (crash, kill -9): replaced at once, unless a new one is on its way to the slot already.
@@ -357,11 +346,11 @@ const exited = (state: State, event: Exited, rules: Rules): Step => {
     case "starting":
       return diedStarting(state, where.slot, event, rules)
     case "probation":
-      return diedOnProbation(state, where.slot, event, rules)
+      return diedOnProbation(state, where.slot, event)
     case "serving":
       return diedServing(state, where.slot, event)
     case "retiring":
-      return retired(state, where.slot, rules)
+      return retired(state, where.slot)
   }
 }
 
@@ -373,10 +362,11 @@ const respawnDue = (state: State, slot: number): Step => {
   return spawn(state, slot)
 }
 
-const roll = (state: State, rules: Rules): Step => {
+// Begun by `advance`, after this step, as every roll goes on.
+const roll = (state: State): Step => {
   if (state.phase !== "Serving" || state.roll !== undefined || state.paused) return [state, []]
   const pending = state.slots.map((_, slot) => slot)
-  return advance({ ...state, roll: { pending, active: [], failure: undefined } }, rules)
+  return [{ ...state, roll: { pending, active: [], failure: undefined } }, []]
 }
 
 const each = (state: State, tag: "Pause" | "Resume"): ReadonlyArray<Action> =>
@@ -413,9 +403,9 @@ const step = (state: State, event: Event, rules: Rules): Step => {
     case "RespawnDue":
       return respawnDue(state, event.slot)
     case "Roll":
-      return roll(state, rules)
+      return roll(state)
     case "ProbationOver":
-      return state.phase === "Serving" ? probationOver(state, event.id, rules) : [state, []]
+      return state.phase === "Serving" ? probationOver(state, event.id) : [state, []]
     case "PauseAll":
       return state.phase === "Serving" ? [{ ...state, paused: true }, each(state, "Pause")] : [state, []]
     case "ResumeAll":
