@@ -56,10 +56,14 @@ const awaitReadyLine = (child: Os.Child): Effect.Effect<boolean> =>
     Effect.catch(() => Effect.succeed(false))
   )
 
-const awaitReady = (child: Os.Child): Effect.Effect<void, EarlyExit> => {
-  const early = Effect.flatMap(child.exited, ({ code, signal }): Effect.Effect<never, EarlyExit> =>
-    Effect.fail({ _tag: "ExitedBeforeReady", pid: child.pid, code, signal })
+/** Fails once the child has exited, with how: raced against its `ready`, an exit first is a failure. */
+export const exitedEarly = (child: Os.Child): Effect.Effect<never, EarlyExit> =>
+  Effect.flatMap(child.exited, ({ code, signal }) =>
+    Effect.fail<EarlyExit>({ _tag: "ExitedBeforeReady", pid: child.pid, code, signal })
   )
+
+const awaitReady = (child: Os.Child): Effect.Effect<void, EarlyExit> => {
+  const early = exitedEarly(child)
   return Effect.raceFirst(
     Effect.flatMap(awaitReadyLine(child), (ready) => (ready ? Effect.void : early)),
     early

@@ -114,12 +114,9 @@ export const start = (
     yield* Effect.forkScoped(
       Effect.forever(Effect.flatMap(child.channel.receive, handle)).pipe(Effect.catch(() => Effect.void))
     )
-    const early = Effect.flatMap(child.exited, ({ code, signal }) =>
-      Effect.fail<Successor.EarlyExit>({ _tag: "ExitedBeforeReady", pid: child.pid, code, signal })
-    )
     return {
       pid: child.pid,
-      ready: Effect.raceFirst(Deferred.await(said), early),
+      ready: Effect.raceFirst(Deferred.await(said), Successor.exitedEarly(child)),
       exited: child.exited,
       tell: (command) => child.channel.send(command),
       kill: child.kill,
