@@ -254,36 +254,46 @@ const fdSocket = (worker: boolean | undefined) =>
       : Effect.succeed(pair.success)
   })
 
-const spawn = (
-  passed: ReadonlyArray<Passed>,
-  env: Readonly<Record<string, string | undefined>>,
-  options: SpawnOptions = {}
-) =>
-  Effect.gen(function* () {
-    const pair = yield* fdSocket(options.worker)
-    const child = yield* Effect.try({
-      try: () => startChild(passed, env, pair?.[1]),
-      catch: (cause): SpawnFailure => ({ _tag: "SpawnFailed", cause })
-    }).pipe(Effect.ensuring(Effect.sync(() => pair !== undefined && closeSync(pair[1]))))
-    if (pair !== undefined) {
-      // However this process ends (a second termination signal exits at once), its workers end with it.
-      const killWorker = () => void child.kill("SIGKILL")
-      process.on("exit", killWorker)
-      child.once("exit", () => {
-        process.off("exit", killWorker)
-        closeSync(pair[0])
-      })
-    }
-    // Node has no pid (nor stdio) for a child it could not start, and reports why as an `error` event.
-    if (child.pid === undefined) {
-      return yield* Effect.callback<never, SpawnFailure>((resume) => {
-        child.once("error", (cause) => resume(Effect.fail({ _tag: "SpawnFailed", cause })))
-      })
-    }
-    const socket = child.stdio[3 + passed.length] as Net.Socket
-    socket.on("error", () => {})
-    return childOf(child, child.pid, yield* Channel.fromSocket(socket), pair?.[0])
-  })
+// However this process ends (a second termination signal exits at once), its workers end with it: one `exit` hook
+// for them all (one each would pass Node's limit of listeners with more than ten workers).
+const killedOnExit = () => {
+  const running = new Set<ChildProcess>()
+  const killAll = () => {
+    for (const child of running) child.kill("SIGKILL")
+  }
+  return (child: ChildProcess): void => {
+    if (running.size === 0) process.on("exit", killAll)
+    running.add(child)
+    child.once("exit", () => {
+      running.delete(child)
+      if (running.size === 0) process.off("exit", killAll)
+    })
+  }
+}
+
+const spawnWith =
+  (killOnExit: (child: ChildProcess) => void) =>
+  (passed: ReadonlyArray<Passed>, env: Readonly<Record<string, string | undefined>>, options: SpawnOptions = {}) =>
+    Effect.gen(function* () {
+      const pair = yield* fdSocket(options.worker)
+      const child = yield* Effect.try({
+        try: () => startChild(passed, env, pair?.[1]),
+        catch: (cause): SpawnFailure => ({ _tag: "SpawnFailed", cause })
+      }).pipe(Effect.ensuring(Effect.sync(() => pair !== undefined && closeSync(pair[1]))))
+      if (pair !== undefined) {
+        killOnExit(child)
+        child.once("exit", () => closeSync(pair[0]))
+      }
+      // Node has no pid (nor stdio) for a child it could not start, and reports why as an `error` event.
+      if (child.pid === undefined) {
+        return yield* Effect.callback<never, SpawnFailure>((resume) => {
+          child.once("error", (cause) => resume(Effect.fail({ _tag: "SpawnFailed", cause })))
+        })
+      }
+      const socket = child.stdio[3 + passed.length] as Net.Socket
+      socket.on("error", () => {})
+      return childOf(child, child.pid, yield* Channel.fromSocket(socket), pair?.[0])
+    })
 
 // The channel's fd is made close-on-exec first, so that the application's own subprocesses do not hold it.
 const openParent = (fd: number, fds: number | undefined) =>
@@ -387,10 +397,10 @@ const reapOrphans: Effect.Effect<void, never, Scope.Scope> = Effect.suspend(() =
 
 /** The operating system, as this process sees it. */
 export const live = (): Os => ({
+  spawn: spawnWith(killedOnExit()),
   pid: process.pid,
   signals,
   foreignHandlers,
-  spawn,
   parent,
   ppid: () => process.ppid,
   enableCompileCache,
