@@ -734,11 +734,17 @@ const passedOn = (runtime: Runtime) =>
     return active.flatMap((l) => (l.fd === undefined ? [] : [{ fd: l.fd, name: l.name }]))
   })
 
+// A successor or a worker reads what this lineage compiled.
+const cacheEnv = (runtime: Runtime): Record<string, string> => {
+  const directory = runtime.resources.compileCache
+  return directory === undefined ? {} : { NODE_COMPILE_CACHE: directory }
+}
+
 // The restart: spawn, wait for ready (an Effect timer: a TestClock drives it), tell the machine. The successor is
 // the machine's once it is ready and told; one that fails, times out or is interrupted before that is killed here.
 const restartWork = (runtime: Runtime) =>
   Effect.gen(function* () {
-    const { os, keyring, compileCache } = runtime.resources
+    const { os, keyring } = runtime.resources
     const passed = yield* passedOn(runtime)
     yield* logged(runtime, "effect-grace: restart started", { listeners: passed.length })
     const spawned = yield* Clock.currentTimeMillis
@@ -746,7 +752,7 @@ const restartWork = (runtime: Runtime) =>
       Successor.start(os, {
         passed,
         ticketKey: Tickets.encode(yield* keyring.current),
-        env: compileCache === undefined ? {} : { NODE_COMPILE_CACHE: compileCache }
+        env: cacheEnv(runtime)
       }).pipe(Effect.catchDefect((cause) => Effect.fail<Os.SpawnFailure>({ _tag: "SpawnFailed", cause }))),
       (successor) =>
         successor.ready.pipe(
@@ -1187,7 +1193,7 @@ const workerEnv = (runtime: Runtime): Record<string, string | undefined> => ({
   NOTIFY_SOCKET: undefined,
   GRACE_PID_FILE: undefined,
   GRACE_WORKERS: undefined,
-  ...(runtime.resources.compileCache === undefined ? {} : { NODE_COMPILE_CACHE: runtime.resources.compileCache })
+  ...cacheEnv(runtime)
 })
 
 /**
