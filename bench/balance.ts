@@ -27,16 +27,16 @@
  * Loads (this process runs them, so on a small machine they share its cores
  * with the workers):
  * - `keepalive-C`: autocannon, C keep-alive connections, no pipelining.
- * - `churn-C`: `bench/load.ts`, C clients, one new connection per request
+ * - `churn-C`: `bench/support/load.ts`, C clients, one new connection per request
  *   (the server answers with `Connection: close`; autocannon cannot do this:
  *   its `reconnectRate` stops counting answers, and its pipeline misreads a
  *   closed connection).
  *
- * Each worker answers `GET /<ms>[/close]` with `hello from pid N.` after a
- * timer of `ms` milliseconds (none for 0), and counts the requests it
- * answered and the connections it accepted. Before each measured run (after a
- * warm-up run) this process sets the counts to zero over IPC and reads them
- * after. Every mode gets fresh workers each round, and the order of the
+ * Each worker (`bench/programs/plain-worker.ts`) answers `GET /<ms>[/close]`
+ * with `hello from pid N.` after a timer of `ms` milliseconds (none for 0),
+ * and counts the requests it answered and the connections it accepted.
+ * Before each measured run (after a warm-up run) this process sets the counts
+ * to zero over IPC and reads them after. Every mode gets fresh workers each round, and the order of the
  * modes rotates from round to round.
  *
  * What a run reports: req/s (answers over the run's seconds, seen by the
@@ -44,32 +44,16 @@
  * the connections, and max/mean (1 is an even spread; N is everything on one
  * worker), the CPU each worker used, and how busy the rest of the machine was.
  */
-import { spawn } from "node:child_process"
-import type { ChildProcess } from "node:child_process"
-import { closeSync } from "node:fs"
-import * as Http from "node:http"
 import { parseArgs } from "node:util"
-import { Outcome, startRequests } from "./load.ts"
-import {
-  bindLoopback,
-  cpuMillis,
-  fixed,
-  freePorts,
-  machine,
-  markdownTable,
-  maxOverMean,
-  median,
-  onCleanup,
-  otherLoad,
-  percentile,
-  percents,
-  sharesOf,
-  sleep,
-  sortedOf,
-  startLoad,
-  within,
-  writeResults
-} from "./support.ts"
+import { Outcome, startRequests, timedLoad } from "./support/load.ts"
+import { bindLoopback, freePorts } from "./support/net.ts"
+import { cpuDuring } from "./support/proc.ts"
+import { startPlainPool } from "./support/plain-workers.ts"
+import type { Listen, PlainPool } from "./support/plain-workers.ts"
+import { fixed, machine, markdownTable, otherLoadText, percents, writeResults } from "./support/report.ts"
+import { measureOn, pairs, rotated } from "./support/rounds.ts"
+import { median, percentile, sharing, sortedOf } from "./support/stats.ts"
+import { sleep } from "./support/wait.ts"
 
 const MODES = ["shared", "single-accept", "reuseport"] as const
 type Mode = (typeof MODES)[number]
@@ -77,120 +61,12 @@ type Mode = (typeof MODES)[number]
 const HOST = "127.0.0.1"
 
 // -----------------------------------------------------------------------------
-// Worker
+// Workers
 // -----------------------------------------------------------------------------
-
-/** What a worker sends over IPC. */
-type FromWorker =
-  | { readonly type: "listening" }
-  | { readonly type: "reset" }
-  | { readonly type: "counts"; readonly requests: number; readonly connections: number }
-
-/** A worker: `node bench/balance.ts worker`, listening on fd 3 or, with `BALANCE_PORT`, on a reuseport socket. */
-const serveAsWorker = () => {
-  const body = `hello from pid ${process.pid}.`
-  const headers = { "content-type": "text/plain", "content-length": Buffer.byteLength(body) }
-  let requests = 0
-  let connections = 0
-  const server = Http.createServer((request, response) => {
-    const [, ms, close] = /^\/(\d+)(\/close)?/.exec(request.url ?? "") ?? []
-    const answer = () => {
-      requests++
-      if (close !== undefined) response.setHeader("connection", "close")
-      response.writeHead(200, headers).end(body)
-    }
-    const delay = Number(ms ?? 0)
-    if (delay > 0) setTimeout(answer, delay)
-    else answer()
-  })
-  server.on("connection", () => connections++)
-  const send = (message: FromWorker) => process.send!(message)
-  process.on("message", (message) => {
-    if (message === "reset") {
-      requests = 0
-      connections = 0
-      send({ type: "reset" })
-    } else if (message === "counts") send({ type: "counts", requests, connections })
-  })
-  // The parent gone (or done), nothing else keeps this process: it ends.
-  process.on("disconnect", () => {
-    server.close()
-    server.closeAllConnections()
-  })
-  const port = process.env.BALANCE_PORT
-  const options = port === undefined ? { fd: 3 } : { port: Number(port), host: HOST, reusePort: true }
-  server.listen(options, () => send({ type: "listening" }))
-}
-
-// -----------------------------------------------------------------------------
-// Workers, from the parent
-// -----------------------------------------------------------------------------
-
-interface Worker {
-  readonly pid: number
-  readonly ask: <T extends FromWorker["type"]>(
-    message: string,
-    reply: T
-  ) => Promise<Extract<FromWorker, { readonly type: T }>>
-  readonly listening: Promise<unknown>
-  readonly stop: () => Promise<void>
-}
-
-const IPC_MS = 10_000
-
-/** How a worker listens: on the shared socket passed as its fd 3, or on a reuseport socket of its own. */
-type Listen = { readonly _tag: "Shared"; readonly fd: number } | { readonly _tag: "ReusePort"; readonly port: number }
-
-const startWorker = (listen: Listen, env: Record<string, string>) => {
-  const child: ChildProcess = spawn(process.execPath, [new URL(import.meta.url).pathname, "worker"], {
-    // fd 3 is the shared listening socket (or nothing), fd 4 the IPC channel.
-    stdio: ["ignore", "inherit", "inherit", listen._tag === "Shared" ? listen.fd : "ignore", "ipc"],
-    env: { ...process.env, ...env, ...(listen._tag === "ReusePort" ? { BALANCE_PORT: String(listen.port) } : {}) }
-  })
-  const pid = child.pid
-  if (pid === undefined) throw new Error("cannot start a worker")
-  const kill = () => child.kill("SIGKILL")
-  const removeCleanup = onCleanup(kill)
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-  const next = <T extends FromWorker["type"]>(type: T) =>
-    within(
-      Promise.race([
-        new Promise<Extract<FromWorker, { readonly type: T }>>((resolve) => {
-          const onMessage = (message: FromWorker) => {
-            if (message.type !== type) return
-            child.off("message", onMessage)
-            resolve(message as Extract<FromWorker, { readonly type: T }>)
-          }
-          child.on("message", onMessage)
-        }),
-        exited.then(() => Promise.reject(new Error(`worker ${pid} exited while waiting for ${type}`)))
-      ]),
-      IPC_MS,
-      `${type} from worker ${pid}`
-    )
-  const handle: Worker = {
-    pid,
-    listening: next("listening"),
-    ask: (message, reply) => {
-      const answer = next(reply)
-      child.send(message)
-      return answer
-    },
-    stop: async () => {
-      if (child.connected) child.disconnect()
-      await within(exited, 5000, `worker ${pid} to exit`).catch(kill)
-      await exited
-      removeCleanup()
-    }
-  }
-  return handle
-}
 
 /** The listening socket(s) of a mode and its workers. */
-interface Pool {
+interface Pool extends PlainPool {
   readonly port: number
-  readonly workers: ReadonlyArray<Worker>
-  readonly stop: () => Promise<void>
 }
 
 const startPool = async (mode: Mode, count: number): Promise<Pool> => {
@@ -198,18 +74,13 @@ const startPool = async (mode: Mode, count: number): Promise<Pool> => {
   const port = shared?.port ?? (await freePorts(1))[0]!
   const env: Record<string, string> = mode === "single-accept" ? { UV_TCP_SINGLE_ACCEPT: "1" } : {}
   const listen: Listen = shared === undefined ? { _tag: "ReusePort", port } : { _tag: "Shared", fd: shared.fd }
-  const workers = Array.from({ length: count }, () => startWorker(listen, env))
-  const stop = async () => {
-    await Promise.all(workers.map((w) => w.stop()))
-    if (shared !== undefined) closeSync(shared.fd)
+  return {
+    port,
+    ...(await startPlainPool(
+      Array.from({ length: count }, () => listen),
+      env
+    ))
   }
-  try {
-    await Promise.all(workers.map((w) => w.listening))
-  } catch (error) {
-    await stop()
-    throw error
-  }
-  return { port, workers, stop }
 }
 
 // -----------------------------------------------------------------------------
@@ -237,16 +108,9 @@ interface Seen {
 }
 
 const keepAlive = async (port: number, path: string, connections: number, seconds: number): Promise<Seen> => {
-  const latencies: Array<number> = []
-  const load = startLoad({ url: `http://${HOST}:${port}${path}`, connections, duration: seconds, pipelining: 1 })
-  load.instance.on("response", (_client, _status, _bytes, responseTime) => latencies.push(responseTime))
-  const result = await load.result
-  return {
-    requests: result.requests.total,
-    seconds: result.duration,
-    latencies,
-    failed: result.errors + result.timeouts + result.non2xx
-  }
+  const url = `http://${HOST}:${port}${path}`
+  const { result, latencies, failed } = await timedLoad({ url, connections, duration: seconds, pipelining: 1 })
+  return { requests: result.requests.total, seconds: result.duration, latencies, failed }
 }
 
 const churn = async (port: number, path: string, connections: number, seconds: number): Promise<Seen> => {
@@ -317,13 +181,8 @@ const measure = async (
   await runLoad(load, pool.port, delayMs, settings.warmupSeconds)
   await Promise.all(pool.workers.map((w) => w.ask("reset", "reset")))
   const pids = pool.workers.map((w) => w.pid)
-  const others = otherLoad(pids)
-  const cpuBefore = pids.map(cpuMillis)
-  const started = performance.now()
-  const seen = await runLoad(load, pool.port, delayMs, settings.durationSeconds)
-  const elapsedMs = performance.now() - started
-  const cpu = pids.map((pid, i) => (cpuMillis(pid) - cpuBefore[i]!) / elapsedMs)
-  const otherCores = others.stop()
+  const measured = await cpuDuring(pids, () => runLoad(load, pool.port, delayMs, settings.durationSeconds))
+  const { result: seen, cores: cpu, otherCores } = measured
   const counts = await Promise.all(pool.workers.map((w) => w.ask("counts", "counts")))
   const perWorker = counts.map(({ requests, connections }, i) => ({
     pid: pids[i]!,
@@ -331,8 +190,6 @@ const measure = async (
     connections,
     cpuCores: cpu[i]!
   }))
-  const requestShares = sharesOf(perWorker.map((w) => w.requests))
-  const connectionShares = sharesOf(perWorker.map((w) => w.connections))
   const sorted = sortedOf(seen.latencies)
   return {
     ...where,
@@ -343,10 +200,7 @@ const measure = async (
     p99Ms: percentile(sorted, 99),
     failed: seen.failed,
     perWorker,
-    requestShares,
-    connectionShares,
-    requestMaxOverMean: maxOverMean(requestShares),
-    connectionMaxOverMean: maxOverMean(connectionShares),
+    ...sharing(perWorker),
     otherCores
   }
 }
@@ -363,22 +217,13 @@ const printRun = (run: Run) =>
 /** Every configuration, `rounds` times: per round and worker count, each mode (rotated) in fresh workers. */
 const measureAll = async (): Promise<Array<Run>> => {
   const runs: Array<Run> = []
+  const cases = pairs(settings.loads, settings.delays)
   for (let round = 1; round <= settings.rounds; round++) {
     for (const workers of settings.workers) {
-      const modes = settings.modes.map((_, i) => settings.modes[(i + round - 1) % settings.modes.length]!)
-      for (const mode of modes) {
-        const pool = await startPool(mode, workers)
-        try {
-          for (const load of settings.loads) {
-            for (const delayMs of settings.delays) {
-              const run = await measure(pool, load, delayMs, { round, workers, mode })
-              printRun(run)
-              runs.push(run)
-            }
-          }
-        } finally {
-          await pool.stop()
-        }
+      for (const mode of rotated(settings.modes, round)) {
+        const measureCase = (pool: Pool, [load, delayMs]: (typeof cases)[number]) =>
+          measure(pool, load, delayMs, { round, workers, mode })
+        runs.push(...(await measureOn(() => startPool(mode, workers), cases, measureCase, printRun)))
       }
     }
   }
@@ -502,11 +347,7 @@ const report = (runs: ReadonlyArray<Run>) => {
   const about = machine()
   const summary = summaryTable(runs)
   const byMode = modeTable(runs)
-  const otherCores = median(runs.map((run) => run.otherCores))
-  const noise =
-    `Other processes on the machine used a median of ${fixed(otherCores)} cores during the measured runs ` +
-    `(max ${fixed(Math.max(...runs.map((run) => run.otherCores)))})` +
-    (otherCores > 0.2 ? ": the machine was busy, the numbers are noisy." : ".")
+  const { otherCores, noise } = otherLoadText(runs)
   console.log(`\n${summary}\n\n${byMode}\n\n${noise}`)
   writeResults(
     "balance",
@@ -543,8 +384,7 @@ const report = (runs: ReadonlyArray<Run>) => {
 
 const list = (value: string) => value.split(",").filter((item) => item !== "")
 
-const { values: flags, positionals } = parseArgs({
-  allowPositionals: true,
+const { values: flags } = parseArgs({
   options: {
     workers: { type: "string", default: "2,4" },
     modes: { type: "string", default: MODES.join(",") },
@@ -580,5 +420,4 @@ const main = async () => {
   report(await measureAll())
 }
 
-if (positionals[0] === "worker") serveAsWorker()
-else await main()
+await main()

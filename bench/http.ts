@@ -10,7 +10,7 @@
  * - node:  an `HttpRouter` app on `NodeHttpServer.layer` (@effect/platform-node).
  * - grace: the same app on effect-grace's `Server.layer("127.0.0.1:0")`.
  *
- * Each server runs in a process of its own (`bench/targets.ts`); autocannon
+ * Each server runs in a process of its own (`bench/programs/http-server.ts`); autocannon
  * runs here, so load and server do not share an event loop (on two cores,
  * each gets one). Every round starts the three afresh and gives each a
  * warm-up run (discarded: it lets the JIT settle); then each server in turn
@@ -62,22 +62,15 @@
  * machine competed with the run.
  */
 import { parseArgs } from "node:util"
-import {
-  cpuMillis,
-  otherLoad,
-  fixed,
-  hasCallgrind,
-  instructionsPerRequest,
-  machine,
-  markdownTable,
-  median,
-  percentile,
-  sortedOf,
-  spawnNode,
-  startLoad,
-  writeResults
-} from "./support.ts"
-import type { Child, InstructionCount } from "./support.ts"
+import { hasCallgrind, instructionsPerRequest } from "./support/callgrind.ts"
+import type { InstructionCount } from "./support/callgrind.ts"
+import { startLoad, timedLoad } from "./support/load.ts"
+import { cpuMillis, otherLoad } from "./support/proc.ts"
+import { spawnNode } from "./support/process.ts"
+import type { Child } from "./support/process.ts"
+import { fixed, machine, markdownTable, otherLoadText, writeResults } from "./support/report.ts"
+import { rotated } from "./support/rounds.ts"
+import { median, percentile, sortedOf } from "./support/stats.ts"
 
 const { values: flags } = parseArgs({
   options: {
@@ -130,8 +123,12 @@ interface Started {
   readonly url: string
 }
 
-const load = (url: string, duration: number) =>
-  startLoad({ url: `${url}/`, connections: settings.connections, duration, pipelining: 1 })
+const loadOptions = (url: string, duration: number) => ({
+  url: `${url}/`,
+  connections: settings.connections,
+  duration,
+  pipelining: 1
+})
 
 /** One measured load run on one server. */
 interface Slice {
@@ -144,12 +141,9 @@ interface Slice {
 }
 
 const measureSlice = async ({ server, url }: Started, all: ReadonlyArray<Started>, seconds: number): Promise<Slice> => {
-  const latencies: Array<number> = []
   const others = otherLoad(all.map((target) => target.server.pid))
   const cpuBefore = cpuMillis(server.pid)
-  const measured = load(url, seconds)
-  measured.instance.on("response", (_client, _status, _bytes, responseTime) => latencies.push(responseTime))
-  const result = await measured.result
+  const { result, latencies } = await timedLoad(loadOptions(url, seconds))
   return {
     requests: result.requests.total,
     seconds: result.duration,
@@ -182,9 +176,11 @@ const combine = (target: TargetId, round: number, slices: ReadonlyArray<Slice>):
   }
 }
 
+const SERVER = new URL("programs/http-server.ts", import.meta.url).pathname
+
 /** Starts the three servers, each in a fresh process, and waits until each accepts. */
 const startAll = async (): Promise<ReadonlyArray<Started>> => {
-  const servers = targets.map(({ id }) => spawnNode([new URL("targets.ts", import.meta.url).pathname, id]))
+  const servers = targets.map(({ id }) => spawnNode([SERVER, id]))
   try {
     return await Promise.all(
       targets.map(async ({ id, label }, i) => {
@@ -216,6 +212,8 @@ interface Counted extends InstructionCount {
   readonly target: TargetId
 }
 
+const labelOf = (id: TargetId) => targets.find((target) => target.id === id)!.label
+
 /**
  * Instructions per request of each server, `instructionRuns` times, two
  * servers at a time (the count does not depend on the other). Skipped when
@@ -236,16 +234,15 @@ const countInstructions = async (): Promise<ReadonlyArray<Counted>> => {
   const worker = async () => {
     for (let target = queue.shift(); target !== undefined; target = queue.shift()) {
       const count = await instructionsPerRequest({
-        args: [YOUNG_GENERATION, new URL("targets.ts", import.meta.url).pathname, target],
+        args: [YOUNG_GENERATION, SERVER, target],
         path: "/",
         connections: settings.connections,
         warmup: settings.instructionWarmup,
         requests: settings.instructionRequests
       })
       counted.push({ target, ...count })
-      const label = targets.find(({ id }) => id === target)!.label
       console.log(
-        `${label.padEnd(26)} ${fixed(count.mainThreadPerRequest, 0).padStart(7)} instructions/request on the main thread, ` +
+        `${labelOf(target).padEnd(26)} ${fixed(count.mainThreadPerRequest, 0).padStart(7)} instructions/request on the main thread, ` +
           `${fixed(count.perRequest, 0)} in all threads`
       )
     }
@@ -254,63 +251,77 @@ const countInstructions = async (): Promise<ReadonlyArray<Counted>> => {
   return counted
 }
 
+/** One round: the three servers started afresh, warmed up, then measured in the order A B C C B A. */
+const measureRound = async (round: number): Promise<Array<Run>> => {
+  // Fresh processes every round: what the JIT makes of a server differs from one process to the next, so one
+  // process per server for the whole run would repeat a single draw in every round.
+  const started = await startAll()
+  try {
+    for (const { url } of started) await startLoad(loadOptions(url, settings.warmupSeconds)).result
+    // Rotated, so that no server is always measured first or last in a round; then in reverse (A B C C B A), each
+    // for half the duration: a drift of the machine's speed over the round hits every server alike.
+    const order = rotated(started, round)
+    const slices = new Map<TargetId, Array<Slice>>(order.map(({ id }) => [id, []]))
+    for (const target of [...order, ...order.toReversed()]) {
+      slices.get(target.id)!.push(await measureSlice(target, started, settings.durationSeconds / 2))
+    }
+    return order.map((target) => {
+      const run = combine(target.id, round, slices.get(target.id)!)
+      console.log(
+        `round ${round} ${target.label.padEnd(26)} ${fixed(run.requestsPerSecond, 0).padStart(7)} req/s  ` +
+          `p50 ${fixed(run.p50Ms)} ms  p99 ${fixed(run.p99Ms)} ms  server CPU ${fixed(run.cpuMicrosPerRequest, 1)} µs/req  other load ${fixed(run.otherCores)} cores`
+      )
+      return run
+    })
+  } finally {
+    await stopAll(started)
+  }
+}
+
 const measureRounds = async () => {
   const runs: Array<Run> = []
-  for (let round = 1; round <= settings.rounds; round++) {
-    // Fresh processes every round: what the JIT makes of a server differs from one process to the next, so one
-    // process per server for the whole run would repeat a single draw in every round.
-    const started = await startAll()
-    try {
-      for (const { url } of started) await load(url, settings.warmupSeconds).result
-      // Rotated, so that no server is always measured first or last in a round; then in reverse (A B C C B A), each
-      // for half the duration: a drift of the machine's speed over the round hits every server alike.
-      const order = started.map((_, i) => started[(i + round - 1) % started.length]!)
-      const slices = new Map<TargetId, Array<Slice>>(order.map(({ id }) => [id, []]))
-      for (const target of [...order, ...order.toReversed()]) {
-        slices.get(target.id)!.push(await measureSlice(target, started, settings.durationSeconds / 2))
-      }
-      for (const target of order) {
-        const run = combine(target.id, round, slices.get(target.id)!)
-        runs.push(run)
-        console.log(
-          `round ${round} ${target.label.padEnd(26)} ${fixed(run.requestsPerSecond, 0).padStart(7)} req/s  ` +
-            `p50 ${fixed(run.p50Ms)} ms  p99 ${fixed(run.p99Ms)} ms  server CPU ${fixed(run.cpuMicrosPerRequest, 1)} µs/req  other load ${fixed(run.otherCores)} cores`
-        )
-      }
-    } finally {
-      await stopAll(started)
-    }
-  }
+  for (let round = 1; round <= settings.rounds; round++) runs.push(...(await measureRound(round)))
   return runs
 }
 
-const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
-  const metrics = ["requestsPerSecond", "p50Ms", "p99Ms", "cpuMicrosPerRequest"] as const
-  type Summary = { readonly label: string; readonly failed: number } & Record<(typeof metrics)[number], number>
-  const summary = Object.fromEntries(
+// -----------------------------------------------------------------------------
+// Report
+// -----------------------------------------------------------------------------
+
+const metrics = ["requestsPerSecond", "p50Ms", "p99Ms", "cpuMicrosPerRequest"] as const
+type Metrics = Record<(typeof metrics)[number], number>
+type Summary = { readonly label: string; readonly failed: number } & Metrics
+
+/** Each server's medians over the rounds, and its failed requests. */
+const summarize = (runs: ReadonlyArray<Run>): Record<TargetId, Summary> =>
+  Object.fromEntries(
     targets.map(({ id, label }): [TargetId, Summary] => {
       const mine = runs.filter((run) => run.target === id)
       const failed = mine.reduce((n, run) => n + run.failures.errors + run.failures.timeouts + run.failures.non2xx, 0)
       const medians = Object.fromEntries(metrics.map((metric) => [metric, median(mine.map((run) => run[metric]))]))
-      return [id, { label, failed, ...(medians as Record<(typeof metrics)[number], number>) }]
+      return [id, { label, failed, ...(medians as Metrics) }]
     })
   ) as Record<TargetId, Summary>
 
-  // Paired: the two servers' ratio in each round (measured seconds apart), then the median over rounds.
+/** Paired: the two servers' ratio in each round (measured seconds apart), then the median over rounds. */
+const pairedRatios = (runs: ReadonlyArray<Run>) => {
   const rounds = Array.from({ length: settings.rounds }, (_, i) => i + 1)
   const runOf = (id: TargetId, round: number) => runs.find((run) => run.target === id && run.round === round)!
   const perRound = (a: TargetId, b: TargetId, metric: (typeof metrics)[number]) =>
     rounds.map((round) => runOf(a, round)[metric] / runOf(b, round)[metric])
   const ratioOf = (a: TargetId, b: TargetId) =>
-    Object.fromEntries(metrics.map((metric) => [metric, median(perRound(a, b, metric))])) as Record<
-      (typeof metrics)[number],
-      number
-    >
-  const ratios = { graceVsNode: ratioOf("grace", "node"), nodeVsRaw: ratioOf("node", "raw") }
-  const spread = perRound("grace", "node", "requestsPerSecond")
+    Object.fromEntries(metrics.map((metric) => [metric, median(perRound(a, b, metric))])) as Metrics
+  return {
+    ratios: { graceVsNode: ratioOf("grace", "node"), nodeVsRaw: ratioOf("node", "raw") },
+    spread: perRound("grace", "node", "requestsPerSecond")
+  }
+}
 
-  // Main-thread instructions per request, median over runs; a CPU-bound server's req/s is inversely proportional to
-  // them. All threads' for the table.
+/**
+ * Main-thread instructions per request, median over runs; a CPU-bound server's req/s is inversely proportional to
+ * them. All threads' for the table.
+ */
+const instructionFigures = (counted: ReadonlyArray<Counted>) => {
   const countOf = (id: TargetId, count: (run: Counted) => number) =>
     median(counted.filter((run) => run.target === id).map(count))
   const instructionsOf = (count: (run: Counted) => number) =>
@@ -318,18 +329,46 @@ const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
       ? undefined
       : { raw: countOf("raw", count), node: countOf("node", count), grace: countOf("grace", count) }
   const instructions = instructionsOf((run) => run.mainThreadPerRequest)
-  const allThreads = instructionsOf((run) => run.perRequest)
   const instructionRatios =
     instructions === undefined
       ? undefined
       : { graceVsNode: instructions.grace / instructions.node, nodeVsRaw: instructions.node / instructions.raw }
-  // effect-grace's req/s as a fraction of NodeHttpServer's, when the CPU is what limits both.
-  const cpuBound = instructionRatios === undefined ? undefined : 1 / instructionRatios.graceVsNode
+  return {
+    instructions,
+    allThreads: instructionsOf((run) => run.perRequest),
+    instructionRatios,
+    // effect-grace's req/s as a fraction of NodeHttpServer's, when the CPU is what limits both.
+    cpuBound: instructionRatios === undefined ? undefined : 1 / instructionRatios.graceVsNode
+  }
+}
+type Figures = ReturnType<typeof instructionFigures>
+type Paired = ReturnType<typeof pairedRatios>
+
+/** Whether the target is met, by the timed runs and by the instruction counts, and the sentences that say so. */
+const verdictOf = ({ ratios, spread }: Paired, { instructionRatios, cpuBound }: Figures) => {
   const timedMet = ratios.graceVsNode.requestsPerSecond >= TARGET_RATIO
   const countedMet = cpuBound === undefined ? undefined : cpuBound >= TARGET_RATIO
   const met = timedMet && countedMet !== false
+  const percent = (ratio: number) => `${fixed(ratio * 100, 1)}%`
+  const text = [
+    `Target (effect-grace at least ${TARGET_RATIO * 100}% of NodeHttpServer's req/s): ${met ? "met" : "NOT met"}.`,
+    `Timed: req/s ${percent(ratios.graceVsNode.requestsPerSecond)} of NodeHttpServer's (rounds from ` +
+      `${percent(Math.min(...spread))} to ${percent(Math.max(...spread))}), server CPU per request ` +
+      `${percent(ratios.graceVsNode.cpuMicrosPerRequest)} of NodeHttpServer's.`,
+    cpuBound === undefined
+      ? "Instructions: not counted."
+      : `Instructions: effect-grace's main thread executes ${percent(instructionRatios!.graceVsNode)} of NodeHttpServer's per ` +
+        `request, so where the CPU limits both it answers ${percent(cpuBound)} as many requests per second.`
+  ].join(" ")
+  return { met, timedMet, countedMet, text }
+}
 
-  const table = markdownTable(
+const summaryTable = (
+  summary: Record<TargetId, Summary>,
+  { instructions, allThreads }: Figures,
+  counted: ReadonlyArray<Counted>
+) =>
+  markdownTable(
     ["server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "instructions/req", "all threads", "failed"],
     targets.map(({ id }) => {
       const s = summary[id]
@@ -346,7 +385,9 @@ const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
       ]
     })
   )
-  const ratioTable = markdownTable(
+
+const ratioTable = ({ ratios }: Paired, { instructionRatios }: Figures) =>
+  markdownTable(
     ["ratio (median over rounds)", "req/s", "p99", "server CPU/req", "instructions/req"],
     [
       ["effect-grace / NodeHttpServer", ratios.graceVsNode, instructionRatios?.graceVsNode] as const,
@@ -359,22 +400,13 @@ const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
       i === undefined ? "n/a" : fixed(i, 3)
     ])
   )
-  const percent = (ratio: number) => `${fixed(ratio * 100, 1)}%`
-  const verdict = [
-    `Target (effect-grace at least ${TARGET_RATIO * 100}% of NodeHttpServer's req/s): ${met ? "met" : "NOT met"}.`,
-    `Timed: req/s ${percent(ratios.graceVsNode.requestsPerSecond)} of NodeHttpServer's (rounds from ` +
-      `${percent(Math.min(...spread))} to ${percent(Math.max(...spread))}), server CPU per request ` +
-      `${percent(ratios.graceVsNode.cpuMicrosPerRequest)} of NodeHttpServer's.`,
-    cpuBound === undefined
-      ? "Instructions: not counted."
-      : `Instructions: effect-grace's main thread executes ${percent(instructionRatios!.graceVsNode)} of NodeHttpServer's per ` +
-        `request, so where the CPU limits both it answers ${percent(cpuBound)} as many requests per second.`
-  ].join(" ")
-  const runTable = markdownTable(
+
+const runTable = (runs: ReadonlyArray<Run>) =>
+  markdownTable(
     ["round", "server", "req/s", "p50 ms", "p99 ms", "server CPU µs/req", "other load (cores)"],
     runs.map((run) => [
       String(run.round),
-      summary[run.target].label,
+      labelOf(run.target),
       fixed(run.requestsPerSecond, 0),
       fixed(run.p50Ms),
       fixed(run.p99Ms),
@@ -382,14 +414,40 @@ const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
       fixed(run.otherCores)
     ])
   )
-  const otherCores = median(runs.map((run) => run.otherCores))
-  const noise =
-    `Other processes on the machine used a median of ${fixed(otherCores)} cores during the measured runs ` +
-    `(max ${fixed(Math.max(...runs.map((run) => run.otherCores)))})` +
-    (otherCores > 0.2 ? ": the machine was busy, the numbers are noisy." : ".")
-  console.log(`\n${table}\n\n${ratioTable}\n\n${verdict}\n${noise}`)
+
+/** Every instruction count, at the end of the markdown; nothing when none was counted. */
+const countSection = (counted: ReadonlyArray<Counted>): Array<string> =>
+  counted.length === 0
+    ? []
+    : [
+        "",
+        `Every instruction count (callgrind; ${settings.instructionRequests} requests counted after ` +
+          `${settings.instructionWarmup} of warm-up, ${settings.connections} connections):`,
+        "",
+        markdownTable(
+          ["server", "instructions/request (main thread)", "all threads", "failed"],
+          counted.map((run) => [
+            labelOf(run.target),
+            fixed(run.mainThreadPerRequest, 0),
+            fixed(run.perRequest, 0),
+            String(run.failed)
+          ])
+        )
+      ]
+
+const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
+  const summary = summarize(runs)
+  const paired = pairedRatios(runs)
+  const figures = instructionFigures(counted)
+  const verdict = verdictOf(paired, figures)
+  const table = summaryTable(summary, figures, counted)
+  const ratios = ratioTable(paired, figures)
+  const { otherCores, noise } = otherLoadText(runs)
+  console.log(`\n${table}\n\n${ratios}\n\n${verdict.text}\n${noise}`)
 
   const about = machine()
+  const { met, timedMet, countedMet } = verdict
+  const { instructions, allThreads, instructionRatios, cpuBound } = figures
   writeResults(
     "http",
     {
@@ -397,8 +455,8 @@ const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
       settings,
       otherCores,
       summary,
-      ratios,
-      target: { ratio: TARGET_RATIO, met, timedMet, countedMet, cpuBound, perRound: spread },
+      ratios: paired.ratios,
+      target: { ratio: TARGET_RATIO, met, timedMet, countedMet, cpuBound, perRound: paired.spread },
       instructions: {
         perRequest: instructions,
         allThreads,
@@ -421,32 +479,16 @@ const report = (runs: ReadonlyArray<Run>, counted: ReadonlyArray<Counted>) => {
       "",
       table,
       "",
-      ratioTable,
+      ratios,
       "",
-      verdict,
+      verdict.text,
       "",
       noise,
       "",
       "Every run:",
       "",
-      runTable,
-      ...(counted.length === 0
-        ? []
-        : [
-            "",
-            `Every instruction count (callgrind; ${settings.instructionRequests} requests counted after ` +
-              `${settings.instructionWarmup} of warm-up, ${settings.connections} connections):`,
-            "",
-            markdownTable(
-              ["server", "instructions/request (main thread)", "all threads", "failed"],
-              counted.map((run) => [
-                summary[run.target].label,
-                fixed(run.mainThreadPerRequest, 0),
-                fixed(run.perRequest, 0),
-                String(run.failed)
-              ])
-            )
-          ])
+      runTable(runs),
+      ...countSection(counted)
     ].join("\n")
   )
 }

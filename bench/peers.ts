@@ -2,7 +2,7 @@
  * effect-grace among its peers: the same keep-alive load, with a 5 ms
  * handler, against
  *
- * - `node`: a bare `node:http` server (`bench/peers-app.ts`), never restarted:
+ * - `node`: a bare `node:http` server (`bench/programs/peers-app.ts`), never restarted:
  *   the ceiling;
  * - `pm2-fork`: the same app under PM2 in fork mode, restarted by `pm2 reload`
  *   (in fork mode a reload is a restart: stop, then start);
@@ -22,7 +22,7 @@
  * dependency, and runs with `PM2_HOME=.cache/pm2/home`; its daemon is killed
  * at the end, whatever happens. Everything listens on 127.0.0.1.
  *
- * The load (`bench/load.ts`) records every request, so each run gives
+ * The load (`bench/support/load.ts`) records every request, so each run gives
  * failures by kind (reset, refused, timeout, non-2xx), answers per second,
  * latency percentiles, the longest time without any answer, and a picture:
  * `bench/results/peers.svg`.
@@ -32,26 +32,18 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { dirname } from "node:path"
 import { promisify } from "node:util"
 import { parseArgs } from "node:util"
-import { Outcome, outcomeNames, startRequests } from "./load.ts"
-import type { Requests } from "./load.ts"
-import {
-  fixed,
-  freePorts,
-  freshCompileCache,
-  isAlive,
-  machine,
-  markdownTable,
-  onCleanup,
-  percentile,
-  sleep,
-  sortedOf,
-  spawnNode,
-  until,
-  writeResults
-} from "./support.ts"
-import type { Child } from "./support.ts"
-import { timelineSvg } from "./svg.ts"
-import type { Window } from "./svg.ts"
+import { BANNER, freshCompileCache, restartDemo, spawnDemo } from "./support/demo.ts"
+import { Outcome, outcomeNames, startRequests } from "./support/load.ts"
+import type { Requests } from "./support/load.ts"
+import { freePorts } from "./support/net.ts"
+import { isAlive } from "./support/proc.ts"
+import { deadline, onCleanup, runMain, spawnNode } from "./support/process.ts"
+import type { Child } from "./support/process.ts"
+import { fixed, machine, markdownTable, writeResults } from "./support/report.ts"
+import { latencyOf } from "./support/stats.ts"
+import { timelineSvg } from "./support/svg.ts"
+import type { Window } from "./support/svg.ts"
+import { sleep, until } from "./support/wait.ts"
 
 const PM2_VERSION = "7.0.4"
 
@@ -82,8 +74,7 @@ const DEADLINE_MS = 300_000
 
 const now = () => performance.now()
 const root = new URL("..", import.meta.url).pathname
-const appPath = new URL("peers-app.ts", import.meta.url).pathname
-const demoPath = new URL("../examples/demo.ts", import.meta.url).pathname
+const appPath = new URL("programs/peers-app.ts", import.meta.url).pathname
 
 // -----------------------------------------------------------------------------
 // Targets
@@ -100,14 +91,14 @@ interface Target {
 
 /** Waits, bounded, until `GET path` on the port answers 200. */
 const answers = async (port: number, path: string) => {
-  const deadline = now() + 20_000
+  const giveUpAt = now() + 20_000
   while (
     !(await fetch(`http://127.0.0.1:${port}${path}`).then(
       (r) => r.ok,
       () => false
     ))
   ) {
-    if (now() > deadline) throw new Error(`timed out after 20 s waiting for port ${port} to answer`)
+    if (now() > giveUpAt) throw new Error(`timed out after 20 s waiting for port ${port} to answer`)
     await sleep(50)
   }
 }
@@ -123,35 +114,35 @@ const node = async (port: number): Promise<Target> => {
   }
 }
 
-const BANNER = /^Serving .* with pid (\d+)\.$/
+/**
+ * The demo on `port` and two more free ports (the load goes to the first), with a compile cache directory of its
+ * own as the supervisor does by default (no run reads an earlier one's cache).
+ */
+const startDemo = async (port: number, env: Record<string, string> = {}) => {
+  const cache = freshCompileCache()
+  const demo = spawnDemo([port, ...(await freePorts(2))], {
+    byAddress: true,
+    env: { ...env, GRACE_COMPILE_CACHE: cache.directory, NODE_COMPILE_CACHE: undefined }
+  })
+  const stop = async () => {
+    await demo.stop(5000)
+    cache.remove()
+  }
+  return { demo, stop }
+}
 
 const grace = async (port: number): Promise<Target> => {
-  // The demo wants three ports; the load goes to the first.
-  const [a1, a2] = await freePorts(2)
-  // As the supervisor does by default, in a directory of this run's own: no run reads an earlier one's cache.
-  const cache = freshCompileCache()
-  const demo: Child = spawnNode(
-    [demoPath, "--a0", `127.0.0.1:${port}`, "--a1", `127.0.0.1:${a1}`, "--a2", `127.0.0.1:${a2}`],
-    { group: true, env: { GRACE_COMPILE_CACHE: cache.directory, NODE_COMPILE_CACHE: undefined } }
-  )
+  const { demo, stop } = await startDemo(port)
   let current = Number((await demo.waitForLine(BANNER, 20_000))[1])
   return {
     port,
     path: `/sleep/?duration=${settings.handlerMs}ms`,
     restart: async () => {
-      const from = current
-      const seen = demo.lines.length
-      const signalled = now()
-      process.kill(from, "SIGUSR2")
-      current = Number((await demo.waitForLine(BANNER, 20_000, seen))[1])
-      const ready = now()
-      await until(() => !isAlive(from), 30_000, `pid ${from} to drain and exit`)
-      return { signalled, ready, drained: now() }
+      const { to, signalled, ready, drained } = await restartDemo(demo, current)
+      current = to
+      return { signalled, ready, drained }
     },
-    stop: async () => {
-      await demo.stop(5000)
-      cache.remove()
-    }
+    stop
   }
 }
 
@@ -164,15 +155,7 @@ const bannersFrom = async (demo: Child, from: number) => {
 }
 
 const graceWorkers = async (port: number): Promise<Target> => {
-  const [a1, a2] = await freePorts(2)
-  const cache = freshCompileCache()
-  const demo: Child = spawnNode(
-    [demoPath, "--a0", `127.0.0.1:${port}`, "--a1", `127.0.0.1:${a1}`, "--a2", `127.0.0.1:${a2}`],
-    {
-      group: true,
-      env: { GRACE_WORKERS: "2", GRACE_COMPILE_CACHE: cache.directory, NODE_COMPILE_CACHE: undefined }
-    }
-  )
+  const { demo, stop } = await startDemo(port, { GRACE_WORKERS: "2" })
   // The primary serves nothing and prints no banner: each of its two workers prints one.
   let workers = await bannersFrom(demo, 0)
   return {
@@ -189,10 +172,7 @@ const graceWorkers = async (port: number): Promise<Target> => {
       for (const pid of old) await until(() => !isAlive(pid), 30_000, `worker ${pid} to drain and exit`)
       return { signalled, ready, drained: now() }
     },
-    stop: async () => {
-      await demo.stop(5000)
-      cache.remove()
-    }
+    stop
   }
 }
 
@@ -334,38 +314,47 @@ const countFailures = (requests: Requests, since: number) => {
   return n
 }
 
-const summarize = (run: Run) => {
+/** The requests measured (from the end of the warm-up to the end of the run): how each ended; the answers' ends and latencies. */
+const measured = (run: Run) => {
   const { requests } = run
-  const byOutcome = Object.fromEntries(outcomeNames.map((name) => [name, 0])) as Record<
+  const outcomes = Object.fromEntries(outcomeNames.map((name) => [name, 0])) as Record<
     (typeof outcomeNames)[number],
     number
   >
-  const latencies: Array<number> = []
   // Latencies of the answered requests: a refusal is quick, and no answer.
-  let total = 0
-  let answered = 0
-  // The longest time without any answer, once measuring began.
-  let lastAnswer = run.measuredFrom
-  let longestGapMs = 0
+  const latencies: Array<number> = []
   const ends: Array<number> = []
+  let total = 0
   for (let i = 0; i < requests.count; i++) {
     const end = requests.ends[i]!
     if (requests.starts[i]! < run.measuredFrom || end > run.stopped) continue
     const outcome = requests.outcomes[i] as Outcome
-    byOutcome[outcomeNames[outcome]]++
+    outcomes[outcomeNames[outcome]]++
     total++
     if (outcome === Outcome.ok) {
-      answered++
       ends.push(end)
       latencies.push(end - requests.starts[i]!)
     }
   }
+  return { total, outcomes, ends, latencies }
+}
+
+/** The longest time without any answer between `from` and `to`, given the answers' end times. */
+const longestGap = (ends: ReadonlyArray<number>, from: number, to: number) => {
+  let lastAnswer = from
+  let longest = 0
   for (const end of ends.toSorted((a, b) => a - b)) {
-    longestGapMs = Math.max(longestGapMs, end - lastAnswer)
+    longest = Math.max(longest, end - lastAnswer)
     lastAnswer = end
   }
-  longestGapMs = Math.max(longestGapMs, run.stopped - lastAnswer)
-  const sorted = sortedOf(latencies)
+  return Math.max(longest, to - lastAnswer)
+}
+
+const summarize = (run: Run) => {
+  const { requests } = run
+  const { total, outcomes, ends, latencies } = measured(run)
+  const answered = ends.length
+  const latency = latencyOf(latencies)
   const seconds = (run.stopped - run.measuredFrom) / 1000
   const pids = new Set<number>()
   for (let i = 0; i < requests.count; i++) if (requests.pids[i]! > 0) pids.add(requests.pids[i]!)
@@ -378,12 +367,13 @@ const summarize = (run: Run) => {
     requests: total,
     answered,
     failed: total - answered,
-    outcomes: byOutcome,
+    outcomes,
     answersPerSecond: answered / seconds,
-    p50Ms: percentile(sorted, 50),
-    p99Ms: percentile(sorted, 99),
-    maxMs: sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN,
-    longestGapMs,
+    p50Ms: latency.p50Ms,
+    p99Ms: latency.p99Ms,
+    maxMs: latency.maxMs,
+    // The longest time without any answer, once measuring began.
+    longestGapMs: longestGap(ends, run.measuredFrom, run.stopped),
     pids: pids.size,
     samples: Object.fromEntries([...requests.samples].map(([outcome, texts]) => [outcomeNames[outcome], texts]))
   }
@@ -427,9 +417,8 @@ const picture = (runs: ReadonlyArray<Run>) => {
   )
 }
 
-const report = (runs: ReadonlyArray<Run>) => {
-  const rows = runs.map(summarize)
-  const table = markdownTable(
+const table = (rows: ReadonlyArray<ReturnType<typeof summarize>>) =>
+  markdownTable(
     [
       "target",
       "restarts",
@@ -461,8 +450,12 @@ const report = (runs: ReadonlyArray<Run>) => {
       fixed(row.longestGapMs, 0)
     ])
   )
+
+const report = (runs: ReadonlyArray<Run>) => {
+  const rows = runs.map(summarize)
+  const summary = table(rows)
   const output = { machine: machine(), settings, targets: rows }
-  console.log(`\n${table}`)
+  console.log(`\n${summary}`)
   writeResults(
     "peers",
     output,
@@ -470,12 +463,12 @@ const report = (runs: ReadonlyArray<Run>) => {
       "# effect-grace and its peers",
       "",
       `\`npm run bench:peers\` at ${output.machine.revision} on Node ${output.machine.node}, ${output.machine.cpus} CPUs, ${output.machine.date}: ` +
-        `${settings.connections} keep-alive connections (\`bench/load.ts\`, \`node:http\` clients; ${settings.pauseAfterFailureMs} ms pause after a failure) ` +
+        `${settings.connections} keep-alive connections (\`bench/support/load.ts\`, \`node:http\` clients; ${settings.pauseAfterFailureMs} ms pause after a failure) ` +
         `on 127.0.0.1, a ${settings.handlerMs} ms handler, ${settings.restarts} restarts per target, ${settings.steadyMs} ms between restarts, PM2 ${PM2_VERSION}.`,
       "",
       ...rows.map((row) => `- ${row.target}: ${row.describe}`),
       "",
-      table,
+      summary,
       "",
       "Counted from the end of the warm-up to the end of the run; latencies of the answered requests. " +
         "failed = reset + refused + timeout + non-2xx + other; " +
@@ -515,13 +508,5 @@ const main = async () => {
   report(runs)
 }
 
-setTimeout(() => {
-  console.error(`\nFAILED: the run took more than ${DEADLINE_MS / 1000} s`)
-  // oxlint-disable-next-line unicorn/no-process-exit
-  process.exit(2)
-}, DEADLINE_MS).unref()
-
-await main().catch((error: unknown) => {
-  process.exitCode = 1
-  console.error(`\nFAILED: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`)
-})
+deadline(DEADLINE_MS)
+await runMain(main)

@@ -18,7 +18,8 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { loadavg, tmpdir } from "node:os"
 import * as Path from "node:path"
 import { parseArgs, promisify } from "node:util"
-import { fixed, markdownTable, median } from "./support.ts"
+import { fixed, markdownTable } from "./support/report.ts"
+import { median } from "./support/stats.ts"
 
 const { values: flags } = parseArgs({
   options: {
@@ -31,18 +32,25 @@ const { values: flags } = parseArgs({
   }
 })
 
-const runs = flags.run.map((text) => {
-  const at = text.indexOf("=")
-  if (at <= 0) throw new Error(`--run ${JSON.stringify(text)}: use name=flags`)
-  return {
-    name: text.slice(0, at),
-    flags: text
-      .slice(at + 1)
-      .split(" ")
-      .filter(Boolean)
-  }
-})
-if (runs.length === 0) throw new Error("no --run given")
+/** Each `--run name=flags`, its flags split at spaces. */
+const parseRuns = (texts: ReadonlyArray<string>) => {
+  const runs = texts.map((text) => {
+    const at = text.indexOf("=")
+    if (at <= 0) throw new Error(`--run ${JSON.stringify(text)}: use name=flags`)
+    return {
+      name: text.slice(0, at),
+      flags: text
+        .slice(at + 1)
+        .split(" ")
+        .filter(Boolean)
+    }
+  })
+  if (runs.length === 0) throw new Error("no --run given")
+  return runs
+}
+type Setting = ReturnType<typeof parseRuns>[number]
+
+const runs = parseRuns(flags.run)
 const out = flags.out === undefined ? mkdtempSync(Path.join(tmpdir(), "restart-compare-")) : Path.resolve(flags.out)
 mkdirSync(out, { recursive: true })
 const script = new URL("restart.ts", import.meta.url).pathname
@@ -57,7 +65,7 @@ interface Measured {
   readonly failed: number
 }
 
-const runOnce = async (round: number, run: (typeof runs)[number]): Promise<Measured> => {
+const runOnce = async (round: number, run: Setting): Promise<Measured> => {
   const directory = Path.join(out, `${round}-${run.name}`)
   const args = [script, "--restarts", flags.restarts, "--steady", flags.steady, "--warmup", flags.warmup]
   const load = loadavg()[0]!.toFixed(2)
@@ -83,38 +91,50 @@ const runOnce = async (round: number, run: (typeof runs)[number]): Promise<Measu
   return measured
 }
 
-const results = new Map(runs.map((run) => [run.name, [] as Array<Measured>]))
-for (let round = 1; round <= Number(flags.rounds); round++) {
-  for (const run of round % 2 === 1 ? runs : runs.toReversed()) results.get(run.name)!.push(await runOnce(round, run))
+/** Every setting once per round, the order reversed every other round. */
+const measureAll = async () => {
+  const results = new Map(runs.map((run) => [run.name, [] as Array<Measured>]))
+  for (let round = 1; round <= Number(flags.rounds); round++) {
+    for (const run of round % 2 === 1 ? runs : runs.toReversed()) results.get(run.name)!.push(await runOnce(round, run))
+  }
+  return results
 }
 
 const cell = (values: ReadonlyArray<number>, digits: number) =>
   `${fixed(median(values), digits)} (${fixed(Math.min(...values), digits)}-${fixed(Math.max(...values), digits)})`
-const table = markdownTable(
-  ["setting", "ready ms", "handoff ms", "p99 steady ms", "p99 during restarts ms", "p99 ratio", "failed"],
-  runs.map((run) => {
-    const list = results.get(run.name)!
-    const of = (pick: (m: Measured) => number, digits: number) => cell(list.map(pick), digits)
-    return [
-      run.name,
-      of((m) => m.readyMs, 0),
-      of((m) => m.handoffMs, 0),
-      of((m) => m.steadyP99Ms, 1),
-      of((m) => m.duringP99Ms, 1),
-      of((m) => m.ratio, 2),
-      String(list.reduce((n, m) => n + m.failed, 0))
-    ]
-  })
-)
-const markdown = [
-  `${flags.rounds} rounds of ${flags.restarts} restarts each; per setting, the median over rounds of each run's ` +
-    "median (ready, handoff) or p99, and in parentheses the range over rounds.",
-  "",
-  ...runs.map((run) => `- ${run.name}: \`${run.flags.join(" ") || "(defaults)"}\``),
-  "",
-  table
-].join("\n")
-console.log(`\n${markdown}`)
-writeFileSync(Path.join(out, "compare.md"), `${markdown}\n`)
-writeFileSync(Path.join(out, "compare.json"), `${JSON.stringify(Object.fromEntries(results), null, 2)}\n`)
-console.log(`\nWrote ${Path.join(out, "compare.md")} and compare.json`)
+
+const compareTable = (results: ReadonlyMap<string, ReadonlyArray<Measured>>) =>
+  markdownTable(
+    ["setting", "ready ms", "handoff ms", "p99 steady ms", "p99 during restarts ms", "p99 ratio", "failed"],
+    runs.map((run) => {
+      const list = results.get(run.name)!
+      const of = (pick: (m: Measured) => number, digits: number) => cell(list.map(pick), digits)
+      return [
+        run.name,
+        of((m) => m.readyMs, 0),
+        of((m) => m.handoffMs, 0),
+        of((m) => m.steadyP99Ms, 1),
+        of((m) => m.duringP99Ms, 1),
+        of((m) => m.ratio, 2),
+        String(list.reduce((n, m) => n + m.failed, 0))
+      ]
+    })
+  )
+
+const main = async () => {
+  const results = await measureAll()
+  const markdown = [
+    `${flags.rounds} rounds of ${flags.restarts} restarts each; per setting, the median over rounds of each run's ` +
+      "median (ready, handoff) or p99, and in parentheses the range over rounds.",
+    "",
+    ...runs.map((run) => `- ${run.name}: \`${run.flags.join(" ") || "(defaults)"}\``),
+    "",
+    compareTable(results)
+  ].join("\n")
+  console.log(`\n${markdown}`)
+  writeFileSync(Path.join(out, "compare.md"), `${markdown}\n`)
+  writeFileSync(Path.join(out, "compare.json"), `${JSON.stringify(Object.fromEntries(results), null, 2)}\n`)
+  console.log(`\nWrote ${Path.join(out, "compare.md")} and compare.json`)
+}
+
+await main()

@@ -8,7 +8,7 @@
  *
  * - time to ready: spawn to banner of the demo itself, `--runs` times per
  *   mode, the median; and `node -e 0`, spawn to exit, for Node's own share.
- * - phases: `bench/startup-probe.ts` imports the demo's dependencies group by
+ * - phases: `bench/programs/startup-probe.ts` imports the demo's dependencies group by
  *   group (the marginal cost of each, given those before it), then runs the
  *   demo to its banner; median of `--runs` per phase.
  * - CPU profile: one run of the demo under `--cpu-prof` per mode, ended by
@@ -23,15 +23,17 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
-import { bundleProgram, fixed, machine, markdownTable, median, onCleanup, spawnNode, writeResults } from "./support.ts"
+import { addressArgs, BANNER, bundleProgram, DEMO, spawnDemo } from "./support/demo.ts"
+import { onCleanup, runMain } from "./support/process.ts"
+import { fixed, machine, markdownTable, writeResults } from "./support/report.ts"
+import { median } from "./support/stats.ts"
 
 const { values: flags } = parseArgs({ options: { runs: { type: "string", default: "7" } } })
 const settings = { runs: Number(flags.runs) }
 
-const demoPath = new URL("../examples/demo.ts", import.meta.url).pathname
-const probePath = new URL("startup-probe.ts", import.meta.url).pathname
-const BANNER = /^Serving .* with pid (\d+)\.$/
-const addresses = ["--a0", "127.0.0.1:0", "--a1", "127.0.0.1:0", "--a2", "127.0.0.1:0"]
+const probePath = new URL("programs/startup-probe.ts", import.meta.url).pathname
+/** Any free port, three times: the demo's addresses are no concern here. */
+const ANY_PORTS = [0, 0, 0]
 
 const scratch = mkdtempSync(join(tmpdir(), "effect-grace-startup-"))
 onCleanup(() => rmSync(scratch, { recursive: true, force: true }))
@@ -50,10 +52,10 @@ const modes: ReadonlyArray<Mode> = [
 const timeToReady = async (
   mode: Mode,
   extraArgs: ReadonlyArray<string> = [],
-  entry: string = demoPath
+  entry: string = DEMO
 ): Promise<number> => {
   const started = performance.now()
-  const demo = spawnNode([...extraArgs, entry, ...addresses], { env: mode.env, group: true })
+  const demo = spawnDemo(ANY_PORTS, { entry, nodeArgs: extraArgs, env: mode.env })
   await demo.waitForLine(BANNER, 30_000)
   const ready = performance.now() - started
   await demo.stop(10_000)
@@ -67,7 +69,7 @@ const bareNode = (mode: Mode): number => {
 }
 
 const probe = (mode: Mode, library: "src" | "dist" = "src"): Array<[string, number]> => {
-  const output = execFileSync(process.execPath, [probePath, ...addresses], {
+  const output = execFileSync(process.execPath, [probePath, ...addressArgs(ANY_PORTS)], {
     env: { ...process.env, ...mode.env, PROBE_LIBRARY: library },
     encoding: "utf8",
     stdio: ["ignore", "pipe", "ignore"],
@@ -176,21 +178,15 @@ const runMode = async (mode: Mode) => {
   }
 }
 
-/** The demo bundled with rolldown (see `bundle` in support.ts); undefined without rolldown. */
+/** The demo bundled with rolldown (see `bundleProgram` in support/demo.ts); undefined without rolldown. */
 const bundle = (): string | undefined =>
-  bundleProgram(demoPath, new URL("../.cache/startup/demo.mjs", import.meta.url).pathname)
+  bundleProgram(DEMO, new URL("../.cache/startup/demo.mjs", import.meta.url).pathname)
 let bundlePath: string | undefined
 
-const main = async () => {
-  console.log(`Start-up of the demo, ${settings.runs} runs per mode\n`)
-  // The built library (dist/), for what users of the package load.
-  execFileSync("npm", ["run", "build", "--silent"], { stdio: ["ignore", "ignore", "inherit"], timeout: 120_000 })
-  bundlePath = bundle()
-  const results = []
-  for (const mode of modes) results.push(await runMode(mode))
-  const [plain, cached] = results as [Awaited<ReturnType<typeof runMode>>, Awaited<ReturnType<typeof runMode>>]
+type Results = Awaited<ReturnType<typeof runMode>>
 
-  const summary = markdownTable(
+const summaryTable = (plain: Results, cached: Results) =>
+  markdownTable(
     ["measure (median)", plain.mode, cached.mode],
     [
       ["demo: spawn to banner (ready)", fixed(plain.readyMs, 0), fixed(cached.readyMs, 0)],
@@ -202,13 +198,17 @@ const main = async () => {
       ["node -e 0: spawn to exit", fixed(plain.bareNodeMs, 0), fixed(cached.bareNodeMs, 0)]
     ]
   )
-  const phases = markdownTable(
+
+const phaseTable = (plain: Results, cached: Results) =>
+  markdownTable(
     ["phase (marginal, in this order)", `${plain.mode} ms`, `${cached.mode} ms`],
     plain.phases.map((phase, i) => [phase.name, fixed(phase.ms, 1), fixed(cached.phases[i]?.ms ?? Number.NaN, 1)])
   )
+
+const libraryTable = (plain: Results, cached: Results) => {
   const ours = (rows: ReadonlyArray<{ readonly name: string; readonly ms: number }>) =>
     rows.filter((row) => /^(src|dist)\//.test(row.name)).reduce((sum, row) => sum + row.ms, 0)
-  const library = markdownTable(
+  return markdownTable(
     ["effect-grace's own modules (sum of their rows)", `${plain.mode} ms`, `${cached.mode} ms`],
     [
       [
@@ -223,17 +223,31 @@ const main = async () => {
       ]
     ]
   )
+}
+
+const profileTable = (plain: Results, cached: Results) => {
   const origins = [
     ...new Set([...Object.keys(plain.profile.byOrigin), ...Object.keys(cached.profile.byOrigin)])
   ].toSorted((a, b) => (plain.profile.byOrigin[b] ?? 0) - (plain.profile.byOrigin[a] ?? 0))
-  const profile = markdownTable(
+  return markdownTable(
     ["CPU self time by origin (one run each)", `${plain.mode} ms`, `${cached.mode} ms`],
     origins.map((key) => [key, fixed(plain.profile.byOrigin[key] ?? 0, 1), fixed(cached.profile.byOrigin[key] ?? 0, 1)])
   )
-  const top = markdownTable(
+}
+
+const topTable = (plain: Results) =>
+  markdownTable(
     [`functions with the most self time (${plain.mode})`, "ms"],
     plain.profile.top.map(([name, ms]) => [name, fixed(ms, 1)])
   )
+
+const report = (results: ReadonlyArray<Results>) => {
+  const [plain, cached] = results as [Results, Results]
+  const summary = summaryTable(plain, cached)
+  const phases = phaseTable(plain, cached)
+  const library = libraryTable(plain, cached)
+  const profile = profileTable(plain, cached)
+  const top = topTable(plain)
   console.log(`\n${summary}\n\n${phases}\n\n${library}\n\n${profile}\n\n${top}`)
   const output = { machine: machine(), settings, results }
   writeResults(
@@ -248,7 +262,7 @@ const main = async () => {
       "",
       summary,
       "",
-      "Phases (`bench/startup-probe.ts`): each group of imports timed after the groups above it, so a module's " +
+      "Phases (`bench/programs/startup-probe.ts`): each group of imports timed after the groups above it, so a module's " +
         "cost is what it adds to what was already loaded; the last phase is the demo itself, from its import to its banner.",
       "",
       phases,
@@ -267,7 +281,14 @@ const main = async () => {
   )
 }
 
-await main().catch((error: unknown) => {
-  process.exitCode = 1
-  console.error(`\nFAILED: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`)
-})
+const main = async () => {
+  console.log(`Start-up of the demo, ${settings.runs} runs per mode\n`)
+  // The built library (dist/), for what users of the package load.
+  execFileSync("npm", ["run", "build", "--silent"], { stdio: ["ignore", "ignore", "inherit"], timeout: 120_000 })
+  bundlePath = bundle()
+  const results: Array<Results> = []
+  for (const mode of modes) results.push(await runMode(mode))
+  report(results)
+}
+
+await runMain(main)

@@ -12,7 +12,7 @@
  * Targets:
  * - `node-shared`: this process binds one listening socket (it never accepts)
  *   and passes it to every worker as fd 3; each worker is
- *   `bench/balance.ts worker` (plain `node:http`, `hello from pid N.`).
+ *   `bench/programs/plain-worker.ts` (plain `node:http`, `hello from pid N.`).
  * - `node-reuseport`: this process binds one socket per worker on one port,
  *   each with `SO_REUSEPORT` (it never accepts), and passes worker i its
  *   socket i as fd 3, as effect-grace's primary gives each slot a socket of
@@ -44,44 +44,22 @@
  * `node-reuseport` is the way the primary shares the port); the largest
  * share over the mean under keep-alive (target: at most 1.2).
  */
-import { spawn } from "node:child_process"
-import type { ChildProcess } from "node:child_process"
-import { closeSync } from "node:fs"
 import { availableParallelism } from "node:os"
-import * as Path from "node:path"
 import { parseArgs } from "node:util"
-import {
-  bindLoopback,
-  cpuMillis,
-  fixed,
-  freePorts,
-  killAllWithArgument,
-  machine,
-  markdownTable,
-  maxOverMean,
-  median,
-  onCleanup,
-  otherLoad,
-  percentile,
-  percents,
-  processesWithArgument,
-  sharesOf,
-  sortedOf,
-  spawnNode,
-  startLoad,
-  until,
-  within,
-  writeResults
-} from "./support.ts"
+import { BANNER, spawnDemo } from "./support/demo.ts"
+import { pidOf, timedLoad } from "./support/load.ts"
+import { bindLoopback, freePorts } from "./support/net.ts"
+import { cpuDuring } from "./support/proc.ts"
+import { startPlainPool } from "./support/plain-workers.ts"
+import type { Listen } from "./support/plain-workers.ts"
+import { fixed, machine, markdownTable, otherLoadText, percents, writeResults } from "./support/report.ts"
+import { measureOn, pairs, rotated } from "./support/rounds.ts"
+import { median, percentile, sharing, sortedOf } from "./support/stats.ts"
 
 const TARGETS = ["node-shared", "node-reuseport", "grace", "grace-single"] as const
 type Target = (typeof TARGETS)[number]
 
 const HOST = "127.0.0.1"
-const BANNER = /^Serving .* with pid (\d+)\.$/
-const ANSWER = /from pid (\d+)\.\s*$/
-const PLAIN_WORKER = new URL("balance.ts", import.meta.url).pathname
-const DEMO = new URL("../examples/demo.ts", import.meta.url).pathname
 
 // -----------------------------------------------------------------------------
 // Servers
@@ -98,40 +76,6 @@ interface Running {
   readonly stop: () => Promise<void>
 }
 
-/** A plain worker (`bench/balance.ts worker`) on the listening socket `fd`, passed as its fd 3. */
-const startPlainWorker = (fd: number) => {
-  const child: ChildProcess = spawn(process.execPath, [PLAIN_WORKER, "worker"], {
-    // fd 3 is the listening socket, fd 4 the IPC channel.
-    stdio: ["ignore", "inherit", "inherit", fd, "ipc"],
-    env: { ...process.env, BALANCE_PORT: undefined }
-  })
-  const pid = child.pid
-  if (pid === undefined) throw new Error("cannot start a plain worker")
-  const kill = () => child.kill("SIGKILL")
-  const removeCleanup = onCleanup(kill)
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-  const listening = within(
-    Promise.race([
-      new Promise<void>((resolve) =>
-        child.on("message", (message: { readonly type: string }) => {
-          if (message.type === "listening") resolve()
-        })
-      ),
-      exited.then(() => Promise.reject(new Error(`plain worker ${pid} exited before listening`)))
-    ]),
-    30_000,
-    `plain worker ${pid} to listen`
-  )
-  const stop = async () => {
-    // The worker closes its server once its IPC channel is gone.
-    if (child.connected) child.disconnect()
-    await within(exited, 5000, `plain worker ${pid} to exit`).catch(kill)
-    await exited
-    removeCleanup()
-  }
-  return { pid, listening, stop }
-}
-
 /** One socket for every worker, or (`reusePort`) one each, all on the same port. */
 const bindAll = (count: number, reusePort: boolean): Array<{ readonly fd: number; readonly port: number }> => {
   const first = bindLoopback(0, reusePort)
@@ -141,23 +85,13 @@ const bindAll = (count: number, reusePort: boolean): Array<{ readonly fd: number
 
 const startPlain = async (target: "node-shared" | "node-reuseport", count: number): Promise<Running> => {
   const sockets = bindAll(count, target === "node-reuseport")
-  const workers = sockets.map((socket) => startPlainWorker(socket.fd))
-  const stop = async () => {
-    await Promise.all(workers.map((w) => w.stop()))
-    for (const fd of new Set(sockets.map((socket) => socket.fd))) closeSync(fd)
-  }
-  try {
-    await Promise.all(workers.map((w) => w.listening))
-  } catch (error) {
-    await stop()
-    throw error
-  }
+  const pool = await startPlainPool(sockets.map((socket): Listen => ({ _tag: "Shared", fd: socket.fd })))
   return {
     port: sockets[0]!.port,
     path: (ms) => `/${ms}`,
-    workers: workers.map((w) => w.pid),
+    workers: pool.workers.map((w) => w.pid),
     primary: undefined,
-    stop
+    stop: pool.stop
   }
 }
 
@@ -168,30 +102,15 @@ const startPlain = async (target: "node-shared" | "node-reuseport", count: numbe
  */
 const startDemo = async (workers: number | undefined): Promise<Running> => {
   const ports = await freePorts(3)
-  const address = `${HOST}:${ports[0]}`
-  const removeCleanup = killAllWithArgument(address)
-  const demo = spawnNode([DEMO, ...ports.flatMap((port, i) => [`--a${i}`, `${HOST}:${port}`])], {
-    group: true,
+  const demo = spawnDemo(ports, {
+    byAddress: true,
     env: {
       GRACE_WORKERS: workers === undefined ? undefined : String(workers),
       GRACE_PROBATION: undefined,
       GRACE_SHUTDOWN_DELAY: undefined
     }
   })
-  const stop = async () => {
-    await demo.stop(10_000)
-    await until(() => processesWithArgument(address).length === 0, 10_000, `every process of ${address} to exit`).catch(
-      () => undefined
-    )
-    for (const pid of processesWithArgument(address)) {
-      try {
-        process.kill(pid, "SIGKILL")
-      } catch {
-        // Gone meanwhile.
-      }
-    }
-    removeCleanup()
-  }
+  const stop = () => demo.stop(10_000, 10_000)
   try {
     // Stdout has the banners alone: the i-th line is the i-th worker's.
     const pids: Array<number> = []
@@ -238,40 +157,34 @@ interface Seen {
 }
 
 const keepAlive = async (port: number, path: string, connections: number, seconds: number): Promise<Seen> => {
-  const latencies: Array<number> = []
   const byPid = new Map<number, number>()
   const clientsByPid = new Map<number, Set<unknown>>()
   // autocannon reads the body (`onResponse`) just before it emits the answer's `response` with its client.
   let answeredBy = 0
-  const load = startLoad({
-    url: `http://${HOST}:${port}${path}`,
-    connections,
-    duration: seconds,
-    pipelining: 1,
-    requests: [
-      {
-        method: "GET",
-        path,
-        onResponse: (_status, body) => {
-          answeredBy = Number(ANSWER.exec(body)?.[1] ?? 0)
-          byPid.set(answeredBy, (byPid.get(answeredBy) ?? 0) + 1)
-        }
-      }
-    ]
-  })
-  load.instance.on("response", (client, _status, _bytes, responseTime) => {
-    latencies.push(responseTime)
-    const clients = clientsByPid.get(answeredBy) ?? new Set()
-    clientsByPid.set(answeredBy, clients.add(client))
-  })
-  const result = await load.result
+  const onResponse = (_status: number, body: string) => {
+    answeredBy = pidOf(body)
+    byPid.set(answeredBy, (byPid.get(answeredBy) ?? 0) + 1)
+  }
+  const { result, latencies, failed } = await timedLoad(
+    {
+      url: `http://${HOST}:${port}${path}`,
+      connections,
+      duration: seconds,
+      pipelining: 1,
+      requests: [{ method: "GET", path, onResponse }]
+    },
+    (client) => {
+      const clients = clientsByPid.get(answeredBy) ?? new Set()
+      clientsByPid.set(answeredBy, clients.add(client))
+    }
+  )
   return {
     requests: result.requests.total,
     seconds: result.duration,
     latencies,
     byPid,
     connectionsByPid: new Map([...clientsByPid].map(([pid, clients]) => [pid, clients.size])),
-    failed: result.errors + result.timeouts + result.non2xx
+    failed
   }
 }
 
@@ -320,15 +233,8 @@ const measure = async (
   const path = running.path(delayMs)
   await keepAlive(running.port, path, connections, settings.warmupSeconds)
   const pids = [...running.workers, ...(running.primary === undefined ? [] : [running.primary])]
-  const others = otherLoad(pids)
-  const cpuBefore = pids.map(cpuMillis)
-  const clientBefore = process.cpuUsage()
-  const started = performance.now()
-  const seen = await keepAlive(running.port, path, connections, settings.durationSeconds)
-  const elapsedMs = performance.now() - started
-  const cpu = pids.map((pid, i) => (cpuMillis(pid) - cpuBefore[i]!) / elapsedMs)
-  const client = process.cpuUsage(clientBefore)
-  const otherCores = others.stop()
+  const measured = await cpuDuring(pids, () => keepAlive(running.port, path, connections, settings.durationSeconds))
+  const { result: seen, cores: cpu, clientCores, otherCores } = measured
   const perWorker = running.workers.map((pid, i) => ({
     pid,
     requests: seen.byPid.get(pid) ?? 0,
@@ -336,8 +242,7 @@ const measure = async (
     cpuCores: cpu[i]!
   }))
   const answeredByWorkers = perWorker.reduce((n, w) => n + w.requests, 0)
-  const shares = sharesOf(perWorker.map((w) => w.requests))
-  const connectionShares = sharesOf(perWorker.map((w) => w.connections))
+  const shared = sharing(perWorker)
   const sorted = sortedOf(seen.latencies)
   return {
     ...where,
@@ -350,11 +255,11 @@ const measure = async (
     perWorker,
     strayAnswers: [...seen.byPid.values()].reduce((a, b) => a + b, 0) - answeredByWorkers,
     primaryCpuCores: running.primary === undefined ? 0 : cpu[cpu.length - 1]!,
-    shares,
-    maxOverMean: maxOverMean(shares),
-    connectionMaxOverMean: maxOverMean(connectionShares),
+    shares: shared.requestShares,
+    maxOverMean: shared.requestMaxOverMean,
+    connectionMaxOverMean: shared.connectionMaxOverMean,
     otherCores,
-    clientCores: (client.user + client.system) / 1000 / elapsedMs
+    clientCores
   }
 }
 
@@ -378,22 +283,12 @@ const configurations = (): Array<{ readonly target: Target; readonly workers: nu
 /** Every configuration, `rounds` times, each in fresh processes, the order rotated from round to round. */
 const measureAll = async (): Promise<Array<Run>> => {
   const runs: Array<Run> = []
-  const all = configurations()
+  const cases = pairs(settings.connections, settings.delays)
   for (let round = 1; round <= settings.rounds; round++) {
-    const order = all.map((_, i) => all[(i + round - 1) % all.length]!)
-    for (const { target, workers } of order) {
-      const running = await startTarget(target, workers)
-      try {
-        for (const connections of settings.connections) {
-          for (const delayMs of settings.delays) {
-            const run = await measure(running, connections, delayMs, { round, target, workers })
-            printRun(run)
-            runs.push(run)
-          }
-        }
-      } finally {
-        await running.stop()
-      }
+    for (const { target, workers } of rotated(configurations(), round)) {
+      const measureCase = (running: Running, [connections, delayMs]: (typeof cases)[number]) =>
+        measure(running, connections, delayMs, { round, target, workers })
+      runs.push(...(await measureOn(() => startTarget(target, workers), cases, measureCase, printRun)))
     }
   }
   return runs
@@ -621,11 +516,7 @@ const runTable = (runs: ReadonlyArray<Run>): string =>
 
 const report = (runs: ReadonlyArray<Run>) => {
   const about = machine()
-  const otherCores = median(runs.map((run) => run.otherCores))
-  const noise =
-    `Other processes on the machine used a median of ${fixed(otherCores)} cores during the measured runs ` +
-    `(max ${fixed(Math.max(...runs.map((run) => run.otherCores)))})` +
-    (otherCores > 0.2 ? ": the machine was busy, the numbers are noisy." : ".")
+  const { otherCores, noise } = otherLoadText(runs)
   const failed = runs.reduce((n, run) => n + run.failed, 0)
   const stray = runs.reduce((n, run) => n + run.strayAnswers, 0)
   const sections = [
@@ -669,7 +560,7 @@ const report = (runs: ReadonlyArray<Run>) => {
       runTable(runs)
     ].join("\n"),
     undefined,
-    flags.out === undefined ? undefined : Path.resolve(flags.out)
+    flags.out
   )
 }
 

@@ -64,53 +64,77 @@ const panelHeight = (panel: Panel) => PANEL_TOP + PLOT_HEIGHT + 26 + failureKind
 
 const failureKinds = (panel: Panel) => [...new Set(panel.failures.map((f) => f.kind))].toSorted()
 
-const renderPanel = (
-  panel: Panel,
-  top: number,
-  range: readonly [number, number],
-  colourOf: (pid: number) => string
-): string => {
-  const { origin, from, to, points } = panel
+/** Where a panel's times and latencies land: `x` of a time, `y` of a latency (log scale). */
+interface Scale {
+  readonly panel: Panel
+  readonly top: number
+  readonly plotTop: number
+  readonly plotBottom: number
+  readonly plotWidth: number
+  readonly range: readonly [number, number]
+  readonly x: (t: number) => number
+  readonly y: (ms: number) => number
+  readonly inRange: (t: number) => boolean
+}
+
+const scaleOf = (panel: Panel, top: number, range: readonly [number, number]): Scale => {
+  const { from, to } = panel
   const plotTop = top + PANEL_TOP
   const plotBottom = plotTop + PLOT_HEIGHT
   const plotWidth = WIDTH - LEFT - RIGHT
-  const x = (t: number) => LEFT + ((t - from) / (to - from)) * plotWidth
-  const inRange = (t: number) => t >= from && t <= to
-
   const [low, high] = range
-  const y = (ms: number) => plotBottom - ((Math.log10(Math.max(ms, 10 ** low)) - low) / (high - low)) * PLOT_HEIGHT
+  return {
+    panel,
+    top,
+    plotTop,
+    plotBottom,
+    plotWidth,
+    range,
+    x: (t) => LEFT + ((t - from) / (to - from)) * plotWidth,
+    y: (ms) => plotBottom - ((Math.log10(Math.max(ms, 10 ** low)) - low) / (high - low)) * PLOT_HEIGHT,
+    inRange: (t) => t >= from && t <= to
+  }
+}
 
-  const parts: Array<string> = []
-  parts.push(
+/** The panel's title, its frame, and the latency grid (log scale). */
+const frame = ({ panel, top, plotTop, plotWidth, range, y }: Scale): Array<string> => {
+  const parts = [
     `<text x="${LEFT}" y="${top + 22}" font-size="14" font-weight="bold">${escape(panel.title)}</text>`,
     `<rect x="${LEFT}" y="${plotTop}" width="${plotWidth}" height="${PLOT_HEIGHT}" fill="#fff" stroke="#999"/>`
-  )
-  // Latency grid (log scale).
-  for (let p = low; p <= high; p++) {
+  ]
+  for (let p = range[0]; p <= range[1]; p++) {
     const label = 10 ** p >= 1 ? String(10 ** p) : (10 ** p).toFixed(-p)
     parts.push(
       `<line x1="${LEFT}" x2="${WIDTH - RIGHT}" y1="${round(y(10 ** p))}" y2="${round(y(10 ** p))}" stroke="#eee"/>`,
       `<text x="${LEFT - 6}" y="${round(y(10 ** p)) + 4}" font-size="11" text-anchor="end">${label} ms</text>`
     )
   }
-  // Restart windows: shaded from the signal to the old process's exit.
+  return parts
+}
+
+/** Restart windows: shaded from the signal to the old process's exit. */
+const windowMarks = ({ panel, plotTop, plotBottom, x, inRange }: Scale): Array<string> => {
+  const parts: Array<string> = []
+  const line = (t: number, style: string) =>
+    `<line x1="${round(x(t))}" x2="${round(x(t))}" y1="${plotTop}" y2="${plotBottom}" ${style}/>`
   for (const window of panel.windows) {
     if (!inRange(window.signalled)) continue
-    const end = Math.min(to, window.drained ?? window.ready ?? window.signalled)
+    const end = Math.min(panel.to, window.drained ?? window.ready ?? window.signalled)
     parts.push(
       `<rect x="${round(x(window.signalled))}" y="${plotTop}" width="${round(Math.max(1, x(end) - x(window.signalled)))}" height="${PLOT_HEIGHT}" fill="#000" fill-opacity="0.06"/>`,
-      `<line x1="${round(x(window.signalled))}" x2="${round(x(window.signalled))}" y1="${plotTop}" y2="${plotBottom}" stroke="#000" stroke-dasharray="4 3"/>`
+      line(window.signalled, `stroke="#000" stroke-dasharray="4 3"`)
     )
     if (window.ready !== undefined && inRange(window.ready))
-      parts.push(
-        `<line x1="${round(x(window.ready))}" x2="${round(x(window.ready))}" y1="${plotTop}" y2="${plotBottom}" stroke="#2ca02c" stroke-width="1.5"/>`
-      )
+      parts.push(line(window.ready, `stroke="#2ca02c" stroke-width="1.5"`))
     if (window.drained !== undefined && inRange(window.drained))
-      parts.push(
-        `<line x1="${round(x(window.drained))}" x2="${round(x(window.drained))}" y1="${plotTop}" y2="${plotBottom}" stroke="#666" stroke-dasharray="1 2"/>`
-      )
+      parts.push(line(window.drained, `stroke="#666" stroke-dasharray="1 2"`))
   }
-  // Dots, one per occupied 2-pixel cell and pid.
+  return parts
+}
+
+/** Dots, one per occupied 2-pixel cell and pid. */
+const dots = ({ panel, x, y, inRange }: Scale, colourOf: (pid: number) => string): Array<string> => {
+  const { points } = panel
   const cells = new Map<number, Set<number>>()
   for (let i = 0; i < points.count; i++) {
     const end = points.ends[i]!
@@ -121,14 +145,17 @@ const renderPanel = (
     set.add(cell)
     cells.set(pid, set)
   }
-  for (const [pid, set] of cells) {
+  return [...cells].map(([pid, set]) => {
     let d = ""
     for (const cell of set) d += `M${Math.floor(cell / 4096) * 2} ${(cell % 4096) * 2}h0.01`
-    parts.push(
-      `<path d="${d}" stroke="${colourOf(pid)}" stroke-width="2.6" stroke-linecap="round" stroke-opacity="0.75"/>`
-    )
-  }
-  // Time axis.
+    return `<path d="${d}" stroke="${colourOf(pid)}" stroke-width="2.6" stroke-linecap="round" stroke-opacity="0.75"/>`
+  })
+}
+
+/** The time axis, in ms or (over 5 s) in seconds from the panel's origin. */
+const timeAxis = ({ panel, plotBottom, x }: Scale): Array<string> => {
+  const { origin, from, to } = panel
+  const parts: Array<string> = []
   const span = to - from
   const inSeconds = span > 5000
   const step = niceStep(span, 12)
@@ -140,8 +167,12 @@ const renderPanel = (
       `<text x="${at}" y="${plotBottom + 15}" font-size="11" text-anchor="${at > WIDTH - RIGHT - 24 ? "end" : "middle"}">${label}</text>`
     )
   }
-  // Failures: one row of crosses per kind, under the axis.
-  failureKinds(panel).forEach((kind, row) => {
+  return parts
+}
+
+/** Failures: one row of crosses per kind, under the axis. */
+const failureRows = ({ panel, plotBottom, x, inRange }: Scale): Array<string> =>
+  failureKinds(panel).flatMap((kind, row) => {
     const rowY = plotBottom + 26 + row * FAILURE_ROW
     const colour = FAILURE_COLOURS[kind] ?? "#d62728"
     const seen = new Set<number>()
@@ -155,12 +186,26 @@ const renderPanel = (
       seen.add(px)
       d += `M${px - 3} ${rowY - 3}l6 6m0 -6l-6 6`
     }
-    parts.push(
+    return [
       `<text x="${LEFT - 6}" y="${rowY + 4}" font-size="10" text-anchor="end" fill="${colour}">${escape(kind)} ${n}</text>`,
       `<path d="${d}" stroke="${colour}" stroke-width="1.6"/>`
-    )
+    ]
   })
-  return parts.join("\n")
+
+const renderPanel = (
+  panel: Panel,
+  top: number,
+  range: readonly [number, number],
+  colourOf: (pid: number) => string
+): string => {
+  const scale = scaleOf(panel, top, range)
+  return [
+    ...frame(scale),
+    ...windowMarks(scale),
+    ...dots(scale, colourOf),
+    ...timeAxis(scale),
+    ...failureRows(scale)
+  ].join("\n")
 }
 
 /** Powers of ten bounding every latency shown, so that panels compare. */

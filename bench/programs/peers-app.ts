@@ -3,7 +3,7 @@
  * every answer waits 5 ms (`HANDLER_MS`), then says which pid served it, as the
  * demo does (`... from pid N.`).
  *
- *   PORT=8080 node bench/peers-app.ts
+ *   PORT=8080 node bench/programs/peers-app.ts
  *
  * It stops as PM2's documentation recommends (graceful shutdown): on SIGINT
  * (what `pm2 reload` sends) or SIGTERM it stops accepting, lets the requests

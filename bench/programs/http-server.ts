@@ -2,9 +2,9 @@
  * The three servers `bench/http.ts` compares, one per process, each answering
  * every `GET /` with `200 hello` (text/plain):
  *
- *   node bench/targets.ts raw     a bare `node:http` server
- *   node bench/targets.ts node    an `HttpRouter` app on `NodeHttpServer.layer`
- *   node bench/targets.ts grace   the same app on effect-grace's `Server.layer`
+ *   node bench/programs/http-server.ts raw     a bare `node:http` server
+ *   node bench/programs/http-server.ts node    an `HttpRouter` app on `NodeHttpServer.layer`
+ *   node bench/programs/http-server.ts grace   the same app on effect-grace's `Server.layer`
  *
  * Each listens on a free port of 127.0.0.1, prints `listening http://127.0.0.1:PORT`
  * on stdout once it accepts, and stops on SIGTERM.
@@ -17,8 +17,8 @@ import * as HttpRouter from "effect/http/HttpRouter"
 import * as HttpServer from "effect/http/HttpServer"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as Layer from "effect/Layer"
-import * as Listeners from "../src/Listeners.ts"
-import * as Server from "../src/Server.ts"
+import * as Listeners from "../../src/Listeners.ts"
+import * as Server from "../../src/Server.ts"
 
 const target = process.argv[2]
 
