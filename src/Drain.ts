@@ -32,12 +32,12 @@
  */
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
-import * as Duration from "effect/Duration"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Variables from "./internal/config.ts"
+import * as Internal from "./internal/drain.ts"
 
 // -----------------------------------------------------------------------------
 // Knobs
@@ -51,10 +51,7 @@ import * as Variables from "./internal/config.ts"
  * @since 0.1.0
  * @category references
  */
-export const DrainTimeout: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
-  "effect-grace/DrainTimeout",
-  { defaultValue: () => Duration.seconds(30) }
-)
+export const DrainTimeout: Context.Reference<Duration.Duration> = Internal.DrainTimeout
 
 /**
  * How long an HTTP connection with nothing in flight must be quiet before a
@@ -68,10 +65,7 @@ export const DrainTimeout: Context.Reference<Duration.Duration> = Context.Refere
  * @since 0.1.0
  * @category references
  */
-export const IdleGrace: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
-  "effect-grace/IdleGrace",
-  { defaultValue: () => Duration.millis(250) }
-)
+export const IdleGrace: Context.Reference<Duration.Duration> = Internal.IdleGrace
 
 /**
  * Sets `DrainTimeout` and `IdleGrace` from `GRACE_DRAIN_TIMEOUT` and
@@ -119,12 +113,7 @@ export const layerConfig: Layer.Layer<never, Config.ConfigError> = Layer.effectC
  * @since 0.1.0
  * @category models
  */
-export interface DrainSignal {
-  readonly await: Effect.Effect<void>
-  readonly isDraining: Effect.Effect<boolean>
-}
-
-const never: DrainSignal = { await: Effect.never, isDraining: Effect.succeed(false) }
+export interface DrainSignal extends Internal.DrainSignal {}
 
 /**
  * The drain signal of the server running the current handler. Every request
@@ -136,9 +125,7 @@ const never: DrainSignal = { await: Effect.never, isDraining: Effect.succeed(fal
  * @since 0.1.0
  * @category references
  */
-export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainSignal>("effect-grace/Draining", {
-  defaultValue: () => never
-})
+export const Draining: Context.Reference<DrainSignal> = Internal.Draining
 
 /**
  * Completes once the current handler's server has begun to stop: at the
@@ -190,18 +177,4 @@ export const isDraining: Effect.Effect<boolean> = Effect.flatMap(
  * @since 0.1.0
  * @category observability
  */
-export const metrics = {
-  duration: Metric.timer("effect-grace.drain.duration", { description: "How long a server's drain took" }),
-  forced: Metric.counter("effect-grace.drain.forced", {
-    description: "Connections destroyed at a drain's deadline",
-    incremental: true
-  }),
-  cut: Metric.counter("effect-grace.drain.cut", {
-    description: "Requests (raw servers: handlers) still running at a drain's deadline, cut",
-    incremental: true
-  }),
-  refused: Metric.counter("effect-grace.drain.refused", {
-    description: "Requests read on a connection a drain was closing, not run",
-    incremental: true
-  })
-}
+export const metrics: typeof Internal.metrics = Internal.metrics

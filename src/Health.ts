@@ -32,6 +32,7 @@ import * as Effect from "effect/Effect"
 import * as HttpRouter from "effect/http/HttpRouter"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as Layer from "effect/Layer"
+import type * as Machine from "./internal/machine.ts"
 
 /**
  * What a probe is told.
@@ -65,11 +66,38 @@ export class Health extends Context.Service<
   }
 >()("effect-grace/Health") {}
 
-/** The life of the process, as the supervisor sets it. */
-export type Phase = "starting" | "serving" | "stopping" | "handed off"
+/**
+ * The life of the process in one word, as the supervisor's state says it:
+ * `starting`, `serving`, `stopping` or `handed off` (a successor, or the
+ * primary's newer worker, serves).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Phase = Machine.Readiness
 
 /**
- * A `Health` service and the hand that sets its phase (the supervisor's).
+ * A `Health` service whose phase is read from `phase` at every probe, with
+ * the application's own reasons beside it. The supervisor's reads its state.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromPhase = (phase: Effect.Effect<Phase>): Health["Service"] => {
+  const reasons = new Set<string>()
+  return Health.of({
+    status: Effect.map(phase, (current) => {
+      const why = [...(current === "serving" ? [] : [current]), ...reasons]
+      return { ready: why.length === 0, live: true, reasons: why }
+    }),
+    unready: (reason) => Effect.sync(() => void reasons.add(reason)),
+    ready: (reason) => Effect.sync(() => void reasons.delete(reason))
+  })
+}
+
+/**
+ * A `Health` service and the hand that sets its phase, for an application
+ * that runs its own life (without the supervisor, or in a test).
  *
  * @since 0.1.0
  * @category constructors
@@ -78,19 +106,11 @@ export const make = (
   phase: Phase = "starting"
 ): { readonly health: Health["Service"]; readonly setPhase: (phase: Phase) => void } => {
   let current = phase
-  const reasons = new Set<string>()
   return {
+    health: fromPhase(Effect.sync(() => current)),
     setPhase: (next) => {
       current = next
-    },
-    health: Health.of({
-      status: Effect.sync(() => {
-        const why = [...(current === "serving" ? [] : [current]), ...reasons]
-        return { ready: why.length === 0, live: true, reasons: why }
-      }),
-      unready: (reason) => Effect.sync(() => void reasons.add(reason)),
-      ready: (reason) => Effect.sync(() => void reasons.delete(reason))
-    })
+    }
   }
 }
 

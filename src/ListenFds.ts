@@ -25,9 +25,9 @@ import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import type * as NetAddress from "effect/net/NetAddress"
 import * as Option from "effect/Option"
 import * as Result from "effect/Result"
+import type * as Address from "./internal/address.ts"
 import * as Sys from "./internal/sys.ts"
 
 /**
@@ -62,11 +62,7 @@ export const environmentVariables = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES
  * @since 0.1.0
  * @category models
  */
-export interface InheritedFd {
-  readonly fd: number
-  readonly name: string
-  readonly address: NetAddress.SocketAddress
-}
+export interface InheritedFd extends Address.Held {}
 
 /**
  * `LISTEN_FDS` or `LISTEN_PID` is not a valid number.
@@ -238,7 +234,7 @@ export const make = (options?: {
       onSome: (value) => value.split(":")
     })
     if (names.length !== count) return yield* fail(new NameCountMismatch({ count, names }))
-    const native = Sys.native()
+    const native = yield* Sys.enabled
     if (!native.available) {
       return yield* fail(new ListenFdsUnsupported({ platform: native.platform, count, detail: native.reason }))
     }

@@ -41,7 +41,9 @@ import { closeSync, lstatSync, rmSync } from "node:fs"
 import * as Dns from "node:dns"
 import * as Net from "node:net"
 import { resolve } from "node:path"
+import * as Address from "./internal/address.ts"
 import * as Portable from "./internal/portable.ts"
+import type { ListenFailure } from "./internal/protocol.ts"
 import * as Sys from "./internal/sys.ts"
 import * as ListenFds from "./ListenFds.ts"
 
@@ -88,14 +90,7 @@ export type ListenSpec =
  * @since 0.1.0
  * @category models
  */
-export interface Listener {
-  /** The listening fd; `undefined` for a listener bound through Node, where the native calls are not available. */
-  readonly fd: number | undefined
-  readonly name: string
-  /** The address it is bound to, with port 0 resolved. */
-  readonly address: NetAddress.SocketAddress
-  readonly inherited: boolean
-}
+export interface Listener extends Address.Listener {}
 
 /**
  * The address string cannot be parsed.
@@ -323,8 +318,7 @@ export const parseAddress = (address: string): Result.Result<ParsedAddress, Inva
  * @since 0.1.0
  * @category formatting
  */
-export const formatAddress = (address: NetAddress.SocketAddress): string =>
-  address._tag === "UnixPathAddress" ? address.path : NetAddress.formatInet(address)
+export const formatAddress: (address: NetAddress.SocketAddress) => string = Address.formatAddress
 
 // A host name is resolved as Node's listen resolves it: the first address dns.lookup gives, in the resolver's order.
 const lookup = (address: string, wanted: { readonly host: string; readonly port: number }) =>
@@ -365,13 +359,13 @@ const bind = (
   spec: string,
   wanted: Resolved,
   backlog: number,
-  reusePort: boolean
+  options: Sys.BindOptions
 ): Result.Result<number, BindFailed> => {
-  let bound = Sys.bindListen(toSocketAddress(wanted, true), backlog, { reusePort })
+  let bound = Sys.bindListen(toSocketAddress(wanted, true), backlog, options)
   // A wildcard on a host without IPv6 falls back to IPv4, as Node's listen(port) does.
   if (Result.isFailure(bound) && wanted._tag === "Tcp" && wanted.host === undefined) {
     if (bound.failure.code === "EAFNOSUPPORT" || bound.failure.code === "EADDRNOTAVAIL") {
-      bound = Sys.bindListen(toSocketAddress(wanted, false), backlog, { reusePort })
+      bound = Sys.bindListen(toSocketAddress(wanted, false), backlog, options)
     }
   }
   // A unix socket file that no one accepts on was left by a process that is gone: replace it.
@@ -397,12 +391,54 @@ const isStaleUnixSocket = (wanted: Resolved): boolean => {
 // Acquiring and releasing
 // -----------------------------------------------------------------------------
 
+/**
+ * A listener's socket, as its `Listeners` service keeps it: the fd open for it in this process (a copy while its
+ * server is paused), and what accepts on it, the Node server that took it or the acceptor that holds it where Node
+ * bound it. The service's state holds every one it gave out; a `Listener` is its face.
+ */
+class ListenerSocket implements Listener {
+  /** The fd open for the socket in this process: the one a restart hands on (a copy, while paused). */
+  fd: number | undefined
+  readonly name: string
+  readonly address: NetAddress.SocketAddress
+  readonly inherited: boolean
+  /** The Node server that accepts on it, once one is served. */
+  server: Net.Server | undefined = undefined
+  /** Where Node bound it (no native calls): the Node server that accepts for it. */
+  readonly acceptor: Portable.Acceptor | undefined
+  /** Its server stopped accepting for a while (`pauseAccepting`): this module holds the fd. */
+  paused = false
+
+  constructor(
+    fd: number | undefined,
+    name: string,
+    address: NetAddress.SocketAddress,
+    inherited: boolean,
+    acceptor?: Portable.Acceptor
+  ) {
+    this.fd = fd
+    this.name = name
+    this.address = address
+    this.inherited = inherited
+    this.acceptor = acceptor
+  }
+
+  /** Holds a copy of the fd while paused: closing the server's handle closed its own. */
+  holdCopy(copy: number): void {
+    this.fd = copy
+    this.paused = true
+  }
+}
+
+const socketOf = (listener: Listener): ListenerSocket | undefined =>
+  listener instanceof ListenerSocket ? listener : undefined
+
 // The state of one Listeners service.
 interface State {
   readonly inherited: ReadonlyArray<ListenFds.InheritedFd>
   readonly unclaimed: Map<number, ListenFds.InheritedFd>
   // In the order asked for (`asked` counts the asks), though a host name's lookup may end after a later bind.
-  readonly active: Array<{ readonly order: number; readonly listener: Listener }>
+  readonly active: Array<{ readonly order: number; readonly socket: ListenerSocket }>
   asked: number
   handedOff: boolean
   /** How to bind where this process does not bind itself (a primary's worker), and how often each was asked. */
@@ -410,18 +446,24 @@ interface State {
   readonly remoteAsks: Map<string, number>
   /** TCP sockets bound here join their address's `SO_REUSEPORT` group (a primary's, one socket per worker). */
   readonly reusePort: boolean
+  /** Whether the native calls are used (`GRACE_NATIVE`); else Node binds, and nothing is inherited or handed on. */
+  readonly native: boolean
 }
 
 /**
  * Where listeners are bound for this process: a worker's primary binds them (or has them already), and sends the
- * fd. The `nth` ask of the same address and name gets a socket of its own (two servers on port 0).
+ * fd, or says why it could not. The `nth` ask of the same address and name gets a socket of its own (two servers on
+ * port 0).
+ *
+ * @since 0.1.0
+ * @category models
  */
 export type Remote = (request: {
   readonly address: string
   readonly name: string | undefined
   readonly backlog: number
   readonly nth: number
-}) => Effect.Effect<number, ListenersError>
+}) => Effect.Effect<number, ListenFailure>
 
 // A listen request, checked, with its host name resolved unless an inherited fd of its name stands in for it.
 interface Request {
@@ -432,6 +474,22 @@ interface Request {
 }
 
 const failWith = (reason: ListenersErrorReason) => Effect.fail(new ListenersError({ reason }))
+
+// A failure a primary sent, as this module's error.
+const reasonOf = (failure: ListenFailure): ListenersErrorReason => {
+  switch (failure._tag) {
+    case "InvalidAddress":
+      return new InvalidAddress(failure)
+    case "InvalidName":
+      return new InvalidName(failure)
+    case "NameNotFound":
+      return new NameNotFound(failure)
+    case "BindFailed":
+      return new BindFailed(failure)
+    case "ServeFailed":
+      return new ServeFailed(failure)
+  }
+}
 
 // As systemd's fdname_is_valid: the name is handed to a successor in LISTEN_FDNAMES.
 const isValidName = (name: string): boolean => /^[\x21-\x39\x3b-\x7e]{1,255}$/.test(name)
@@ -462,8 +520,16 @@ const claim = (state: State, request: Request): ListenFds.InheritedFd | undefine
   return found
 }
 
-const bindNative = (request: Request & { readonly address: string; readonly wanted: Resolved }, reusePort: boolean) => {
-  const bound = bind(request.address, request.wanted, request.backlog, reusePort)
+type Bindable = Request & { readonly address: string; readonly wanted: Resolved }
+
+// A group's first socket binds alone: where another process listens already (a second instance of the service), it
+// fails as a bind without SO_REUSEPORT would. Its other sockets join it; port 0 is a new port each time.
+const bindNative = (state: State, request: Bindable) => {
+  const { wanted } = request
+  const reusePort = state.reusePort
+  const joins = state.active.some((entry) => matches(wanted, entry.socket.address))
+  const alone = reusePort && !joins && !(wanted._tag === "Tcp" && wanted.port === 0)
+  const bound = bind(request.address, wanted, request.backlog, { reusePort, alone })
   if (Result.isFailure(bound)) return failWith(bound.failure)
   const fd = bound.success
   const address = Sys.localAddress(fd)
@@ -472,15 +538,10 @@ const bindNative = (request: Request & { readonly address: string; readonly want
     const e = address.failure
     return failWith(new BindFailed({ address: request.address, code: e.code, syscall: e.syscall }))
   }
-  return Effect.succeed<Listener>({ fd, name: request.name ?? "unknown", address: address.success, inherited: false })
+  return Effect.succeed(new ListenerSocket(fd, request.name ?? "unknown", address.success, false))
 }
 
-const adopted = new WeakMap<Listener, Net.Server>()
-const acceptors = new WeakMap<Listener, Portable.Acceptor>()
-
-const bindPortable = (
-  request: Request & { readonly address: string; readonly wanted: Resolved }
-): Effect.Effect<Listener, ListenersError> => {
+const bindPortable = (request: Bindable): Effect.Effect<ListenerSocket, ListenersError> => {
   const { wanted } = request
   const target: Portable.Target =
     wanted._tag === "Unix"
@@ -495,24 +556,17 @@ const bindPortable = (
       (e) =>
         new ListenersError({ reason: new BindFailed({ address: request.address, code: e.code, syscall: e.syscall }) })
     ),
-    Effect.map((acceptor) => {
-      const listener: Listener = {
-        fd: undefined,
-        name: request.name ?? "unknown",
-        address: acceptor.address,
-        inherited: false
-      }
-      acceptors.set(listener, acceptor)
-      return listener
-    })
+    Effect.map(
+      (acceptor) => new ListenerSocket(undefined, request.name ?? "unknown", acceptor.address, false, acceptor)
+    )
   )
 }
 
 // An inherited fd that matches, or else a socket bound now.
-const acquire = (state: State, request: Request): Effect.Effect<Listener, ListenersError> =>
+const acquire = (state: State, request: Request): Effect.Effect<ListenerSocket, ListenersError> =>
   Effect.suspend(() => {
     const found = claim(state, request)
-    if (found !== undefined) return Effect.succeed<Listener>({ ...found, inherited: true })
+    if (found !== undefined) return Effect.succeed(new ListenerSocket(found.fd, found.name, found.address, true))
     const { address, wanted } = request
     if (address === undefined || wanted === undefined) {
       const available = state.inherited.map((fd) => `${fd.name} (${formatAddress(fd.address)})`)
@@ -524,7 +578,7 @@ const acquire = (state: State, request: Request): Effect.Effect<Listener, Listen
     }
     const bindable = { ...request, address, wanted }
     if (state.remote !== undefined) return bindRemote(state, state.remote, bindable)
-    return Sys.native().available ? bindNative(bindable, state.reusePort) : bindPortable(bindable)
+    return state.native ? bindNative(state, bindable) : bindPortable(bindable)
   })
 
 // Asked of the primary, which holds the socket for the life of the service: here it is as if inherited.
@@ -533,44 +587,41 @@ const bindRemote = (state: State, remote: Remote, request: Request & { readonly 
   const nth = state.remoteAsks.get(key) ?? 0
   state.remoteAsks.set(key, nth + 1)
   const { address, name, backlog } = request
-  return Effect.flatMap(remote({ address, name, backlog, nth }), (fd) => {
-    const local = Sys.localAddress(fd)
-    if (Result.isFailure(local)) {
-      closeSync(fd)
-      return failWith(new BindFailed({ address, code: local.failure.code, syscall: local.failure.syscall }))
-    }
-    return Effect.succeed<Listener>({ fd, name: name ?? "unknown", address: local.success, inherited: true })
-  })
+  return remote({ address, name, backlog, nth }).pipe(
+    Effect.mapError((failure) => new ListenersError({ reason: reasonOf(failure) })),
+    Effect.flatMap((fd) => {
+      const local = Sys.localAddress(fd)
+      if (Result.isFailure(local)) {
+        closeSync(fd)
+        return failWith(new BindFailed({ address, code: local.failure.code, syscall: local.failure.syscall }))
+      }
+      return Effect.succeed(new ListenerSocket(fd, name ?? "unknown", local.success, true))
+    })
+  )
 }
 
 // Whoever holds the fd closes it: the acceptor, the Node server that took it, or else this module (a listener never
 // served, or paused).
-const closeListener = (listener: Listener): void => {
-  const acceptor = acceptors.get(listener)
-  if (acceptor !== undefined) return acceptor.close()
-  const server = adopted.get(listener)
+const closeSocket = (socket: ListenerSocket): void => {
+  if (socket.acceptor !== undefined) return socket.acceptor.close()
+  const server = socket.server
   // Closing the server closes the fd (and never unlinks: it has no path); it may have closed already.
   if (server?.listening) return void server.close()
-  if (listener.fd !== undefined && (server === undefined || kept.has(listener))) closeSync(listener.fd)
+  if (socket.fd !== undefined && (server === undefined || socket.paused)) closeSync(socket.fd)
 }
 
-const activate = (state: State, order: number, listener: Listener): void => {
+const activate = (state: State, order: number, socket: ListenerSocket): void => {
   const index = state.active.findIndex((entry) => entry.order > order)
-  state.active.splice(index < 0 ? state.active.length : index, 0, { order, listener })
+  state.active.splice(index < 0 ? state.active.length : index, 0, { order, socket })
 }
 
-const release = (state: State, listener: Listener): Effect.Effect<void> =>
+const release = (state: State, socket: ListenerSocket): Effect.Effect<void> =>
   Effect.sync(() => {
-    const index = state.active.findIndex((entry) => entry.listener === listener)
+    const index = state.active.findIndex((entry) => entry.socket === socket)
     if (index >= 0) state.active.splice(index, 1)
-    closeListener(listener)
-    const address = listener.address
-    if (
-      !listener.inherited &&
-      !state.handedOff &&
-      address._tag === "UnixPathAddress" &&
-      !address.path.startsWith("@")
-    ) {
+    closeSocket(socket)
+    const address = socket.address
+    if (!socket.inherited && !state.handedOff && address._tag === "UnixPathAddress" && !address.path.startsWith("@")) {
       rmSync(address.path, { force: true })
     }
   })
@@ -578,6 +629,30 @@ const release = (state: State, listener: Listener): Effect.Effect<void> =>
 // -----------------------------------------------------------------------------
 // Constructors
 // -----------------------------------------------------------------------------
+
+const service = (state: State): Listeners["Service"] =>
+  Listeners.of({
+    // Resolving a host name may take a while: it stays interruptible, outside the acquisition.
+    listen: (spec) =>
+      Effect.suspend(() => {
+        const order = state.asked++
+        return Effect.flatMap(prepare(state, spec), (request) =>
+          Effect.acquireRelease(
+            Effect.tap(acquire(state, request), (socket) => Effect.sync(() => activate(state, order, socket))),
+            (socket) => release(state, socket)
+          )
+        )
+      }),
+    active: Effect.sync(() => state.active.map((entry) => entry.socket)),
+    unclaimed: Effect.sync(() => [...state.unclaimed.values()]),
+    closeUnclaimed: Effect.sync(() => {
+      for (const fd of state.unclaimed.values()) closeSync(fd.fd)
+      state.unclaimed.clear()
+    }),
+    handOff: Effect.sync(() => {
+      state.handedOff = true
+    })
+  })
 
 /**
  * Builds the Listeners service over a set of inherited fds.
@@ -594,8 +669,8 @@ export const make = (
     readonly reusePort?: boolean | undefined
   } = {}
 ): Effect.Effect<Listeners["Service"]> =>
-  Effect.sync(() => {
-    const state: State = {
+  Effect.map(Sys.enabled, (native) =>
+    service({
       inherited,
       unclaimed: new Map(inherited.map((fd) => [fd.fd, fd])),
       active: [],
@@ -603,31 +678,10 @@ export const make = (
       handedOff: false,
       remote: options.remote,
       remoteAsks: new Map(),
-      reusePort: options.reusePort === true
-    }
-    return Listeners.of({
-      // Resolving a host name may take a while: it stays interruptible, outside the acquisition.
-      listen: (spec) =>
-        Effect.suspend(() => {
-          const order = state.asked++
-          return Effect.flatMap(prepare(state, spec), (request) =>
-            Effect.acquireRelease(
-              Effect.tap(acquire(state, request), (listener) => Effect.sync(() => activate(state, order, listener))),
-              (listener) => release(state, listener)
-            )
-          )
-        }),
-      active: Effect.sync(() => state.active.map((entry) => entry.listener)),
-      unclaimed: Effect.sync(() => [...state.unclaimed.values()]),
-      closeUnclaimed: Effect.sync(() => {
-        for (const fd of state.unclaimed.values()) closeSync(fd.fd)
-        state.unclaimed.clear()
-      }),
-      handOff: Effect.sync(() => {
-        state.handedOff = true
-      })
+      reusePort: options.reusePort === true,
+      native: native.available
     })
-  })
+  )
 
 /**
  * Starts a Node server accepting on a listener (`server.listen({ fd })`) and
@@ -639,24 +693,21 @@ export const make = (
  */
 export const serve = (listener: Listener, server: Net.Server): Effect.Effect<void, ListenersError> =>
   Effect.suspend(() => {
-    const acceptor = acceptors.get(listener)
-    if (acceptor !== undefined) {
-      acceptor.serve(server)
-      adopted.set(listener, server)
-      return Effect.void
-    }
-    adopted.set(listener, server)
-    return listenOn(listener, server)
+    // A listener made elsewhere (with a fd) is served as it is; pausing and resuming are for those Listeners gave.
+    const socket =
+      socketOf(listener) ?? new ListenerSocket(listener.fd, listener.name, listener.address, listener.inherited)
+    socket.server = server
+    if (socket.acceptor === undefined) return listenOn(socket, server)
+    socket.acceptor.serve(server)
+    return Effect.void
   })
 
-const listenOn = (listener: Listener, server: Net.Server): Effect.Effect<void, ListenersError> =>
+const listenOn = (socket: ListenerSocket, server: Net.Server): Effect.Effect<void, ListenersError> =>
   Effect.callback<void, ListenersError>((resume) => {
     const onError = (cause: Error) => {
       server.off("listening", onListening)
       resume(
-        Effect.fail(
-          new ListenersError({ reason: new ServeFailed({ address: formatAddress(listener.address), cause }) })
-        )
+        Effect.fail(new ListenersError({ reason: new ServeFailed({ address: formatAddress(socket.address), cause }) }))
       )
     }
     const onListening = () => {
@@ -667,16 +718,13 @@ const listenOn = (listener: Listener, server: Net.Server): Effect.Effect<void, L
     server.once("listening", onListening)
     // Node takes the fd synchronously (its error and listening events come later): from here its server owns it,
     // and closing the server closes the fd, even if this fiber is interrupted before the listening event.
-    kept.delete(listener)
-    server.listen({ fd: listener.fd } as Net.ListenOptions)
+    socket.paused = false
+    server.listen({ fd: socket.fd } as Net.ListenOptions)
     return Effect.sync(() => {
       server.off("error", onError)
       server.off("listening", onListening)
     })
   })
-
-// Listeners whose fd this module holds while their server does not accept (paused): see `pauseAccepting`.
-const kept = new WeakSet<Listener>()
 
 /**
  * Stops a served listener accepting but keeps its socket open, to accept
@@ -690,16 +738,16 @@ const kept = new WeakSet<Listener>()
  */
 export const pauseAccepting = (listener: Listener): Effect.Effect<void> =>
   Effect.sync(() => {
-    const server = adopted.get(listener)
-    if (listener.fd === undefined || server === undefined || !server.listening) return
+    const socket = socketOf(listener)
+    const server = socket?.server
+    if (socket?.fd === undefined || server === undefined || !server.listening) return
     // A copy of the fd first: closing the server's handle closes the fd it took, not the socket. Without a copy (no
     // fd left), it goes on accepting: a listener it could not accept on again would be lost to the service.
-    const copy = Sys.dup(listener.fd)
+    const copy = Sys.dup(socket.fd)
     if (Result.isFailure(copy)) return
     Net.Server.prototype.close.call(server)
     // The listener's fd is the one open for its socket in this process, the one a restart hands on.
-    ;(listener as { fd: number | undefined }).fd = copy.success
-    kept.add(listener)
+    socket.holdCopy(copy.success)
   })
 
 /**
@@ -712,8 +760,11 @@ export const pauseAccepting = (listener: Listener): Effect.Effect<void> =>
  */
 export const resumeAccepting = (listener: Listener): Effect.Effect<void, ListenersError> =>
   Effect.suspend(() => {
-    const server = adopted.get(listener)
-    return server !== undefined && !server.listening && kept.has(listener) ? listenOn(listener, server) : Effect.void
+    const socket = socketOf(listener)
+    const server = socket?.server
+    return socket !== undefined && server !== undefined && !server.listening && socket.paused
+      ? listenOn(socket, server)
+      : Effect.void
   })
 
 /**
@@ -728,9 +779,9 @@ export const resumeAccepting = (listener: Listener): Effect.Effect<void, Listene
  */
 export const stopAccepting = (listener: Listener): Effect.Effect<void> =>
   Effect.sync(() => {
-    const acceptor = acceptors.get(listener)
-    if (acceptor !== undefined) return acceptor.stopAccepting()
-    const server = adopted.get(listener)
+    const socket = socketOf(listener)
+    if (socket?.acceptor !== undefined) return socket.acceptor.stopAccepting()
+    const server = socket?.server
     if (server?.listening) Net.Server.prototype.close.call(server)
   })
 

@@ -338,8 +338,7 @@ const checkSocket = (socket: string): Effect.Effect<string, NotifyError> => {
  */
 export const fromSocket = (socket: string | undefined): Effect.Effect<Notify["Service"], NotifyError> => {
   if (socket === undefined || socket === "") return Effect.succeed(disabled)
-  return Effect.flatMap(checkSocket(socket), (checked) => {
-    const native = Sys.native()
+  return Effect.flatMap(Effect.zip(checkSocket(socket), Sys.enabled), ([checked, native]) => {
     if (!native.available) {
       return fail(new NotifyUnsupported({ socket, platform: native.platform, detail: native.reason }))
     }

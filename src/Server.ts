@@ -30,7 +30,7 @@
  *
  * @since 0.1.0
  */
-import type * as Config from "effect/Config"
+import * as Config from "effect/Config"
 import type * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
@@ -585,7 +585,13 @@ const serveApp = (served: Served): Serve => {
         })
       )
     )
-    yield* Gate.registerServer(served.listener, served.tracker, drained)
+    const accepting = {
+      stop: Listeners.pauseAccepting(served.listener),
+      start: Listeners.resumeAccepting(served.listener)
+    }
+    // Connections from another slot's socket of this address, lent to this worker, are this server's too.
+    const lentTo = { address, server: served.server as Net.Server }
+    yield* Gate.registerServer(accepting, served.tracker, drained, lentTo)
     // Every handler is attached: accept.
     yield* Effect.orDie(Listeners.serve(served.listener, served.server as Net.Server))
   })
@@ -703,3 +709,42 @@ export const layer = (
   Listeners.ListenersError | ServerError,
   Listeners.Listeners
 > => Layer.mergeAll(Layer.effect(HttpServer.HttpServer)(make(spec, options)), NodeHttpServer.layerHttpServices)
+
+/**
+ * `layer`, with the address (and the options) read through `Config`, as
+ * `NodeHttpServer.layerConfig` reads its own: the address from the
+ * environment, a drain timeout from a variable of the application's.
+ *
+ * @example
+ * ```ts
+ * import { Config } from "effect"
+ * import { Server } from "effect-grace"
+ *
+ * const Public = Server.layerConfig(Config.String("HTTP_ADDRESS").pipe(Config.withDefault(":8080")), {
+ *   drainTimeout: Config.Duration("HTTP_DRAIN_TIMEOUT").pipe(Config.withDefault("30 seconds"))
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  spec: Config.Wrap<Listeners.ListenSpec>,
+  options?: Config.Wrap<Options>
+): Layer.Layer<
+  HttpServer.HttpServer | HttpPlatform.HttpPlatform | Etag.Generator | NodeServices.NodeServices,
+  Listeners.ListenersError | ServerError | Config.ConfigError,
+  Listeners.Listeners
+> =>
+  Layer.mergeAll(
+    Layer.effect(HttpServer.HttpServer)(
+      Effect.flatMap(
+        Config.all({
+          spec: Config.unwrap(spec),
+          options: options === undefined ? Config.succeed({}) : Config.unwrap(options)
+        }),
+        (read) => make(read.spec, read.options)
+      )
+    ),
+    NodeHttpServer.layerHttpServices
+  )

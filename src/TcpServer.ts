@@ -141,7 +141,9 @@ const makeRunWith = (listener: Listeners.Listener, settings: Drain.Settings): Ru
         yield* Scope.addFinalizer(scope, drain(listener, tracker, settings, address))
         // A raw connection has no requests to refuse, and nothing to tell to go away.
         const drained = Drain.drainReported(tracker, settings, address, ["refused", "toldToGoAway"])
-        yield* Scope.provide(Gate.registerServer(listener, tracker, drained), scope)
+        const accepting = { stop: Listeners.pauseAccepting(listener), start: Listeners.resumeAccepting(listener) }
+        // Connections from another slot's socket of this address, lent to this worker, are this server's too.
+        yield* Scope.provide(Gate.registerServer(accepting, tracker, drained, { address, server }), scope)
         // The handler is attached: accept.
         yield* Effect.mapError(Listeners.serve(listener, server), openError)
         yield* Deferred.succeed(listening, undefined)

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
@@ -411,6 +412,24 @@ const raceTheDrain = (count: number, tls?: { readonly key: Buffer; readonly cert
 // -----------------------------------------------------------------------------
 
 describe("Server", () => {
+  it.live("layerConfig: the address and the options read through Config; a bad value fails with its error", () =>
+    Effect.gen(function* () {
+      const app = HttpRouter.serve(HttpRouter.add("GET", "/", HttpServerResponse.text("configured")), {
+        disableLogger: true,
+        disableListenLog: true
+      }).pipe(Layer.provide(Server.layerConfig(Config.String("HTTP_ADDRESS"), { name: Config.String("HTTP_NAME") })))
+      const env = (values: Record<string, string>) => ConfigProvider.layer(ConfigProvider.fromUnknown(values))
+      const { ports } = yield* start(
+        app.pipe(Layer.provide(env({ HTTP_ADDRESS: "127.0.0.1:0", HTTP_NAME: "configured" })))
+      )
+      assert.strictEqual((yield* get(`http://127.0.0.1:${ports.configured}/`)).body, "configured")
+      const bad = yield* Effect.flip(start(app.pipe(Layer.provide(env({ HTTP_ADDRESS: "nowhere", HTTP_NAME: "x" })))))
+      assert.strictEqual(bad._tag, "ListenersError")
+      const missing = yield* Effect.flip(start(app.pipe(Layer.provide(env({ HTTP_NAME: "x" })))))
+      assert.strictEqual(missing._tag, "ConfigError")
+    }).pipe(Effect.scoped)
+  )
+
   it.live(
     "a slow request in flight completes with its full body and Connection: close; new connections are refused",
     () => {

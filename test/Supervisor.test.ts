@@ -10,6 +10,8 @@ import { keepAliveLoad, request, steadyLoad } from "./support/http.ts"
 import type { Reply } from "./support/http.ts"
 import { freePort } from "./support/net.ts"
 import { certificateFiles, tlsConnect } from "./support/tls.ts"
+import { gone, pidOf, readyOf, startSingle } from "./support/fixture.ts"
+import type { Generation } from "./support/fixture.ts"
 import { eventually, isAlive, openFds, procStat, processesTagged, spawnFixture } from "./support/process.ts"
 import type { Spawned } from "./support/process.ts"
 import { tempDir } from "./support/fs.ts"
@@ -26,12 +28,6 @@ const get = (target: Target, path: string, method = "GET"): Effect.Effect<Reply,
     ? request(`http://127.0.0.1:${target.port}${path}`, { method, timeout: "20 seconds" })
     : request(`http://localhost${path}`, { method, socketPath: target.socketPath, timeout: "20 seconds" })
 
-const pidOf = (reply: Reply): number => {
-  const match = reply.body.match(/pid (\d+)/)
-  assert.isNotNull(match, `a pid in ${JSON.stringify(reply.body)}`)
-  return Number(match![1])
-}
-
 const childrenOf = (ppid: number): Array<{ pid: number; state: string }> =>
   Fs.readdirSync("/proc")
     .filter((entry) => /^\d+$/.test(entry))
@@ -39,37 +35,6 @@ const childrenOf = (ppid: number): Array<{ pid: number; state: string }> =>
       const stat = procStat(entry)
       return stat?.ppid === ppid ? [{ pid: Number(entry), state: stat.state }] : []
     })
-
-interface Generation {
-  readonly pid: number
-}
-
-/**
- * Starts the supervised fixture: its first generation is a child of this test;
- * later generations are started by it. Every process of the run is killed when
- * the scope closes.
- */
-const start = (options: {
-  readonly specs: (tag: string) => ReadonlyArray<string>
-  readonly env?: Record<string, string>
-}) =>
-  Effect.gen(function* () {
-    const tag = `t${process.pid}x${Math.random().toString(36).slice(2, 10)}`
-    yield* Effect.addFinalizer(() =>
-      Effect.sync(() => {
-        for (const pid of processesTagged(tag)) process.kill(pid, "SIGKILL")
-      })
-    )
-    // A hand-off at once, unless the test is about the probation window (test/handback.test.ts).
-    const fixture = yield* spawnFixture("supervised", options.specs(tag), {
-      env: { GRACE_PROBATION: "0", ...options.env }
-    })
-    const first = yield* readyOf(fixture, fixture.pid)
-    return { fixture, tag, first }
-  })
-
-const readyOf = (fixture: Spawned, pid: number): Effect.Effect<Generation> =>
-  Effect.as(fixture.waitForLine(new RegExp(`"effect-grace: ready".*"pid":${pid}\\b`)), { pid })
 
 /** Sends the restart signal to a generation and waits for its successor to be ready. */
 const restart = (fixture: Spawned, generation: Generation) =>
@@ -100,12 +65,6 @@ const holding = (fixture: Spawned, generation: Generation) =>
 const sleeping = (fixture: Spawned, generation: Generation) =>
   fixture.waitForLine(new RegExp(`^sleeping ${generation.pid}$`))
 
-const gone = (pid: number) => eventually(() => !isAlive(pid), `pid ${pid} to exit`)
-
-/**
- * Until the kernel has moved `child` away from `parent`: the parent has exited for good. A process whose memory is
- * gone (not `isAlive`) may still be closing its fds; a restart asked of its successor then is rightly refused.
- */
 /**
  * A notify socket of the test's own, as systemd's: its path, the next datagram (a bounded wait), the datagrams
  * waiting now, and every one received.
@@ -132,6 +91,10 @@ const notifySocket = Effect.gen(function* () {
   return { path, received, next: eventually(poll, "a notify datagram"), waiting }
 })
 
+/**
+ * Until the kernel has moved `child` away from `parent`: the parent has exited for good. A process whose memory is
+ * gone (not `isAlive`) may still be closing its fds; a restart asked of its successor then is rightly refused.
+ */
 const orphaned = (child: number, parent: number) =>
   eventually(() => procStat(child)?.ppid !== parent, `pid ${child} to lose its parent ${parent}`)
 
@@ -146,7 +109,7 @@ describe("Supervisor", () => {
       Effect.gen(function* () {
         const port = yield* freePort()
         const dir = yield* tempDir
-        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const { fixture, tag, first } = yield* startSingle({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
         assert.strictEqual(pidOf(yield* get({ port }, "/")), first.pid)
 
         const slow = yield* hold(port, dir, "slow")
@@ -156,10 +119,14 @@ describe("Supervisor", () => {
 
         const quick = yield* get({ port }, "/")
         assert.strictEqual(pidOf(quick), second.pid)
-        // While its parent still drains (it holds the slow request), the successor refuses to restart.
+        // While its parent still drains (it holds the slow request), the successor keeps a restart asked of it.
         assert.isTrue(isAlive(first.pid))
-        const early = yield* get({ port }, "/restart", "POST")
-        assert.strictEqual(early.body, "failed ParentStillRunning\n")
+        const early = yield* Effect.forkChild(get({ port }, "/restart", "POST"))
+        yield* fixture.waitForLine(
+          new RegExp(
+            `"effect-grace: restart queued".*"pid":${second.pid},.*"waitingFor":"the parent \\(pid ${first.pid}\\) to exit"`
+          )
+        )
         yield* slow.release
         const slowReply = yield* Fiber.join(slow.reply)
         assert.strictEqual(slowReply.status, 200)
@@ -167,7 +134,11 @@ describe("Supervisor", () => {
 
         const exit = yield* fixture.exited()
         assert.deepStrictEqual(exit, { code: 0, signal: null })
-        assert.deepStrictEqual(processesTagged(tag), [second.pid])
+        // Its parent gone, it restarts: the restart asked of it lands.
+        const third = Number((yield* Fiber.join(early)).body.match(/^restarted (\d+)\n$/)?.[1])
+        yield* readyOf(fixture, third)
+        yield* gone(second.pid)
+        assert.deepStrictEqual(processesTagged(tag), [third])
       }),
     { timeout: 30_000 }
   )
@@ -179,7 +150,7 @@ describe("Supervisor", () => {
         const dir = yield* tempDir
         const modeFile = Path.join(dir, "mode")
         const port = yield* freePort()
-        const { fixture, tag, first } = yield* start({
+        const { fixture, tag, first } = yield* startSingle({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
           // Long enough that a successor that crashes is seen to exit, not to time out, on a loaded machine.
           env: { FIXTURE_MODE_FILE: modeFile, GRACE_READY_TIMEOUT: "6 seconds" }
@@ -212,36 +183,46 @@ describe("Supervisor", () => {
   )
 
   it.live(
-    "five restart signals within 100 ms start one successor and leave no orphan",
+    "five restart signals within 100 ms: one restart, one kept and passed on; the last generation serves, no orphan",
     () =>
       Effect.gen(function* () {
         const port = yield* freePort()
-        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const { fixture, tag, first } = yield* startSingle({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
         for (let i = 0; i < 5; i++) process.kill(first.pid, "SIGUSR2")
         const match = yield* fixture.waitForLine(/"effect-grace: successor ready".*"successor":(\d+)/)
         const second = yield* readyOf(fixture, Number(match[1]))
         yield* fixture.exited()
-        const linesOf = (text: string) => fixture.lines.filter((line) => line.includes(text)).length
-        assert.strictEqual(linesOf('"effect-grace: restart started"'), 1)
-        // The kernel may merge signals that are pending together; each one delivered beyond the first is refused,
-        // and the refusal logged.
+        const linesOf = (text: string, pid = first.pid) =>
+          fixture.lines.filter((line) => line.includes(text) && line.includes(`"pid":${pid},`)).length
+        assert.strictEqual(linesOf('"effect-grace: restart started"'), 1, "one successor of the first")
+        // The kernel may merge signals that are pending together; each one delivered beyond the first is kept, as
+        // one, and passed on to the successor once it serves, which restarts once more.
         const requested = linesOf('"effect-grace: restart requested"')
         assert.isAtLeast(requested, 1)
-        assert.strictEqual(linesOf('"reason":"AlreadyInProgress"'), requested - 1)
-        assert.deepStrictEqual(processesTagged(tag), [second.pid])
-        assert.strictEqual(pidOf(yield* get({ port }, "/")), second.pid)
+        assert.strictEqual(linesOf('"effect-grace: restart queued"'), requested - 1)
+        assert.strictEqual(linesOf('"effect-grace: restart passed on"'), requested === 1 ? 0 : 1)
+        let last = second
+        if (requested > 1) {
+          const passed = yield* fixture.waitForLine(
+            new RegExp(`"effect-grace: successor ready".*"pid":${second.pid},"successor":(\\d+)`)
+          )
+          last = yield* readyOf(fixture, Number(passed[1]))
+          yield* gone(second.pid)
+        }
+        assert.deepStrictEqual(processesTagged(tag), [last.pid])
+        assert.strictEqual(pidOf(yield* get({ port }, "/")), last.pid)
       }),
     { timeout: 30_000 }
   )
 
   it.live(
-    "two programmatic restarts at once: one succeeds, the other is refused; the PID file follows the hand-off",
+    "two programmatic restarts at once: one runs, the other is kept and lands after it; the PID file follows",
     () =>
       Effect.gen(function* () {
         const dir = yield* tempDir
         const pidFile = Path.join(dir, "server.pid")
         const port = yield* freePort()
-        const { fixture, first } = yield* start({
+        const { fixture, first } = yield* startSingle({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
           env: { GRACE_PID_FILE: pidFile }
         })
@@ -252,20 +233,32 @@ describe("Supervisor", () => {
         const replies = yield* Effect.all([get({ port }, "/restart", "POST"), get({ port }, "/restart", "POST")], {
           concurrency: 2
         })
-        const bodies = replies.map((reply) => reply.body).toSorted()
-        assert.strictEqual(bodies[0], "failed AlreadyInProgress\n")
-        assert.match(bodies[1]!, /^restarted \d+\n$/)
-        const successor = Number(bodies[1]!.match(/\d+/)![0])
-        // Written by the successor before its parent exits.
+        // The second was kept, passed on to the successor once it served, which restarted at once (its parent, draining
+        // the slow request, waits for the outcome): each caller has its own generation's pid.
+        const pids = replies.map((reply) => Number(reply.body.match(/^restarted (\d+)\n$/)?.[1]))
+        assert.isTrue(
+          pids.every((pid) => pid > 0),
+          replies.map((reply) => reply.body).join("")
+        )
+        assert.notStrictEqual(pids[0], pids[1])
+        const last = yield* eventually(
+          () => pids.find((pid) => isAlive(pid) && Fs.readFileSync(pidFile, "utf8") === `${pid}\n`),
+          "the PID file naming the last generation"
+        )
+        // Written by the last successor while its parents still drain.
         assert.isTrue(isAlive(first.pid))
-        assert.strictEqual(Fs.readFileSync(pidFile, "utf8"), `${successor}\n`)
         yield* slow.release
         assert.strictEqual((yield* Fiber.join(slow.reply)).body, `held from pid ${first.pid}\n`)
         yield* fixture.exited()
+        yield* Effect.forEach(
+          pids.filter((pid) => pid !== last),
+          gone,
+          { discard: true }
+        )
         assert.deepStrictEqual(Fs.readdirSync(dir).toSorted(), ["server.pid", "slow"], "no temporary file left behind")
         // A graceful termination removes the file it wrote.
-        process.kill(successor, "SIGTERM")
-        yield* gone(successor)
+        process.kill(last, "SIGTERM")
+        yield* gone(last)
         assert.isFalse(Fs.existsSync(pidFile))
       }),
     { timeout: 30_000 }
@@ -276,7 +269,7 @@ describe("Supervisor", () => {
     () =>
       Effect.gen(function* () {
         const port = yield* freePort()
-        const { fixture, tag, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const { fixture, tag, first } = yield* startSingle({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
         const firstFds = openFds(first.pid).length
         let current = first
         for (let i = 0; i < 20; i++) {
@@ -302,7 +295,7 @@ describe("Supervisor", () => {
       Effect.gen(function* () {
         const dir = yield* tempDir
         const socketPath = Path.join(dir, "api.sock")
-        const { fixture, first } = yield* start({ specs: (id) => [`${id}=${socketPath}`] })
+        const { fixture, first } = yield* startSingle({ specs: (id) => [`${id}=${socketPath}`] })
         assert.strictEqual(pidOf(yield* get({ socketPath }, "/")), first.pid)
         const second = yield* restart(fixture, first)
         yield* fixture.exited()
@@ -318,7 +311,7 @@ describe("Supervisor", () => {
       Effect.gen(function* () {
         const port = yield* freePort()
         const dir = yield* tempDir
-        const { fixture, first } = yield* start({
+        const { fixture, first } = yield* startSingle({
           specs: (id) => [`${id}=127.0.0.1:${port}`, `admin=${Path.join(dir, "admin.sock")}`]
         })
         // What a subprocess of this test sees: fds this test itself leaks (from whatever started it) are not ours.
@@ -345,7 +338,7 @@ describe("Supervisor", () => {
         const notify = yield* notifySocket
         const nextDatagram = notify.next
         const port = yield* freePort()
-        const { fixture, first } = yield* start({
+        const { fixture, first } = yield* startSingle({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
           env: { NOTIFY_SOCKET: notify.path }
         })
@@ -372,7 +365,7 @@ describe("Supervisor", () => {
         const paths = certificateFiles(dir)
         const ca = Fs.readFileSync(paths.cert)
         const [h1, h2] = [yield* freePort(), yield* freePort()]
-        const { fixture, first } = yield* start({
+        const { fixture, first } = yield* startSingle({
           specs: (id) => [`tls:${id}=127.0.0.1:${h1}`, `h2:127.0.0.1:${h2}`],
           env: { FIXTURE_TLS_KEY: paths.key, FIXTURE_TLS_CERT: paths.cert }
         })
@@ -401,32 +394,45 @@ describe("Supervisor", () => {
     () =>
       Effect.gen(function* () {
         const port = yield* freePort()
-        const { fixture, first } = yield* start({
+        const modeFile = Path.join(yield* tempDir, "mode")
+        const { fixture, first } = yield* startSingle({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
-          env: { FIXTURE_OBSERVE: "1" }
+          env: { FIXTURE_OBSERVE: "1", FIXTURE_MODE_FILE: modeFile }
         })
-        const replies = yield* Effect.all([get({ port }, "/restart", "POST"), get({ port }, "/restart", "POST")], {
-          concurrency: 2
-        })
-        const restarted = replies.map((reply) => reply.body).find((body) => body.startsWith("restarted"))
-        const successor = Number(restarted?.match(/\d+/)?.[0])
+        // A restart whose successor fails, then one that lands.
+        Fs.writeFileSync(modeFile, "crash")
+        assert.strictEqual((yield* get({ port }, "/restart", "POST")).body, "failed ExitedBeforeReady\n")
+        Fs.writeFileSync(modeFile, "ok")
+        const restarted = (yield* get({ port }, "/restart", "POST")).body
+        const successor = Number(restarted.match(/^restarted (\d+)\n$/)?.[1])
         assert.isTrue(isAlive(successor))
         assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
-        const metricsLine = yield* fixture.waitForLine(/^metrics (.*)$/)
-        // The exporter writes its batch only when its layer closes: every span of the hand-off reached it.
+        // The exporter writes its batch only when its layer closes: every span of the hand-off reached it. (The
+        // successor that crashed printed its own, earlier.)
         const stoppedAt = fixture.lines.findIndex((line) =>
           new RegExp(`"effect-grace: stopped".*"pid":${first.pid}\\b`).test(line)
         )
-        const firstSpan = fixture.lines.findIndex((line) => line.startsWith("span "))
         assert.isAbove(stoppedAt, -1)
-        assert.isAbove(firstSpan, stoppedAt, "spans flushed at the program's end, after the drain")
+        const metricsLine = yield* eventually(
+          () =>
+            fixture.lines
+              .slice(stoppedAt)
+              .map((line) => line.match(/^metrics (.*)$/))
+              .find((m) => m !== null),
+          "the first process's metrics"
+        )
+        const after = fixture.lines.slice(stoppedAt)
+        assert.isTrue(
+          after.some((line) => line.startsWith("span ")),
+          "spans flushed at the program's end, after the drain"
+        )
 
-        const spans = fixture.lines
+        const spans = after
           .filter((line) => line.startsWith("span "))
           .map((line) => JSON.parse(line.slice(5)) as { name: string; attributes: Record<string, unknown> })
         const restarts = spans.filter((span) => span.name === "effect-grace.restart")
         assert.deepStrictEqual(restarts.map((span) => span.attributes["effect-grace.outcome"]).toSorted(), [
-          "AlreadyInProgress",
+          "ExitedBeforeReady",
           "ready"
         ])
         const ready = restarts.find((span) => span.attributes["effect-grace.outcome"] === "ready")
@@ -449,8 +455,8 @@ describe("Supervisor", () => {
               metric.id === id && Object.entries(attributes).every(([key, value]) => metric.attributes?.[key] === value)
           )?.state.count
         assert.strictEqual(count("effect-grace.restarts", { outcome: "ready" }), 1)
-        assert.strictEqual(count("effect-grace.restarts", { outcome: "AlreadyInProgress" }), 1)
-        assert.strictEqual(count("effect-grace.restart.handoff", {}), 1)
+        assert.strictEqual(count("effect-grace.restarts", { outcome: "ExitedBeforeReady" }), 1)
+        assert.strictEqual(count("effect-grace.restart.handoff", {}), 1, "the one successor that was ready")
         assert.strictEqual(count("effect-grace.drain.duration", { server: `127.0.0.1:${port}` }), 1)
         assert.strictEqual(count("effect-grace.drain.forced", { server: `127.0.0.1:${port}` }), 0)
       }),
@@ -462,7 +468,7 @@ describe("Supervisor", () => {
     () =>
       Effect.gen(function* () {
         const port = yield* freePort()
-        const { fixture, tag, first } = yield* start({
+        const { fixture, tag, first } = yield* startSingle({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
           env: { FIXTURE_COMPOSE: "merged" }
         })
@@ -516,7 +522,7 @@ describe("Supervisor", () => {
         const modeFile = Path.join(yield* tempDir, "mode")
         const notify = yield* notifySocket
         const port = yield* freePort()
-        const { fixture, tag, first } = yield* start({
+        const { fixture, tag, first } = yield* startSingle({
           specs: (id) => [`${id}=127.0.0.1:${port}`],
           env: { FIXTURE_MODE_FILE: modeFile, NOTIFY_SOCKET: notify.path }
         })
@@ -542,7 +548,7 @@ describe("Supervisor", () => {
     () =>
       Effect.gen(function* () {
         const port = yield* freePort()
-        const { fixture, first } = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const { fixture, first } = yield* startSingle({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
         const slow = yield* Effect.forkChild(get({ port }, "/sleep?ms=800"))
         yield* sleeping(fixture, first)
         process.kill(first.pid, "SIGTERM")
@@ -550,7 +556,7 @@ describe("Supervisor", () => {
         assert.strictEqual(reply.body, `slept 800 from pid ${first.pid}\n`)
         assert.deepStrictEqual(yield* fixture.exited(), { code: 0, signal: null })
 
-        const again = yield* start({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
+        const again = yield* startSingle({ specs: (id) => [`${id}=127.0.0.1:${port}`] })
         const stuck = yield* Effect.forkChild(Effect.result(get({ port }, "/sleep?ms=60000")))
         yield* sleeping(again.fixture, again.first)
         process.kill(again.first.pid, "SIGTERM")
@@ -597,7 +603,7 @@ describe("Supervisor, hand-back", () => {
       const dir = yield* tempDir
       const modeFile = Path.join(dir, "mode")
       const port = yield* freePort()
-      const started = yield* start({
+      const started = yield* startSingle({
         specs: (id) => [`${id}=127.0.0.1:${port}`],
         env: { GRACE_PROBATION: probation, FIXTURE_MODE_FILE: modeFile, ...env }
       })

@@ -4,6 +4,8 @@
  * the same guarantees with real processes.
  */
 import { assert, describe, it } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Result from "effect/Result"
@@ -20,10 +22,23 @@ import * as Tickets from "../src/internal/tickets.ts"
 import * as Program from "../src/internal/program.ts"
 import * as FakeOs from "./support/os.ts"
 import { supervised, until, untilEffect } from "./support/supervised.ts"
-import type { SupervisedOptions } from "./support/supervised.ts"
+import type { Line, SupervisedOptions } from "./support/supervised.ts"
 
 const reasonOf = (effect: Effect.Effect<number, Supervisor.RestartError>) =>
   Effect.map(Effect.flip(effect), (error) => error.reason)
+
+/** The lines that said a restart was kept for later. */
+const queued = (s: { readonly lines: ReadonlyArray<Line> }) =>
+  s.lines.filter((line) => line.message === "effect-grace: restart queued")
+
+/** The next restart this process passed on to `successor`: its ask and kind. */
+const passedOn = (successor: FakeOs.FakeChild) =>
+  Effect.gen(function* () {
+    while (true) {
+      const line = yield* successor.channel.receive
+      if (line.startsWith("restart ")) return JSON.parse(line.slice("restart ".length)) as { key: number; kind: string }
+    }
+  })
 
 describe("Supervisor, on a fake OS", () => {
   it.effect("a restart signal: RELOADING, a successor, MAINPID with READY once it is ready, then the drain", () =>
@@ -46,46 +61,111 @@ describe("Supervisor, on a fake OS", () => {
     })
   )
 
-  it.effect("a programmatic restart answers the successor's pid; one during it is refused, and one after it", () =>
+  it.effect(
+    "restarts asked during one are kept: one more after it, on the process that serves then, for them all",
+    () =>
+      Effect.gen(function* () {
+        const drainGate = yield* Deferred.make<void>()
+        const s = yield* supervised({ drainGate })
+        const first = yield* Effect.forkChild(s.supervisor.restart)
+        const successor = yield* s.fake.spawned
+        const second = yield* Effect.forkChild(s.supervisor.restart)
+        yield* s.fake.signal("SIGUSR2")
+        const third = yield* Effect.forkChild(s.supervisor.restart)
+        yield* until(() => queued(s).length === 3, "each kept, and said")
+        assert.deepStrictEqual(queued(s)[0]!.annotations, {
+          pid: 100,
+          kind: "upgrade",
+          waitingFor: "the restart under way"
+        })
+        yield* successor.sayReady
+        assert.strictEqual(yield* Fiber.join(first), 200)
+        // Handed off: the one restart kept goes to the successor, which serves now; every caller has its outcome.
+        const passed = yield* passedOn(successor)
+        assert.strictEqual(passed.kind, "upgrade")
+        yield* successor.channel.send(`restarted ${JSON.stringify({ key: passed.key, pid: 300 })}`)
+        assert.deepStrictEqual([yield* Fiber.join(second), yield* Fiber.join(third)], [300, 300])
+        // Asked once handed off: passed on too, its failure there the caller's.
+        const after = yield* Effect.forkChild(reasonOf(s.supervisor.restart))
+        const again = yield* passedOn(successor)
+        const reason = { _tag: "ExitedBeforeReady", pid: 301, code: 1, signal: null }
+        yield* successor.channel.send(`restart-failed ${JSON.stringify({ key: again.key, reason })}`)
+        assert.deepStrictEqual(
+          yield* Fiber.join(after),
+          new Supervisor.ExitedBeforeReady({ pid: 301, code: 1, signal: null })
+        )
+        assert.strictEqual(s.fake.children.length, 1, "this process started one successor for them all")
+        yield* Deferred.succeed(drainGate, undefined)
+        yield* Fiber.join(s.fiber)
+      })
+  )
+
+  it.effect("a storm of restart signals: one restart under way, one kept, each signal logged", () =>
     Effect.gen(function* () {
-      const s = yield* supervised()
-      const first = yield* Effect.forkChild(s.supervisor.restart)
+      const drainGate = yield* Deferred.make<void>()
+      const s = yield* supervised({ drainGate })
+      for (let i = 0; i < 30; i++) yield* s.fake.signal("SIGUSR2")
       const successor = yield* s.fake.spawned
-      assert.strictEqual((yield* reasonOf(s.supervisor.restart))._tag, "AlreadyInProgress")
+      yield* until(() => queued(s).length === 29, "29 kept, as one")
       yield* successor.sayReady
-      assert.strictEqual(yield* Fiber.join(first), 200)
-      const after = yield* reasonOf(s.supervisor.restart)
-      assert.deepStrictEqual([after._tag, (after as Supervisor.NotServing).state], ["NotServing", "draining"])
-      assert.strictEqual(s.fake.children.length, 1, "one successor for all three")
+      const passed = yield* passedOn(successor)
+      yield* successor.channel.send(`restarted ${JSON.stringify({ key: passed.key, pid: 300 })}`)
+      yield* until(() => s.logs().filter((l) => l === "effect-grace: restart requested").length === 30, "all seen")
+      assert.strictEqual(s.fake.children.length, 1)
+      // Nothing more was passed on: the 29 were one.
+      yield* Deferred.succeed(drainGate, undefined)
       yield* Fiber.join(s.fiber)
+      yield* successor.channel.close
+      assert.isTrue(Exit.isFailure(yield* Effect.exit(passedOn(successor))), "one restart passed on, no more")
     })
   )
 
-  it.effect("a restart before ready is refused", () =>
+  it.effect("a restart before ready is kept, and runs once the process is ready", () =>
     Effect.gen(function* () {
       const gate = yield* Deferred.make<void>()
       const s = yield* supervised({ gate })
-      const early = yield* reasonOf(s.supervisor.restart)
-      assert.deepStrictEqual([early._tag, (early as Supervisor.NotServing).state], ["NotServing", "starting"])
+      const early = yield* Effect.forkChild(s.supervisor.restart)
+      yield* until(() => queued(s).length === 1, "kept")
+      assert.strictEqual(queued(s)[0]!.annotations.waitingFor, "the start-up")
+      assert.strictEqual(s.fake.children.length, 0)
       assert.deepStrictEqual(s.notes, [])
       yield* Deferred.succeed(gate, undefined)
-      yield* until(() => s.notes.includes("READY=1"), "ready")
-      yield* s.fake.signal("SIGTERM")
+      const successor = yield* s.fake.spawned
+      assert.strictEqual(s.notes[0], "READY=1", "ready first, then the restart")
+      yield* successor.sayReady
+      assert.strictEqual(yield* Fiber.join(early), 200)
       yield* Fiber.join(s.fiber)
     })
   )
 
-  it.effect("a successor refuses to restart while its parent drains, and restarts once it has exited", () =>
+  it.effect("a successor keeps a restart asked while its parent drains, and runs it once the parent has exited", () =>
     Effect.gen(function* () {
       const s = yield* supervised({ parentPid: 41 })
-      const refused = yield* reasonOf(s.supervisor.restart)
-      assert.deepStrictEqual(refused, new Supervisor.ParentStillRunning({ parentPid: 41 }))
+      const restart = yield* Effect.forkChild(s.supervisor.restart)
+      yield* until(() => queued(s).length === 1, "kept")
+      assert.strictEqual(queued(s)[0]!.annotations.waitingFor, "the parent (pid 41) to exit")
       assert.strictEqual(s.fake.children.length, 0)
       yield* s.fake.parent!.exits
-      yield* untilEffect(Effect.map(s.supervisor.parentPid, Option.isNone), "the parent's exit seen")
-      const restart = yield* Effect.forkChild(s.supervisor.restart)
       yield* (yield* s.fake.spawned).sayReady
       assert.strictEqual(yield* Fiber.join(restart), 200)
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a restart its parent passed on runs at once, though the parent drains; its outcome goes back to it", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ parentPid: 41 })
+      yield* s.fake.parent!.channel.send("junk")
+      yield* s.fake.parent!.channel.send(`restart ${JSON.stringify({ key: 7, kind: "upgrade" })}`)
+      const successor = yield* s.fake.spawned
+      assert.isTrue(
+        s.lines.some((l) => l.message === "effect-grace: restart requested" && l.annotations.by === "parent")
+      )
+      assert.deepStrictEqual(queued(s), [], "the parent, which waits for the outcome, is not waited for")
+      yield* successor.sayReady
+      let line = yield* s.fake.parent!.channel.receive
+      while (!line.startsWith("restarted ")) line = yield* s.fake.parent!.channel.receive
+      assert.deepStrictEqual(JSON.parse(line.slice("restarted ".length)), { key: 7, pid: 200 })
       yield* Fiber.join(s.fiber)
     })
   )
@@ -175,6 +255,44 @@ describe("Supervisor, on a fake OS", () => {
     })
   )
 
+  it.effect("takes SIGHUP, SIGUSR2, SIGTERM and SIGINT first; SIGHUP restarts a single process as SIGUSR2 does", () =>
+    Effect.gen(function* () {
+      const s = yield* supervised({ restartSignals: ["SIGUSR1"] })
+      assert.sameMembers([...s.fake.installed], ["SIGUSR1", "SIGHUP", "SIGUSR2", "SIGTERM", "SIGINT"])
+      yield* s.fake.signal("SIGHUP")
+      yield* (yield* s.fake.spawned).sayReady
+      yield* Fiber.join(s.fiber)
+      assert.isTrue(
+        s.lines.some((l) => l.message === "effect-grace: restart requested" && l.annotations.by === "SIGHUP")
+      )
+    })
+  )
+
+  it.effect(
+    "a finalizer of the application that fails during the drain: logged with its cause, and the end comes",
+    () =>
+      Effect.gen(function* () {
+        const fake = yield* FakeOs.make()
+        const errors: Array<string> = []
+        const logger = Logger.make(({ logLevel, message, cause }) => {
+          if (logLevel === "Error") errors.push(`${String(message)} ${Cause.pretty(cause)}`)
+        })
+        const App = Layer.effectDiscard(Effect.addFinalizer(() => Effect.die(new Error("pool would not close"))))
+        const run = yield* Effect.forkChild(
+          Supervisor.run(App).pipe(
+            Effect.provideService(Os.Os, fake.os),
+            Effect.provide(Notify.layerNoop),
+            Effect.provide(Logger.layer([logger]))
+          )
+        )
+        yield* fake.signal("SIGTERM")
+        yield* Fiber.join(run)
+        assert.isTrue(
+          errors.some((e) => e.includes("a finalizer of the application failed") && e.includes("would not"))
+        )
+      })
+  )
+
   it.effect("during a drain, SIGUSR2 is refused and logged; a second SIGTERM forces the exit", () =>
     Effect.gen(function* () {
       const drainGate = yield* Deferred.make<void>()
@@ -248,6 +366,10 @@ describe("Supervisor, on a fake OS", () => {
   it.effect("as PID 1 a restart is refused, with the reason, and logged; termination drains as anywhere", () =>
     Effect.gen(function* () {
       const s = yield* supervised({ pid: 1 })
+      // Said once ready, before any restart is asked for.
+      const ready = s.lines.find((line) => line.message === "effect-grace: ready")
+      assert.strictEqual(ready?.annotations.restarts, "unavailable")
+      assert.include(String(ready?.annotations.reason), "PID 1")
       const refused = yield* reasonOf(s.supervisor.restart)
       assert.strictEqual(refused._tag, "RestartUnsupported")
       assert.include((refused as Supervisor.RestartUnsupported).detail, "PID 1")
@@ -280,7 +402,7 @@ describe("Supervisor, on a fake OS", () => {
   it.effect("layerStub gives an application a supervisor to test its own code against", () =>
     Effect.gen(function* () {
       const calls: Array<"restart" | "terminate"> = []
-      const refused = new Supervisor.RestartError({ reason: new Supervisor.AlreadyInProgress() })
+      const refused = new Supervisor.RestartError({ reason: new Supervisor.NotServing({ state: "draining" }) })
       const supervisor = yield* Effect.provide(
         Effect.gen(function* () {
           return yield* Supervisor.Supervisor
@@ -369,6 +491,51 @@ describe("Supervisor, on a fake OS", () => {
       assert.notInclude(logs, "effect-grace: draining")
       assert.notInclude(logs, "effect-grace: stopped")
     })
+  )
+
+  it.effect("a start-up failure is one line; its cause with it under GRACE_DEBUG, read through Config", () =>
+    Effect.gen(function* () {
+      const failing = (env: Record<string, string>) =>
+        Effect.gen(function* () {
+          const fake = yield* FakeOs.make()
+          const lines: Array<{ message: string; cause: string }> = []
+          const logger = Logger.make(({ message, cause }) => {
+            lines.push({ message: String(message), cause: Cause.pretty(cause) })
+          })
+          yield* Supervisor.run(Layer.effectDiscard(Effect.fail(new Error("no database")))).pipe(
+            Effect.provideService(Os.Os, fake.os),
+            Effect.provide(Notify.layerNoop),
+            Effect.provide(Logger.layer([logger])),
+            Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromUnknown(env)),
+            Effect.exit
+          )
+          return lines.find((line) => line.message.startsWith("effect-grace: cannot start"))!
+        })
+      const plain = yield* failing({})
+      assert.strictEqual(plain.message, "effect-grace: cannot start: no database")
+      assert.notInclude(plain.cause, "Error: no database")
+      const debug = yield* failing({ GRACE_DEBUG: "1" })
+      assert.strictEqual(debug.message, plain.message)
+      assert.include(debug.cause, "Error: no database")
+    })
+  )
+
+  it.effect(
+    "EFFECT_GRACE_WORKER set with no primary: one warning naming it; a single process, restarting on SIGUSR2",
+    () =>
+      Effect.gen(function* () {
+        const s = yield* supervised({ parentValues: { EFFECT_GRACE_WORKER: "0" } })
+        const warned = s.warnings().filter((line) => line.message.includes("EFFECT_GRACE_WORKER"))
+        assert.strictEqual(warned.length, 1)
+        assert.include(warned[0]!.message, 'EFFECT_GRACE_WORKER="0" is ignored: no primary started this process')
+        assert.isTrue(Option.isNone(s.supervisor.worker), "no worker")
+        yield* s.fake.signal("SIGUSR2")
+        const successor = yield* s.fake.spawned
+        assert.isFalse(successor.worker, "a successor, as a single process starts")
+        yield* successor.sayReady
+        yield* Fiber.join(s.fiber)
+        assert.isTrue(s.logs().includes("effect-grace: successor ready"))
+      })
   )
 
   it.effect("the successor protocol, parent side: the child gets the listeners and the ticket keys first", () =>
@@ -462,6 +629,11 @@ describe("Supervisor, a successor on probation", () => {
           const reason = (answer as Result.Failure<number, Supervisor.RestartError>).failure.reason
           assert.deepStrictEqual(reason, new Supervisor.HandedBack({ pid: 200, code: 1, signal: null }))
           assert.deepStrictEqual(s.events, ["paused", "resumed"])
+          // Ready again once the hand-back is done (the servers accept, the PID file and systemd name this process).
+          yield* untilEffect(
+            Effect.map(s.health.status, (status) => status.ready),
+            "ready again"
+          )
           assert.deepStrictEqual(yield* s.health.status, { ready: true, live: true, reasons: [] })
           assert.deepStrictEqual(s.fake.pidFile, ["write /run/app.pid", "write /run/app.pid"], "named again")
           assert.match(s.notes.at(-1)!, /^STATUS=serving again: the successor \(pid 200\) exited with code 1/)
@@ -499,17 +671,52 @@ describe("Supervisor, a successor on probation", () => {
     })
   )
 
-  it.effect("a restart during the window is refused; a successor that exits after it is not watched", () =>
+  it.effect("a restart during the window is kept: passed on once the window has passed, to the successor", () =>
     Effect.gen(function* () {
-      const s = yield* onProbation()
-      assert.strictEqual((yield* reasonOf(s.supervisor.restart))._tag, "AlreadyInProgress")
+      const drainGate = yield* Deferred.make<void>()
+      const s = yield* onProbation({ drainGate })
+      const kept = yield* Effect.forkChild(s.supervisor.restart)
       yield* s.fake.signal("SIGUSR2")
-      yield* until(() => s.warnings().filter((w) => w.reason === "AlreadyInProgress").length === 2, "both refused")
+      yield* until(() => queued(s).length === 2, "both kept")
+      assert.strictEqual(queued(s)[0]!.annotations.waitingFor, "the successor's probation")
       yield* TestClock.adjust("5 seconds")
+      const passed = yield* passedOn(s.child)
+      yield* s.child.channel.send(`restarted ${JSON.stringify({ key: passed.key, pid: 300 })}`)
+      assert.strictEqual(yield* Fiber.join(kept), 300)
+      assert.strictEqual(s.fake.children.length, 1)
+      yield* Deferred.succeed(drainGate, undefined)
       yield* Fiber.join(s.fiber)
+      // A successor that exits after its window is not watched: nothing is resumed.
       yield* s.child.exit({ code: 0, signal: null })
       assert.isFalse(s.events.includes("resumed"))
-      assert.strictEqual(s.fake.children.length, 1)
+    })
+  )
+
+  it.effect("a restart kept during the window runs here when the successor dies in it", () =>
+    Effect.gen(function* () {
+      const s = yield* onProbation()
+      const kept = yield* Effect.forkChild(s.supervisor.restart)
+      yield* until(() => queued(s).length === 1, "kept")
+      yield* s.child.exit({ code: 1, signal: null })
+      assert.isTrue(Result.isFailure(yield* Fiber.join(s.restart)), "the first: handed back")
+      // Serving again, this process runs what was kept for it: new code, maybe the fix.
+      const next = yield* s.fake.spawned
+      yield* next.sayReady
+      yield* TestClock.adjust("5 seconds")
+      assert.strictEqual(yield* Fiber.join(kept), 201)
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
+  it.effect("a termination refuses a restart kept for later, with the reason", () =>
+    Effect.gen(function* () {
+      const s = yield* onProbation()
+      const kept = yield* Effect.forkChild(reasonOf(s.supervisor.restart))
+      yield* until(() => queued(s).length === 1, "kept")
+      yield* s.fake.signal("SIGTERM")
+      assert.deepStrictEqual(yield* Fiber.join(kept), new Supervisor.NotServing({ state: "draining" }))
+      yield* s.child.exit({ code: 0, signal: null })
+      yield* Fiber.join(s.fiber)
     })
   )
 

@@ -17,11 +17,10 @@ import * as TestClock from "effect/testing/TestClock"
 import { fstatSync } from "node:fs"
 import * as Listeners from "../src/Listeners.ts"
 import * as Supervisor from "../src/Supervisor.ts"
-import * as Group from "../src/internal/group.ts"
 import type * as Os from "../src/internal/os.ts"
+import * as Parent from "../src/internal/parent.ts"
 import type * as Tickets from "../src/internal/tickets.ts"
 import * as Sys from "../src/internal/sys.ts"
-import * as Worker from "../src/internal/worker.ts"
 import * as FakeOs from "./support/os.ts"
 import { primary, supervised, until, untilEffect } from "./support/supervised.ts"
 import type { SupervisedOptions } from "./support/supervised.ts"
@@ -54,8 +53,8 @@ const terminated = (w: Heard) => w.lines.includes("terminate")
 const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attributes: Record<string, string>) =>
   Effect.map(Metric.value(Metric.withAttributes(metric, attributes)), (state) => state.count)
 const restarts = (outcome: string) => count(Supervisor.metrics.restarts, { outcome })
-const readies = count(Group.workersCounter, { event: "ready" })
-const exits = count(Group.workersCounter, { event: "exited" })
+const readies = count(Supervisor.metrics.workers, { event: "ready" })
+const exits = count(Supervisor.metrics.workers, { event: "exited" })
 
 /** `act`, then the primary has taken `n` more of `counted`, and done what it does then. */
 const taken = <A, E, R>(counted: Effect.Effect<number>, n: number, act: Effect.Effect<A, E, R>) =>
@@ -228,7 +227,7 @@ describe("a primary and its workers, on a fake OS", () => {
     })
   )
 
-  it.effect("SIGHUP rolls a slot at a time: the old one paused once the new one is ready, ended after probation", () =>
+  it.effect("SIGHUP: the canary on probation, then the next slot at once, old workers draining in the background", () =>
     Effect.gen(function* () {
       const { s, workers } = yield* serving({ probation: "5 seconds" })
       const [a, b] = workers
@@ -246,30 +245,33 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* sayReady(c)
       yield* hears(a, "pause")
       yield* hears(c, "serving")
-      assert.strictEqual(s.fake.children.length, 3, "surge 1: the next slot waits")
+      assert.strictEqual(s.fake.children.length, 3, "the canary alone on probation")
       assert.isFalse(terminated(a))
       yield* TestClock.adjust("4999 millis")
       assert.isFalse(terminated(a), "not before the probation has passed")
       assert.strictEqual(s.fake.children.length, 3)
       yield* TestClock.adjust("1 millis")
       yield* until(() => terminated(a), "the old one of slot 0 ended")
-      yield* TestClock.adjust("10 seconds")
-      assert.strictEqual(s.fake.children.length, 3, "the next slot waits until the old one has drained and exited")
-      yield* a.child.exit({ code: 0, signal: null })
+      // The next slot does not wait for the old one's drain, nor for a probation of its own.
       const d = yield* spawned(s)
       assert.strictEqual(slotOf(d), "1")
       assert.deepStrictEqual(b.lines.slice(1), ["serving"], "the next slot's old one untouched so far")
       yield* sayReady(d)
-      yield* hears(b, "pause")
-      yield* TestClock.adjust("5 seconds")
-      yield* until(() => terminated(b), "the old one of slot 1 ended")
-      assert.isFalse(s.logs().includes("effect-grace: workers restarted"), "not over while it drains")
-      yield* b.child.exit({ code: 0, signal: null })
-      yield* until(() => s.logs().includes("effect-grace: workers restarted"), "the roll done")
+      yield* until(() => terminated(b), "the old one of slot 1 paused and ended at once")
+      assert.deepStrictEqual(b.lines.slice(1), ["serving", "pause", "terminate"])
+      yield* until(() => s.logs().includes("effect-grace: restarted"), "the roll done")
+      const done = s.lines.find((l) => l.message === "effect-grace: restarted")!
+      assert.deepInclude(done.annotations, { kind: "roll", workers: `0:${c.child.pid}, 1:${d.child.pid}` })
       assert.deepStrictEqual(s.notes.slice(2), ["READY=1"], "the reload is over")
       assert.strictEqual((yield* restarts("ready")) - before, 1)
       assert.deepStrictEqual(a.lines.slice(1), ["serving", "pause", "terminate"], "paused, never resumed")
-      yield* terminate(s, [c, d])
+      // The old ones drain on; the primary's stop waits for them too.
+      yield* s.fake.signal("SIGTERM")
+      for (const w of [c, d]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
+      for (const w of [c, d, a]) yield* w.child.exit({ code: 0, signal: null })
+      assert.isUndefined(s.fiber.pollUnsafe(), "not over while the old one of slot 1 still drains")
+      yield* b.child.exit({ code: 0, signal: null })
+      yield* Fiber.join(s.fiber)
     })
   )
 
@@ -286,13 +288,39 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* sayReady(c)
       yield* until(() => terminated(a), "the old one ended")
       assert.deepStrictEqual(a.lines.slice(1), ["serving", "pause", "terminate"])
-      yield* a.child.exit({ code: 0, signal: null })
       const d = yield* spawned(s)
       yield* sayReady(d)
       yield* until(() => terminated(b), "the old one ended")
+      yield* until(() => s.logs().includes("effect-grace: restarted"), "the roll done")
+      yield* a.child.exit({ code: 0, signal: null })
       yield* b.child.exit({ code: 0, signal: null })
-      yield* until(() => s.logs().includes("effect-grace: workers restarted"), "the roll done")
       yield* terminate(s, [c, d])
+    })
+  )
+
+  it.effect("a roll asked for during a roll is kept, and rolls every slot again once the first is done", () =>
+    Effect.gen(function* () {
+      const { s, workers } = yield* serving()
+      const [a, b] = workers
+      yield* s.fake.signal("SIGHUP")
+      const c = yield* spawned(s)
+      yield* s.fake.signal("SIGHUP")
+      yield* s.fake.signal("SIGHUP")
+      yield* until(() => s.logs().filter((l) => l === "effect-grace: restart queued").length === 2, "kept, as one")
+      yield* sayReady(c)
+      const d = yield* spawned(s)
+      yield* sayReady(d)
+      // The second roll replaces the first one's workers, started before it was asked for.
+      const e = yield* spawned(s)
+      assert.strictEqual(slotOf(e), "0")
+      yield* sayReady(e)
+      const f = yield* spawned(s)
+      yield* sayReady(f)
+      yield* until(() => s.logs().filter((l) => l === "effect-grace: restarted").length === 2, "two rolls done")
+      assert.strictEqual(s.fake.children.length, 6, "two workers, two rolls of two: one pending roll, not two")
+      for (const w of [a, b, c, d]) yield* until(() => terminated(w), `${w.child.pid} let go`)
+      for (const w of [a, b, c, d]) yield* w.child.exit({ code: 0, signal: null })
+      yield* terminate(s, [e, f])
     })
   )
 
@@ -357,6 +385,40 @@ describe("a primary and its workers, on a fake OS", () => {
       assert.deepStrictEqual(s.notes, ["READY=1"], "nothing said to systemd")
       yield* terminate(s, [a, c])
     })
+  )
+
+  it.effect(
+    "a dead slot's socket is lent to the other worker, the fd before `lend`, and taken back once it serves",
+    () =>
+      Effect.gen(function* () {
+        const { s, workers } = yield* serving()
+        const [a, b] = workers
+        for (const w of workers) {
+          yield* w.child.channel.send(
+            `listen ${JSON.stringify({ key: 0, address: "127.0.0.1:0", backlog: 16, nth: 0 })}`
+          )
+          yield* hears(w, `listened {"key":0}`)
+        }
+        const dead = b.child.sentFds[0]!
+        yield* b.child.exit({ code: null, signal: "SIGKILL" })
+        const c = yield* spawned(s)
+        yield* hears(a, `lend {"loan":${dead}}`)
+        assert.deepStrictEqual(a.child.sentFds.slice(1), [dead], "slot 1's socket, sent first")
+        assert.isTrue(fstatSync(dead).isSocket(), "the primary's copy stays open")
+        assert.isTrue(s.lines.some((l) => l.message.includes("lending") && l.annotations.slot === 1))
+        yield* c.child.exit({ code: 1, signal: null })
+        yield* TestClock.adjust("1 second")
+        const d = yield* spawned(s)
+        assert.deepStrictEqual(
+          a.lines.filter((line) => line.startsWith("lend ")).length,
+          1,
+          "lent once, for the outage"
+        )
+        yield* sayReady(d)
+        yield* hears(a, `reclaim {"loan":${dead}}`)
+        assert.isTrue(fstatSync(dead).isSocket())
+        yield* terminate(s, [a, d])
+      })
   )
 
   it.effect("a replacement that exits before ready starts again after 1 s, not before, then after 1.5 s", () =>
@@ -461,10 +523,12 @@ describe("a primary and its workers, on a fake OS", () => {
         const [a, b] = workers
         yield* s.fake.signal("SIGHUP")
         const c = yield* spawned(s)
-        const d = yield* spawned(s)
-        assert.deepStrictEqual([slotOf(c), slotOf(d)], ["0", "1"], "surge 2: both slots at once")
         yield* sayReady(c)
         yield* hears(a, "pause")
+        yield* TestClock.adjust("5 seconds")
+        // The canary passed: the other slot begins.
+        const d = yield* spawned(s)
+        assert.strictEqual(slotOf(d), "1")
         yield* s.fake.signal("SIGTERM")
         yield* until(() => d.child.state === "killed", "the one not ready killed")
         for (const w of [a, b, c]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
@@ -474,7 +538,7 @@ describe("a primary and its workers, on a fake OS", () => {
         assert.isUndefined(s.fiber.pollUnsafe(), "not over while one still drains")
         yield* c.child.exit({ code: 0, signal: null })
         yield* Fiber.join(s.fiber)
-        assert.notInclude(s.logs(), "effect-grace: workers restarted")
+        assert.notInclude(s.logs(), "effect-grace: restarted")
       })
   )
 
@@ -521,7 +585,7 @@ describe("a primary and its workers, on a fake OS", () => {
     })
   )
 
-  it.effect("a second SIGTERM forces the exit: outside runMain the run is over without waiting for its workers", () =>
+  it.effect("a second SIGTERM forces the exit: outside runMain every worker is killed, and the run is over", () =>
     Effect.gen(function* () {
       const { s, workers } = yield* serving()
       const [a, b] = workers
@@ -529,8 +593,13 @@ describe("a primary and its workers, on a fake OS", () => {
       for (const w of [a, b]) yield* until(() => terminated(w), `${w.child.pid} asked to drain`)
       yield* s.fake.signal("SIGTERM")
       yield* until(() => s.fake.forced.length === 1, "the forced exit")
-      // The runtime does not end the process here: every drain is cut, and the run ends by itself.
+      // The runtime does not end the process here: every drain is cut, every worker killed, and the run ends.
       yield* until(() => s.fiber.pollUnsafe() !== undefined, "the run over")
+      assert.deepStrictEqual(
+        [a, b].map((w) => w.child.state),
+        ["killed", "killed"],
+        "no worker is left running"
+      )
     })
   )
 
@@ -699,6 +768,25 @@ describe("a worker, on a fake OS", () => {
     })
   )
 
+  it.effect("takes every signal from its start; SIGHUP and SIGUSR2 are its primary's to act on: it says so", () =>
+    Effect.gen(function* () {
+      const s = yield* worker()
+      assert.sameMembers([...s.fake.installed], ["SIGHUP", "SIGUSR2", "SIGTERM", "SIGINT"])
+      assert.strictEqual(yield* s.fake.parent!.channel.receive, "ready")
+      for (const signal of ["SIGHUP", "SIGUSR2"] as const) yield* s.fake.signal(signal)
+      yield* until(
+        () => s.logs().filter((l) => l.includes("ignored: a worker is restarted by its primary")).length === 2,
+        "both said"
+      )
+      // Nothing was asked of the primary: a roll is its own to start.
+      assert.deepStrictEqual(yield* s.fake.parent!.channel.waiting, [])
+      assert.strictEqual(s.fake.children.length, 0)
+      assert.isUndefined(s.fiber.pollUnsafe(), "serving on")
+      yield* s.fake.signal("SIGTERM")
+      yield* Fiber.join(s.fiber)
+    })
+  )
+
   it.effect("restart asks its primary for a rolling restart, and is answered with the primary's pid", () =>
     Effect.gen(function* () {
       const s = yield* worker()
@@ -723,7 +811,7 @@ describe("a worker's link to its primary", () => {
       receiveFd: () =>
         fds.length > 0 ? Effect.succeed(fds.shift()!) : Effect.fail({ syscall: "recvmsg", code: "EAGAIN", errno: 11 })
     }
-    const link = yield* Worker.connect(parent, 2)
+    const link = yield* Parent.connect(parent, { EFFECT_GRACE_TICKET_KEYS: "channel" })
     return { primaryEnd, fds, link }
   })
   const http = { address: "127.0.0.1:0", name: "http", backlog: 511, nth: 0 }
@@ -731,7 +819,7 @@ describe("a worker's link to its primary", () => {
   it.effect("the ticket key, then the commands in order; the channel closing ends them: the primary has gone", () =>
     Effect.gen(function* () {
       const { primaryEnd, link } = yield* linked
-      assert.deepStrictEqual([link.pid, link.slot], [41, 2])
+      assert.strictEqual(link.pid, 41)
       for (const line of ["ticket-keys abc", "serving", "pause", "junk", "resume"]) yield* primaryEnd.send(line)
       assert.strictEqual(yield* link.ticketKey, "abc")
       const commands = [yield* Queue.take(link.commands), yield* Queue.take(link.commands)]
@@ -758,11 +846,32 @@ describe("a worker's link to its primary", () => {
       yield* primaryEnd.send(`listen-failed ${JSON.stringify({ key: 1, reason })}`)
       yield* primaryEnd.send(`listened ${JSON.stringify({ key: 7 })}`)
       const error = yield* Fiber.join(second)
-      assert.deepStrictEqual(error.reason, new Listeners.InvalidAddress({ address: "nowhere", detail: "no port" }))
+      assert.deepStrictEqual(error, { _tag: "InvalidAddress", address: "nowhere", detail: "no port" })
+      // The worker's Listeners gives it as its own error.
+      const listeners = yield* Listeners.make([], { remote: () => Effect.fail(error) })
+      const failed = yield* Effect.flip(Effect.scoped(listeners.listen("127.0.0.1:0")))
+      assert.deepStrictEqual(failed.reason, new Listeners.InvalidAddress({ address: "nowhere", detail: "no port" }))
       fds.push(9)
       yield* primaryEnd.send(`listened ${JSON.stringify({ key: 0 })}`)
       assert.strictEqual(yield* Fiber.join(first), 9)
     })
+  )
+
+  it.effect(
+    "`lend` takes the fd sent, `reclaim` follows in order; a lend with no fd is no loan; both end with it",
+    () =>
+      Effect.gen(function* () {
+        const { primaryEnd, fds, link } = yield* linked
+        fds.push(12)
+        yield* primaryEnd.send(`lend ${JSON.stringify({ loan: 5 })}`)
+        yield* primaryEnd.send(`lend ${JSON.stringify({ loan: 6 })}`)
+        yield* primaryEnd.send(`reclaim ${JSON.stringify({ loan: 5 })}`)
+        yield* primaryEnd.send(`reclaim {"loan":"x"}`)
+        assert.deepStrictEqual(yield* Queue.take(link.loans), { _tag: "Lend", loan: 5, fd: 12 })
+        assert.deepStrictEqual(yield* Queue.take(link.loans), { _tag: "Reclaim", loan: 5 }, "no fd for loan 6: none")
+        yield* primaryEnd.close
+        assert.isTrue(Exit.isFailure(yield* Effect.exit(Queue.take(link.loans))), "no loan after the primary has gone")
+      })
   )
 
   it.effect("`listened` with no fd to take fails the ask with why; the primary gone fails the asks waiting", () =>
@@ -771,11 +880,11 @@ describe("a worker's link to its primary", () => {
       const first = yield* Effect.forkChild(Effect.flip(link.listen(http)))
       yield* primaryEnd.receive
       yield* primaryEnd.send(`listened ${JSON.stringify({ key: 0 })}`)
-      assert.deepInclude((yield* Fiber.join(first)).reason, { _tag: "BindFailed", code: "EAGAIN", syscall: "recvmsg" })
+      assert.deepInclude(yield* Fiber.join(first), { _tag: "BindFailed", code: "EAGAIN", syscall: "recvmsg" })
       const waiting = yield* Effect.forkChild(Effect.flip(link.listen(http)))
       yield* primaryEnd.receive
       yield* primaryEnd.close
-      assert.deepInclude((yield* Fiber.join(waiting)).reason, { _tag: "BindFailed", code: "ECONNRESET" })
+      assert.deepInclude(yield* Fiber.join(waiting), { _tag: "BindFailed", code: "ECONNRESET" })
       assert.isUndefined(yield* link.ticketKey, "never sent: none")
     })
   )

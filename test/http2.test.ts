@@ -29,7 +29,8 @@ import * as Listeners from "../src/Listeners.ts"
 import * as Server from "../src/Server.ts"
 import { tempDir } from "./support/fs.ts"
 import { freePort } from "./support/net.ts"
-import { eventually, processesTagged, spawnFixture } from "./support/process.ts"
+import { eventually, spawnFixture } from "./support/process.ts"
+import { killTaggedOnClose, newTag } from "./support/fixture.ts"
 import type { Spawned } from "./support/process.ts"
 import { certificateFiles } from "./support/tls.ts"
 
@@ -193,12 +194,8 @@ describe("HTTP/2 at a drain", () => {
       `h2load across restarts of a real process (${kind}): -c 8 -m 4, a restart mid-run, 3 times: no stream fails`,
       () =>
         Effect.gen(function* () {
-          const tag = `h2t${process.pid}x${Math.random().toString(36).slice(2, 10)}`
-          yield* Effect.addFinalizer(() =>
-            Effect.sync(() => {
-              for (const pid of processesTagged(tag)) process.kill(pid, "SIGKILL")
-            })
-          )
+          const tag = newTag()
+          yield* killTaggedOnClose(tag)
           const port = yield* freePort()
           const { key, cert } = certificateFiles(yield* tempDir)
           const fixture = yield* spawnFixture("supervised", [`${kind}:${tag}=127.0.0.1:${port}`], {

@@ -10,7 +10,7 @@ import * as Fiber from "effect/Fiber"
 import * as TestClock from "effect/testing/TestClock"
 import { supervised, until, type Line } from "./support/supervised.ts"
 
-const SHOWN = ["by", "reason", "successor", "signal"] as const
+const SHOWN = ["by", "reason", "successor", "signal", "waitingFor"] as const
 
 /** A line as the assertions compare it: level, message (a refusal's without its wording), annotations that matter. */
 const show = (line: Line): string => {
@@ -41,7 +41,9 @@ describe("the supervisor's log lines, in order", () => {
         READY,
         "Info effect-grace: restart requested by=SIGUSR2",
         "Info effect-grace: restart started",
+        "Info effect-grace: successor started successor=200",
         "Info effect-grace: successor ready successor=200",
+        "Info effect-grace: restarted successor=200",
         "Info effect-grace: draining reason=handoff",
         "Info effect-grace: stopped reason=handoff"
       ])
@@ -59,54 +61,74 @@ describe("the supervisor's log lines, in order", () => {
         READY,
         "Info effect-grace: restart requested by=call",
         "Info effect-grace: restart started",
+        "Info effect-grace: successor started successor=200",
         "Info effect-grace: successor ready successor=200",
+        "Info effect-grace: restarted successor=200",
         "Info effect-grace: draining reason=handoff",
         "Info effect-grace: stopped reason=handoff"
       ])
     })
   )
 
-  it.effect("a restart refused during a restart, by a call and by a signal: one warning each; the first goes on", () =>
-    Effect.gen(function* () {
-      const s = yield* supervised()
-      yield* s.fake.signal("SIGUSR2")
-      const successor = yield* s.fake.spawned
-      yield* Effect.flip(s.supervisor.restart)
-      yield* s.fake.signal("SIGUSR2")
-      yield* until(() => s.lines.filter((l) => l.level === "Warn").length === 2, "both refusals logged")
-      yield* successor.sayReady
-      yield* Fiber.join(s.fiber)
-      assert.deepStrictEqual(sequence(s.lines), [
-        READY,
-        "Info effect-grace: restart requested by=SIGUSR2",
-        "Info effect-grace: restart started",
-        "Info effect-grace: restart requested by=call",
-        "Warn effect-grace: restart failed reason=AlreadyInProgress",
-        "Info effect-grace: restart requested by=SIGUSR2",
-        "Warn effect-grace: restart failed reason=AlreadyInProgress",
-        "Info effect-grace: successor ready successor=200",
-        "Info effect-grace: draining reason=handoff",
-        "Info effect-grace: stopped reason=handoff"
-      ])
-    })
+  it.effect(
+    "restarts asked during a restart, by a call and by a signal: kept as one, passed on after the hand-off",
+    () =>
+      Effect.gen(function* () {
+        const drainGate = yield* Deferred.make<void>()
+        const s = yield* supervised({ drainGate })
+        yield* s.fake.signal("SIGUSR2")
+        const successor = yield* s.fake.spawned
+        const call = yield* Effect.forkChild(s.supervisor.restart)
+        yield* s.fake.signal("SIGUSR2")
+        yield* until(() => s.lines.filter((l) => l.message === "effect-grace: restart queued").length === 2, "kept")
+        yield* successor.sayReady
+        // The successor carries out what was kept, and answers.
+        let line = yield* successor.channel.receive
+        while (!line.startsWith("restart ")) line = yield* successor.channel.receive
+        const { key } = JSON.parse(line.slice("restart ".length)) as { key: number }
+        yield* successor.channel.send(`restarted ${JSON.stringify({ key, pid: 300 })}`)
+        assert.strictEqual(yield* Fiber.join(call), 300)
+        yield* Deferred.succeed(drainGate, undefined)
+        yield* Fiber.join(s.fiber)
+        assert.deepStrictEqual(sequence(s.lines), [
+          READY,
+          "Info effect-grace: restart requested by=SIGUSR2",
+          "Info effect-grace: restart started",
+          "Info effect-grace: successor started successor=200",
+          "Info effect-grace: restart requested by=call",
+          "Info effect-grace: restart queued waitingFor=the restart under way",
+          "Info effect-grace: restart requested by=SIGUSR2",
+          "Info effect-grace: restart queued waitingFor=the restart under way",
+          "Info effect-grace: successor ready successor=200",
+          "Info effect-grace: restarted successor=200",
+          "Info effect-grace: restart passed on successor=200",
+          "Info effect-grace: draining reason=handoff",
+          "Info effect-grace: restarted successor=300",
+          "Info effect-grace: stopped reason=handoff"
+        ])
+      })
   )
 
-  it.effect("a restart refused before ready, then ready", () =>
+  it.effect("a restart asked before ready is kept, and runs once ready", () =>
     Effect.gen(function* () {
       const gate = yield* Deferred.make<void>()
       const s = yield* supervised({ gate })
-      yield* Effect.flip(s.supervisor.restart)
+      const call = yield* Effect.forkChild(s.supervisor.restart)
+      yield* until(has(s.lines, "Info effect-grace: restart queued waitingFor=the start-up"), "kept")
       yield* Deferred.succeed(gate, undefined)
-      yield* until(has(s.lines, READY), "ready")
-      yield* s.fake.signal("SIGTERM")
+      yield* (yield* s.fake.spawned).sayReady
+      assert.strictEqual(yield* Fiber.join(call), 200)
       yield* Fiber.join(s.fiber)
       assert.deepStrictEqual(sequence(s.lines), [
         "Info effect-grace: restart requested by=call",
-        "Warn effect-grace: restart failed reason=NotServing",
+        "Info effect-grace: restart queued waitingFor=the start-up",
         READY,
-        "Info effect-grace: termination requested by=SIGTERM",
-        "Info effect-grace: draining reason=terminate",
-        "Info effect-grace: stopped reason=terminate"
+        "Info effect-grace: restart started",
+        "Info effect-grace: successor started successor=200",
+        "Info effect-grace: successor ready successor=200",
+        "Info effect-grace: restarted successor=200",
+        "Info effect-grace: draining reason=handoff",
+        "Info effect-grace: stopped reason=handoff"
       ])
     })
   )
@@ -123,6 +145,7 @@ describe("the supervisor's log lines, in order", () => {
         READY,
         "Info effect-grace: restart requested by=SIGUSR2",
         "Info effect-grace: restart started",
+        "Info effect-grace: successor started successor=200",
         "Warn effect-grace: restart failed reason=ExitedBeforeReady",
         "Info effect-grace: termination requested by=SIGTERM",
         "Info effect-grace: draining reason=terminate",
@@ -210,6 +233,7 @@ describe("the supervisor's log lines, in order", () => {
         READY,
         "Info effect-grace: restart requested by=SIGUSR2",
         "Info effect-grace: restart started",
+        "Info effect-grace: successor started successor=200",
         "Info effect-grace: termination requested by=SIGTERM",
         "Warn effect-grace: restart failed reason=NotServing",
         "Info effect-grace: draining reason=terminate",

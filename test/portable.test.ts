@@ -1,8 +1,9 @@
 /**
  * The path every platform without the native calls takes (macOS, Linux
  * without koffi), forced here with GRACE_NATIVE=off: CI runs on Linux only.
- * Set before anything in this file makes a native call (each test file runs
- * in its own worker).
+ * It is read through `Config`: the environment's for what reads the default
+ * provider, and given to each provider a test makes (each test file runs in
+ * its own worker).
  */
 process.env.GRACE_NATIVE = "off"
 
@@ -25,7 +26,8 @@ import { exchange, freePort } from "./support/net.ts"
 import { spawnFixture } from "./support/process.ts"
 import { tempDir } from "./support/fs.ts"
 
-const withEnv = (env: Record<string, string>) => Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown(env)))
+const withEnv = (env: Record<string, string>) =>
+  Effect.provide(ConfigProvider.layer(ConfigProvider.fromUnknown({ GRACE_NATIVE: "off", ...env })))
 
 const answering = (text: string) => Net.createServer((socket) => socket.end(text))
 
@@ -41,14 +43,17 @@ const answersOn = (port: number) => {
 }
 
 describe("without the native calls", () => {
-  it("says why they are not available", () => {
-    const native = Sys.native()
-    assert.isFalse(native.available)
-    assert.include((native as { reason: string }).reason, "GRACE_NATIVE=off")
-    const failed = Sys.bindListen(NetAddress.inetAddressFromStringUnsafe("127.0.0.1:0"), 8)
-    assert.strictEqual(failed._tag, "Failure")
-    assert.strictEqual((failed as { failure: Sys.SysError }).failure.code, "ENOTSUP")
-  })
+  it.effect("says why they are not available: GRACE_NATIVE=off, read through Config, and that alone", () =>
+    Effect.gen(function* () {
+      const native = yield* Sys.enabled.pipe(withEnv({}))
+      assert.isFalse(native.available)
+      assert.include((native as { reason: string }).reason, "GRACE_NATIVE=off")
+      assert.isFalse((yield* Sys.enabled).available, "the environment's value, through the default provider")
+      // The switch, not the platform: without it, on this Linux with koffi, they are used.
+      assert.isTrue((yield* Sys.enabled.pipe(withEnv({ GRACE_NATIVE: "on" }))).available)
+      assert.isTrue(Sys.native().available)
+    })
+  )
 
   it.live("a listener is bound through Node, reports its port, and answers nothing before it is served", () =>
     Effect.gen(function* () {

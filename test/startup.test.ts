@@ -93,6 +93,19 @@ describe("start-up errors", () => {
     { timeout: 30_000 }
   )
 
+  for (const workers of ["100000000", "4294967296", "99999999999999999999"]) {
+    it.live(
+      `GRACE_WORKERS=${workers} names the variable and the bound, and starts nothing`,
+      () =>
+        Effect.gen(function* () {
+          const result = yield* run(["--a0", "127.0.0.1:0", ...free], { GRACE_WORKERS: workers })
+          assertOneLine(result, `GRACE_WORKERS=\\"${workers}\\" is more than 1024`)
+          assert.deepStrictEqual(result.lines, [], "no worker started, nothing served")
+        }),
+      { timeout: 30_000 }
+    )
+  }
+
   it.live(
     "GRACE_DEBUG shows the cause with the line",
     () =>

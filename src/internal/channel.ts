@@ -1,8 +1,8 @@
 /**
- * A channel of text lines between a process and its successor: one end of a
- * socket pair each. The OS service makes them (`Os.spawn`, `Os.parent`); the
- * successor protocol (successor.ts) speaks over them; tests connect two in
- * memory.
+ * A channel of text lines between a process and a child it started (a
+ * successor, or a worker): one end of a socket pair each. The OS service
+ * makes them (`Os.spawn`, `Os.parent`); the protocol (protocol.ts, spoken by
+ * child.ts and parent.ts) goes over them; tests connect two in memory.
  */
 import type * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"

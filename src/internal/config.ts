@@ -7,47 +7,85 @@ import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
 
-/** An optional duration in Effect's syntax (`30 seconds`, `500 millis`), or `0`. */
+const goUnits: Readonly<Record<string, number>> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 }
+const goTerm = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/g
+
+/**
+ * A duration in Go's syntax (`30s`, `1m30s`, `250ms`: what systemd, Kubernetes and Go tools write), in Effect's
+ * (`30 seconds`, `500 millis`), or a bare `0`: no time at all, whatever its unit, the way to turn a window off.
+ */
+export const parseDuration = (input: string): Option.Option<Duration.Duration> => {
+  const raw = input.trim()
+  if (raw === "0") return Option.some(Duration.zero)
+  if (/^(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$/.test(raw)) {
+    let nanos = 0
+    for (const [, value, unit] of raw.matchAll(goTerm)) nanos += Number(value) * goUnits[unit!]!
+    return Option.some(Duration.nanos(BigInt(Math.round(nanos))))
+  }
+  return Duration.fromInput(raw as Duration.Input)
+}
+
+/** What a duration is written as, for the line that refuses one. */
+export const DURATION_SYNTAX = `Go's syntax ("30s", "1m30s", "500ms") or Effect's ("30 seconds")`
+
+/** An optional duration (`parseDuration`). */
 export const duration = (name: string): Config.Config<Option.Option<Duration.Duration>> =>
   Config.option(
     Config.String(name).pipe(
       Config.flatMap((raw) => {
-        // A bare 0 is no time at all, whatever its unit: the way to turn a window or a delay off.
-        const parsed =
-          raw.trim() === "0" ? Option.some(Duration.zero) : Duration.fromInput(raw.trim() as Duration.Input)
+        const parsed = parseDuration(raw)
         return Option.isSome(parsed)
           ? Config.succeed(parsed.value)
           : Config.fail(
               new ConfigProvider.SourceError({
-                message: `${name}=${JSON.stringify(raw)} is not a duration; use Effect's syntax, such as "30 seconds" or "500 millis"`
+                message: `${name}=${JSON.stringify(raw)} is not a duration; use ${DURATION_SYNTAX}`
               })
             )
       })
     )
   )
 
-const invalid = (name: string, raw: string, wanted: string) =>
-  Config.fail(new ConfigProvider.SourceError({ message: `${name}=${JSON.stringify(raw)} is not ${wanted}` }))
+const invalid = (name: string, raw: string, wanted: string) => refused(name, raw, `is not ${wanted}`)
 
-/** An optional whole number of at least 1. */
+/**
+ * The most workers (and slots rolled at a time) a primary takes: far above the cores of any host, and low enough
+ * that a typo (`100000000`) fails at once with one line instead of exhausting memory or the process table.
+ */
+export const MAX_WORKERS = 1024
+
+/** Why a count is refused (what follows its name and value), or nothing: a whole number from 1 to `MAX_WORKERS`. */
+export const checkCount = (value: number): string | undefined =>
+  !Number.isInteger(value) || value < 1
+    ? "is not a whole number of at least 1"
+    : value > MAX_WORKERS
+      ? `is more than ${MAX_WORKERS}, the most this library runs (one per core is the usual choice)`
+      : undefined
+
+const refused = (name: string, raw: string, problem: string) =>
+  Config.fail(new ConfigProvider.SourceError({ message: `${name}=${JSON.stringify(raw)} ${problem}` }))
+
+// Digits only (no sign, exponent, fraction, base or leading zero), then the bound.
+const countOf = (name: string, raw: string, wanted: string): Config.Config<number> => {
+  if (!/^\s*[1-9]\d*\s*$/.test(raw)) return invalid(name, raw, wanted)
+  const problem = checkCount(Number(raw))
+  return problem === undefined ? Config.succeed(Number(raw)) : refused(name, raw, problem)
+}
+
+/** An optional whole number from 1 to `MAX_WORKERS`. */
 export const count = (name: string): Config.Config<Option.Option<number>> =>
-  Config.option(
-    Config.String(name).pipe(
-      Config.flatMap((raw) =>
-        /^\s*[1-9]\d*\s*$/.test(raw) ? Config.succeed(Number(raw)) : invalid(name, raw, "a whole number of at least 1")
-      )
-    )
-  )
+  Config.option(Config.String(name).pipe(Config.flatMap((raw) => countOf(name, raw, "a whole number of at least 1"))))
 
-/** An optional number of workers: a whole number of at least 1, or `auto` (one per core). */
+/**
+ * An optional number of workers: a whole number from 1 to `MAX_WORKERS`, or `auto` (one per core). Empty is none
+ * (`Environment=GRACE_WORKERS=` in a unit): one process.
+ */
 export const workers = (name: string): Config.Config<Option.Option<number | "auto">> =>
-  Config.option(
-    Config.String(name).pipe(
-      Config.flatMap((raw): Config.Config<number | "auto"> => {
-        if (raw.trim() === "auto") return Config.succeed("auto")
-        return /^\s*[1-9]\d*\s*$/.test(raw)
-          ? Config.succeed(Number(raw))
-          : invalid(name, raw, "a number of workers; use a whole number of at least 1, or auto (one per core)")
-      })
-    )
+  Config.option(Config.String(name)).pipe(
+    Config.flatMap((found): Config.Config<Option.Option<number | "auto">> => {
+      if (Option.isNone(found) || found.value.trim() === "") return Config.succeed(Option.none())
+      const raw = found.value
+      if (raw.trim() === "auto") return Config.succeed(Option.some("auto"))
+      const wanted = "a number of workers; use a whole number of at least 1, or auto (one per core)"
+      return Config.map(countOf(name, raw, wanted), Option.some)
+    })
   )

@@ -1,6 +1,7 @@
 /**
  * Connection tracking and the drain, shared by the HTTP and the raw socket
- * servers. The knobs and the signal are public, in `Drain`.
+ * servers. The knobs, the signal and the metrics are defined here and are
+ * public in `Drain`, which documents them.
  *
  * Invariants of a drain (the caller has already closed the listening handle):
  * - Work in flight (a request, a raw connection's handler) runs to completion
@@ -30,8 +31,48 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import type * as Scope from "effect/Scope"
-import { DrainTimeout, Draining, IdleGrace, metrics } from "../Drain.ts"
-import type { DrainSignal } from "../Drain.ts"
+
+// -----------------------------------------------------------------------------
+// The knobs, the signal and the metrics (public in `Drain`, which documents them)
+// -----------------------------------------------------------------------------
+
+export const DrainTimeout: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
+  "effect-grace/DrainTimeout",
+  { defaultValue: () => Duration.seconds(30) }
+)
+
+export const IdleGrace: Context.Reference<Duration.Duration> = Context.Reference<Duration.Duration>(
+  "effect-grace/IdleGrace",
+  { defaultValue: () => Duration.millis(250) }
+)
+
+/** What a handler can learn of its server's shutdown. */
+export interface DrainSignal {
+  readonly await: Effect.Effect<void>
+  readonly isDraining: Effect.Effect<boolean>
+}
+
+const never: DrainSignal = { await: Effect.never, isDraining: Effect.succeed(false) }
+
+export const Draining: Context.Reference<DrainSignal> = Context.Reference<DrainSignal>("effect-grace/Draining", {
+  defaultValue: () => never
+})
+
+export const metrics = {
+  duration: Metric.timer("effect-grace.drain.duration", { description: "How long a server's drain took" }),
+  forced: Metric.counter("effect-grace.drain.forced", {
+    description: "Connections destroyed at a drain's deadline",
+    incremental: true
+  }),
+  cut: Metric.counter("effect-grace.drain.cut", {
+    description: "Requests (raw servers: handlers) still running at a drain's deadline, cut",
+    incremental: true
+  }),
+  refused: Metric.counter("effect-grace.drain.refused", {
+    description: "Requests read on a connection a drain was closing, not run",
+    incremental: true
+  })
+}
 
 // -----------------------------------------------------------------------------
 // Settings

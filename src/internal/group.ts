@@ -1,73 +1,36 @@
 /**
- * A primary's workers at run time: one fiber owns the pool's state
- * (pool.ts), takes its events (a worker ready, exited, a timer, a roll, a
- * pause) from a queue, and carries out its actions through the worker
- * protocol (worker.ts). The primary itself runs no application code: it
- * holds the listening sockets, binds those its workers ask for, and starts,
- * pauses, resumes and stops workers.
+ * A primary's workers at run time: the pool's machine (pool.ts) on the loop
+ * (loop.ts), its actions carried out on the workers (child.ts). The loop's
+ * owner is the one that starts, tells, kills and forgets workers, and holds
+ * the listening sockets: those inherited, and those it binds when a worker
+ * asks for an address (a `SO_REUSEPORT` socket per slot, or one shared),
+ * for the life of the service, and sends a slot's sockets to the worker the
+ * machine lends them to (the fd over its second socket, then the line).
  *
  * The group lives in the supervisor's application scope, as an application
  * would: built once every worker is ready, and closing that scope is its
- * drain (every worker drains and exits).
+ * drain (every worker drains and exits; a forced stop kills them).
  */
-import type * as Cause from "effect/Cause"
-import * as Data from "effect/Data"
-import * as Deferred from "effect/Deferred"
+import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
-import * as Metric from "effect/Metric"
-import * as Queue from "effect/Queue"
-import * as Ref from "effect/Ref"
+import * as Option from "effect/Option"
+import * as Result from "effect/Result"
 import * as Scope from "effect/Scope"
 import { closeSync } from "node:fs"
-import * as Result from "effect/Result"
-import * as Semaphore from "effect/Semaphore"
-import type * as ListenFds from "../ListenFds.ts"
-import * as Listeners from "../Listeners.ts"
-import * as Sys from "./sys.ts"
-import * as Os from "./os.ts"
+import { availableParallelism } from "node:os"
+import type { Held } from "./address.ts"
+import { formatAddress } from "./address.ts"
+import * as Child from "./child.ts"
+import { TooFewWorkers } from "./errors.ts"
+import * as Loop from "./loop.ts"
+import { countWorkers } from "./metrics.ts"
+import type * as Os from "./os.ts"
 import * as Pool from "./pool.ts"
+import type { Command, ListenFailure, ListenRequest, ToParent } from "./protocol.ts"
+import * as Sys from "./sys.ts"
 import * as Tickets from "./tickets.ts"
-import * as Worker from "./worker.ts"
-
-/**
- * A worker exited before the group was first ready: the program does not start.
- *
- * @since 0.1.0
- * @category errors
- */
-export class WorkerFailed extends Data.TaggedError("WorkerFailed")<{
-  readonly slot: number
-  readonly pid: number | undefined
-  readonly code: number | null
-  readonly signal: string | null
-}> {
-  override get message(): string {
-    const how = Os.describeExit(this)
-    return `worker ${this.slot} (pid ${this.pid ?? "unknown"}) ${how} before it was ready (see its output)`
-  }
-}
-
-/**
- * The previous primary handed on more sockets of one address (one per worker) than this primary has workers:
- * connections the kernel gave the others would wait for ever.
- *
- * @since 0.1.0
- * @category errors
- */
-export class TooFewWorkers extends Data.TaggedError("TooFewWorkers")<{
-  readonly workers: number
-  readonly sockets: number
-  readonly address: string
-}> {
-  override get message(): string {
-    return (
-      `${this.workers} workers are fewer than the ${this.sockets} sockets of ${this.address} that the previous ` +
-      "primary handed on, one per worker; stop and start the service to run fewer workers"
-    )
-  }
-}
 
 export interface Settings {
   readonly workers: number
@@ -76,14 +39,26 @@ export interface Settings {
   readonly readyTimeout: Duration.Duration
 }
 
-/** What the group is given by the supervisor of its primary. */
-export interface Context {
+/** How a rolling restart ended: every slot rolled (its new workers, by slot), or it stopped at one that failed. */
+export type Rolled =
+  | { readonly _tag: "RollDone"; readonly workers: ReadonlyArray<{ readonly slot: number; readonly pid: number }> }
+  | { readonly _tag: "RollStopped"; readonly failure: Pool.Failure }
+
+/** What the group is given by its primary. */
+export interface Given {
   readonly os: Os.Os
-  readonly listeners: Listeners.Listeners["Service"]
   readonly keyring: Tickets.Keyring
   /** Variables for every worker's environment beside the primary's own (`undefined` removes one). */
   readonly env: Readonly<Record<string, string | undefined>>
   readonly settings: Settings
+  /** The listening sockets inherited (from systemd, or the previous primary's groups): the group's from the start. */
+  readonly inherited: ReadonlyArray<Held>
+  /** Binds an address a worker asked for, held for the scope's life (the primary's `Listeners`). */
+  readonly listen: (request: {
+    readonly address: string
+    readonly name: string | undefined
+    readonly backlog: number
+  }) => Effect.Effect<Held, ListenFailure, Scope.Scope>
   /** Tells the primary's supervisor how a rolling restart ended. */
   readonly rolled: (outcome: Rolled) => Effect.Effect<void>
   /** A worker's application asks for a rolling restart. */
@@ -91,131 +66,80 @@ export interface Context {
   /** Completes on a second termination signal: the workers still draining are killed. */
   readonly forced: Effect.Effect<void>
   readonly log: (message: string, annotations: Readonly<Record<string, unknown>>) => Effect.Effect<void>
+  /** The annotations of the primary's log lines. */
+  readonly annotations: Readonly<Record<string, unknown>>
 }
-
-/** How a rolling restart ended: every slot rolled, or it stopped at a new worker that exited (`pid`). */
-export type Rolled =
-  | { readonly _tag: "RollDone" }
-  | {
-      readonly _tag: "ExitedBeforeReady" | "HandedBack"
-      readonly slot: number
-      readonly pid: number | undefined
-      readonly code: number | null
-      readonly signal: string | null
-    }
-
-/**
- * The listening sockets of one address: a `SO_REUSEPORT` group, one socket per slot, which the kernel spreads
- * connections over (measured: even where one shared socket gave one worker most keep-alive connections,
- * bench/results/balance.md); or one socket every slot shares (a unix path, or a socket systemd passed).
- */
-interface Sockets {
-  readonly name: string
-  readonly fds: ReadonlyArray<number>
-}
-
-/** The socket of `sockets` that the worker of `slot` accepts on. */
-const socketOf = (sockets: Sockets, slot: number) => sockets.fds[slot % sockets.fds.length]!
 
 /** The group, as the primary's supervisor drives it. */
 export interface Group {
   readonly roll: Effect.Effect<void>
   readonly pause: Effect.Effect<void>
   readonly resume: Effect.Effect<void>
-  /** The pid of each worker that serves, by slot (for logs and tests). */
-  readonly pids: Effect.Effect<ReadonlyArray<number | undefined>>
   /** Every listening socket the group holds, for a successor primary. */
   readonly held: Effect.Effect<ReadonlyArray<Os.Passed>>
 }
 
-/**
- * The primary's counter of its workers' events: `effect-grace.workers`, by `event` (`started`, `ready`, `exited`).
- *
- * @since 0.1.0
- * @category observability
- */
-export const workersCounter = Metric.counter("effect-grace.workers", {
-  description: "Workers started, ready and exited, by event",
-  incremental: true
-})
+const count = countWorkers
 
-const count = (event: string) => Metric.update(Metric.withAttributes(workersCounter, { event }), 1)
+/** The group's own bookkeeping beside the pool's actions: a worker that has exited is forgotten. */
+type Action = Pool.Action | { readonly _tag: "Forget"; readonly id: number }
 
-interface Runtime {
-  readonly context: Context
-  readonly rules: Pool.Rules
+interface Owner {
+  readonly given: Given
   readonly scope: Scope.Scope
-  readonly events: Queue.Queue<Pool.Event, Cause.Done>
-  readonly state: Ref.Ref<Pool.State>
-  readonly workers: Map<number, Worker.Worker>
+  readonly loop: Loop.Loop<Pool.State, Pool.Event>
+  /** The workers running, by id: read and written by the loop's owner alone. */
+  readonly workers: Map<number, Child.Child>
   readonly fibers: FiberSet.FiberSet
-  /** The sockets of each address, in the order they were inherited or asked for. */
-  readonly sockets: Array<Sockets>
-  /** Those bound for the workers' asks, by address, name and order. */
-  readonly bound: Map<string, Sockets>
-  /** One ask bound at a time: two workers asking for one address get one group of sockets. */
-  readonly binding: Semaphore.Semaphore
-  readonly ready: Deferred.Deferred<void, WorkerFailed>
-  readonly stopped: Deferred.Deferred<void>
 }
 
-const send = (runtime: Runtime, event: Pool.Event) => Queue.offer(runtime.events, event)
+const send = (owner: Owner, event: Pool.Event) => Effect.asVoid(owner.loop.send(event))
 
-// What the worker of `slot` is given: one socket of each address.
-const passed = (runtime: Runtime, slot: number): ReadonlyArray<Os.Passed> =>
-  runtime.sockets.map((sockets) => ({ fd: socketOf(sockets, slot), name: sockets.name }))
+// -----------------------------------------------------------------------------
+// Sockets
+// -----------------------------------------------------------------------------
 
 const reusesPort = (fd: number) => Result.getOrElse(Sys.reusesPort(fd), () => false)
 
-// Bound once for the group, a socket per slot, and held for the life of the service; a later ask of the same is
-// given the same sockets.
-const listen = (runtime: Runtime, slot: number) => (request: Worker.ListenRequest) =>
+// An address asked for: a socket per slot (a SO_REUSEPORT group), or one socket every slot shares (a unix path).
+const bindSockets = (owner: Owner, request: ListenRequest) =>
   Effect.gen(function* () {
-    const key = JSON.stringify([request.address, request.name, request.nth])
-    const held = runtime.bound.get(key) ?? (yield* bindSockets(runtime, request))
-    runtime.bound.set(key, held)
-    return socketOf(held, slot)
-  }).pipe(runtime.binding.withPermits(1))
-
-const bindSockets = (runtime: Runtime, request: Worker.ListenRequest) =>
-  Effect.gen(function* () {
-    const { listeners, settings } = runtime.context
-    const { name, backlog } = request
-    const bind = (address: string) => Scope.provide(listeners.listen({ address, name, backlog }), runtime.scope)
-    // A primary binds with the native calls (workers need them): a listener always has its fd here.
-    const first = yield* bind(request.address)
-    const fds = [first.fd!]
-    if (first.address._tag !== "UnixPathAddress" && reusesPort(first.fd!)) {
-      const address = Listeners.formatAddress(first.address)
-      while (fds.length < settings.workers) fds.push((yield* bind(address)).fd!)
+    const { listen, settings } = owner.given
+    const { address, name, backlog } = request
+    const bind = (at: string) => Scope.provide(listen({ address: at, name, backlog }), owner.scope)
+    const first = yield* bind(address)
+    const fds = [first.fd]
+    if (first.address._tag !== "UnixPathAddress" && reusesPort(first.fd)) {
+      const bound = formatAddress(first.address)
+      while (fds.length < settings.workers) fds.push((yield* bind(bound)).fd)
     }
-    const sockets: Sockets = { name: first.name, fds }
-    runtime.sockets.push(sockets)
-    return sockets
+    return { name: first.name, fds }
   })
 
 // The sockets inherited (from systemd, or from the previous primary, a group per address): one per slot, bound
 // here up to the number of workers where the previous primary had fewer.
-const adoptInherited = (runtime: Runtime) =>
+const adoptInherited = (given: Given, scope: Scope.Scope) =>
   Effect.gen(function* () {
-    const byAddress = new Map<string, Array<ListenFds.InheritedFd>>()
-    for (const fd of yield* runtime.context.listeners.unclaimed) {
-      const key = JSON.stringify([fd.name, Listeners.formatAddress(fd.address)])
+    const byAddress = new Map<string, Array<Held>>()
+    for (const fd of given.inherited) {
+      const key = JSON.stringify([fd.name, formatAddress(fd.address)])
       byAddress.set(key, [...(byAddress.get(key) ?? []), fd])
     }
+    const sockets: Array<Pool.Sockets> = []
     for (const fds of byAddress.values()) {
       const group = fds.filter((fd) => fd.address._tag !== "UnixPathAddress" && reusesPort(fd.fd))
-      for (const fd of fds) if (!group.includes(fd)) runtime.sockets.push({ name: fd.name, fds: [fd.fd] })
-      if (group.length > 0) runtime.sockets.push(yield* completeGroup(runtime, group))
+      for (const fd of fds) if (!group.includes(fd)) sockets.push({ key: undefined, name: fd.name, fds: [fd.fd] })
+      if (group.length > 0) sockets.push(yield* completeGroup(given, scope, group))
     }
+    return sockets
   })
 
-const completeGroup = (runtime: Runtime, group: ReadonlyArray<ListenFds.InheritedFd>) =>
+const completeGroup = (given: Given, scope: Scope.Scope, group: ReadonlyArray<Held>) =>
   Effect.gen(function* () {
-    const { workers } = runtime.context.settings
+    const { workers } = given.settings
     const { name, address } = group[0]!
     if (group.length > workers) {
-      return yield* new TooFewWorkers({ workers, sockets: group.length, address: Listeners.formatAddress(address) })
+      return yield* new TooFewWorkers({ workers, sockets: group.length, address: formatAddress(address) })
     }
     const fds = group.map((fd) => fd.fd)
     while (fds.length < workers) {
@@ -223,181 +147,251 @@ const completeGroup = (runtime: Runtime, group: ReadonlyArray<ListenFds.Inherite
       if (Result.isFailure(bound)) return yield* Effect.die(new Error(Sys.formatSysError(bound.failure)))
       const fd = bound.success
       yield* Scope.addFinalizer(
-        runtime.scope,
+        scope,
         Effect.sync(() => closeSync(fd))
       )
       fds.push(fd)
     }
-    return { name, fds }
+    return { key: undefined, name, fds } satisfies Pool.Sockets
   })
 
+// -----------------------------------------------------------------------------
+// Workers
+// -----------------------------------------------------------------------------
+
+// What a worker says beside `ready`: asks for listeners, and for a rolling restart.
+const onMessage =
+  (owner: Owner, id: number) =>
+  (message: ToParent): Effect.Effect<void> => {
+    if (message._tag === "Roll") return owner.given.requestRoll
+    if (message._tag === "Listen")
+      return send(owner, { _tag: "ListenAsked", id, ask: message.ask, request: message.request })
+    return Effect.void
+  }
+
 // Starts the worker `id` for `slot`, and watches it: ready (within the timeout, or it is killed), and its exit.
-const spawn = (runtime: Runtime, slot: number, id: number) =>
+const spawn = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "Spawn" }>) =>
   Effect.gen(function* () {
-    const { os, keyring, env, settings } = runtime.context
-    const requests: Worker.Requests = { listen: listen(runtime, slot), roll: runtime.context.requestRoll }
-    const started = yield* Worker.start(
-      os,
-      { slot, passed: passed(runtime, slot), ticketKey: Tickets.encode(yield* keyring.current), env },
-      requests
-    ).pipe(Scope.provide(runtime.scope), Effect.result)
-    if (started._tag === "Failure") {
-      yield* runtime.context.log("effect-grace: a worker could not be started", { slot, cause: started.failure.cause })
-      return yield* send(runtime, { _tag: "Exited", id, code: null, signal: null })
+    const { os, keyring, env, settings } = owner.given
+    const { slot, id, passed } = action
+    const options = { slot, passed, ticketKey: Tickets.encode(yield* keyring.current), env }
+    const started = yield* Child.start(os, options, onMessage(owner, id)).pipe(
+      Scope.provide(owner.scope),
+      Effect.result
+    )
+    if (Result.isFailure(started)) {
+      yield* owner.given.log("effect-grace: a worker could not be started", { slot, cause: started.failure.cause })
+      return yield* send(owner, { _tag: "SpawnFailed", id, cause: started.failure.cause })
     }
     const worker = started.success
-    runtime.workers.set(id, worker)
+    owner.workers.set(id, worker)
     yield* count("started")
-    yield* runtime.context.log("effect-grace: worker started", { slot, worker: worker.pid })
+    yield* owner.given.log("effect-grace: worker started", { slot, worker: worker.pid })
     const ready = worker.ready.pipe(
       Effect.timeout(settings.readyTimeout),
       Effect.withSpan("effect-grace.worker.start", {
         attributes: { "effect-grace.slot": slot, "effect-grace.worker.pid": worker.pid }
       }),
       Effect.matchEffect({
-        onSuccess: () => send(runtime, { _tag: "Ready", id }),
-        onFailure: (error) => (error._tag === "ExitedBeforeReady" ? Effect.void : worker.kill)
+        onSuccess: () => Effect.andThen(count("ready"), send(owner, { _tag: "Ready", id })),
+        // Exited first: its exit is the event. Not ready in time: killed, and its exit follows.
+        onFailure: (error) => ("pid" in error ? Effect.void : worker.kill)
       })
     )
-    const exited = Effect.flatMap(worker.exited, ({ code, signal }) =>
-      Effect.andThen(count("exited"), send(runtime, { _tag: "Exited", id, code, signal }))
+    const exited = Effect.flatMap(worker.exited, (exit) =>
+      Effect.andThen(count("exited"), send(owner, { _tag: "Exited", id, exit }))
     )
-    yield* FiberSet.run(runtime.fibers, ready)
-    yield* FiberSet.run(runtime.fibers, exited)
+    yield* FiberSet.run(owner.fibers, ready)
+    yield* FiberSet.run(owner.fibers, exited)
   })
 
-const withWorker = (runtime: Runtime, id: number, f: (worker: Worker.Worker) => Effect.Effect<void>) =>
+// The workers a roll put in place, by slot and pid (one already gone is left out).
+const pidsOf = (owner: Owner, workers: ReadonlyArray<{ readonly slot: number; readonly id: number }>) =>
+  workers.flatMap(({ slot, id }) => {
+    const worker = owner.workers.get(id)
+    return worker === undefined ? [] : [{ slot, pid: worker.pid }]
+  })
+
+const withWorker = (owner: Owner, id: number, f: (worker: Child.Child) => Effect.Effect<void>) =>
   Effect.suspend(() => {
-    const worker = runtime.workers.get(id)
+    const worker = owner.workers.get(id)
     return worker === undefined ? Effect.void : f(worker)
   })
 
-const later = (runtime: Runtime, millis: number, event: Pool.Event) =>
-  Effect.asVoid(
-    FiberSet.run(runtime.fibers, Effect.andThen(Effect.sleep(Duration.millis(millis)), send(runtime, event)))
+const later = (owner: Owner, millis: number, event: Pool.Event) =>
+  Effect.asVoid(FiberSet.run(owner.fibers, Effect.andThen(Effect.sleep(Duration.millis(millis)), send(owner, event))))
+
+// Bound in a fiber of its own (a host name is looked up first): the loop goes on meanwhile. A defect is a failed
+// bind too, so that no ask waits for ever.
+const bind = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "Bind" }>) => {
+  const { key, request } = action
+  const failed = (code: string) => ({ _tag: "BindFailed", address: request.address, code, syscall: "bind" }) as const
+  return Effect.asVoid(
+    FiberSet.run(
+      owner.fibers,
+      Effect.matchCauseEffect(bindSockets(owner, request), {
+        onSuccess: ({ name, fds }) => send(owner, { _tag: "Bound", key, name, fds }),
+        onFailure: (cause) =>
+          Cause.hasInterruptsOnly(cause)
+            ? Effect.failCause(cause)
+            : send(owner, {
+                _tag: "BindFailed",
+                key,
+                failure: Option.getOrElse(Cause.findErrorOption(cause), () => failed(String(Cause.squash(cause))))
+              })
+      })
+    )
+  )
+}
+
+// The fd first, then the line that says it was sent; a fd that cannot be sent is a failed ask.
+const sendListener = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "SendListener" }>) =>
+  withWorker(owner, action.id, (worker) =>
+    Effect.catch(worker.sendListener(action.ask, action.fd), (error) =>
+      worker.tell({
+        _tag: "ListenFailed",
+        ask: action.ask,
+        failure: { _tag: "BindFailed", address: action.address, code: error.code, syscall: error.syscall }
+      })
+    )
   )
 
-const rollFailure = (runtime: Runtime, { _tag, slot, id, code, signal }: Pool.RollFailure) =>
-  runtime.context.rolled({ _tag, slot, pid: runtime.workers.get(id)?.pid, code, signal })
+// Each socket of the loan, fd first; one that cannot be sent is logged and left (the slot's backlog keeps its
+// connections until its own worker, or the next borrower, accepts), rather than lent again and again.
+const lend = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "Lend" }>) =>
+  withWorker(owner, action.id, (worker) =>
+    Effect.forEach(
+      action.fds,
+      (fd) =>
+        Effect.catch(worker.lend(fd), (error) =>
+          owner.given.log("effect-grace: a slot's socket could not be lent", {
+            slot: action.slot,
+            worker: worker.pid,
+            code: error.code
+          })
+        ),
+      { discard: true }
+    )
+  )
+
+const reclaim = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "Reclaim" }>) =>
+  withWorker(owner, action.id, (worker) =>
+    Effect.forEach(action.fds, (fd) => worker.tell({ _tag: "Reclaim", loan: fd }), { discard: true })
+  )
+
+const tell = (owner: Owner, id: number, command: Command) =>
+  withWorker(owner, id, (worker) => worker.tell({ _tag: "Command", command }))
 
 const perform =
-  (runtime: Runtime) =>
-  (action: Pool.Action): Effect.Effect<void> => {
+  (owner: Owner) =>
+  (action: Action): Effect.Effect<void> => {
+    const { given } = owner
     switch (action._tag) {
       case "Log":
-        return runtime.context.log(action.message, action.annotations)
+        return given.log(action.message, action.annotations)
       case "Spawn":
-        return spawn(runtime, action.slot, action.id)
+        return spawn(owner, action)
       case "Kill":
-        return withWorker(runtime, action.id, (w) => w.kill)
+        return withWorker(owner, action.id, (w) => w.kill)
       case "Terminate":
-        return withWorker(runtime, action.id, (w) => w.terminate)
+        return tell(owner, action.id, "terminate")
       case "Pause":
+        return tell(owner, action.id, "pause")
       case "Resume":
+        return tell(owner, action.id, "resume")
       case "Serving":
-        return withWorker(runtime, action.id, (w) =>
-          w.tell(action._tag === "Pause" ? "pause" : action._tag === "Resume" ? "resume" : "serving")
-        )
+        return tell(owner, action.id, "serving")
       case "StartProbation":
-        return later(runtime, Duration.toMillis(runtime.context.settings.probation), {
-          _tag: "ProbationOver",
-          id: action.id
-        })
+        return later(owner, Duration.toMillis(given.settings.probation), { _tag: "ProbationOver", id: action.id })
       case "ScheduleRespawn":
         return Effect.andThen(
-          runtime.context.log("effect-grace: starting the worker again after a delay", {
+          given.log("effect-grace: starting the worker again after a delay", {
             slot: action.slot,
             millis: action.millis
           }),
-          later(runtime, action.millis, { _tag: "RespawnDue", slot: action.slot })
+          later(owner, action.millis, { _tag: "RespawnDue", slot: action.slot })
         )
-      case "GroupReady":
-        return Deferred.succeed(runtime.ready, undefined)
-      case "StartupFailed":
-        return Deferred.fail(
-          runtime.ready,
-          new WorkerFailed({
-            slot: action.slot,
-            pid: runtime.workers.get(action.id)?.pid,
-            code: action.code,
-            signal: action.signal
-          })
+      case "Bind":
+        return bind(owner, action)
+      case "SendListener":
+        return sendListener(owner, action)
+      case "RefuseListen":
+        return withWorker(owner, action.id, (w) =>
+          w.tell({ _tag: "ListenFailed", ask: action.ask, failure: action.failure })
         )
+      case "Lend":
+        return lend(owner, action)
+      case "Reclaim":
+        return reclaim(owner, action)
       case "RollDone":
-        return runtime.context.rolled({ _tag: "RollDone" })
+        return given.rolled({ _tag: "RollDone", workers: pidsOf(owner, action.workers) })
       case "RollStopped":
-        return rollFailure(runtime, action.failure)
-      case "Stopped":
-        return Deferred.succeed(runtime.stopped, undefined)
+        return given.rolled({ _tag: "RollStopped", failure: action.failure })
+      case "Forget":
+        return Effect.sync(() => void owner.workers.delete(action.id))
     }
   }
 
-// Exited workers are forgotten once the machine has seen their exit.
-const forget = (runtime: Runtime, event: Pool.Event) =>
-  Effect.sync(() => {
-    if (event._tag === "Exited") runtime.workers.delete(event.id)
-  })
+const rulesOf = (settings: Settings): Pool.Rules => ({
+  surge: Math.max(1, settings.surge),
+  // A few start-ups at a time, one per core on a larger host: more only contend for the cores (and the process
+  // table: a thousand at once met EAGAIN).
+  startAtOnce: Math.max(8, availableParallelism()),
+  probation: Duration.isGreaterThan(settings.probation, Duration.zero),
+  backoffMillis: 1000,
+  maxBackoffMillis: 30_000
+})
 
-/** The one owner of the pool's state. */
-const follow = (runtime: Runtime, first: Pool.Step): Effect.Effect<void> => {
-  const run = (actions: ReadonlyArray<Pool.Action>) => Effect.forEach(actions, perform(runtime), { discard: true })
-  const step = (event: Pool.Event) =>
-    Effect.gen(function* () {
-      if (event._tag === "Ready") yield* count("ready")
-      const [next, actions] = Pool.transition(yield* Ref.get(runtime.state), event, runtime.rules)
-      yield* Ref.set(runtime.state, next)
-      yield* run(actions)
-      yield* forget(runtime, event)
-    })
-  return Effect.andThen(
-    Effect.andThen(Ref.set(runtime.state, first[0]), run(first[1])),
-    Effect.forever(Effect.flatMap(Queue.take(runtime.events), step))
-  ).pipe(Effect.catch(() => Effect.void))
-}
+// The pool's transition, and the worker that exited forgotten once the machine has seen its exit.
+const transition =
+  (rules: Pool.Rules) =>
+  (state: Pool.State, event: Pool.Event): Loop.Step<Pool.State, Action> => {
+    const [next, actions] = Pool.transition(state, event, rules)
+    return event._tag === "Exited" ? [next, [...actions, { _tag: "Forget", id: event.id }]] : [next, actions]
+  }
+
+// Ready once every slot serves; a worker that failed first fails the start-up.
+const started = (loop: Loop.Loop<Pool.State, Pool.Event>) =>
+  Effect.flatMap(
+    loop.when((state): Result.Result<void, Pool.Failure> | undefined =>
+      state.phase === "Serving" ? Result.void : state.failure !== undefined ? Result.fail(state.failure) : undefined
+    ),
+    Effect.fromResult
+  )
 
 /**
- * Starts the group in the current scope and waits until every worker is ready; fails with `WorkerFailed` if one
- * exits first. Closing the scope stops the group: every worker drains and exits (or is killed, if not ready), and
- * the scope's closing waits for them.
+ * Starts the group in the current scope and waits until every worker is ready; fails with how a worker failed if
+ * one fails first. Closing the scope stops the group: every worker drains and exits (or is killed, if not ready, or
+ * once forced), and the scope's closing waits for them.
  */
-export const make = (context: Context): Effect.Effect<Group, WorkerFailed | TooFewWorkers, Scope.Scope> =>
+export const make = (given: Given): Effect.Effect<Group, Pool.Failure | TooFewWorkers, Scope.Scope> =>
   Effect.gen(function* () {
-    const { settings } = context
-    const runtime: Runtime = {
-      context,
-      rules: {
-        surge: Math.max(1, settings.surge),
-        probation: Duration.isGreaterThan(settings.probation, Duration.zero),
-        backoffMillis: 1000,
-        maxBackoffMillis: 30_000
-      },
-      scope: yield* Effect.scope,
-      events: yield* Queue.unbounded<Pool.Event, Cause.Done>(),
-      state: yield* Ref.make(Pool.start(0)[0]),
-      workers: new Map(),
-      fibers: yield* FiberSet.make(),
-      sockets: [],
-      bound: new Map(),
-      binding: yield* Semaphore.make(1),
-      ready: yield* Deferred.make<void, WorkerFailed>(),
-      stopped: yield* Deferred.make<void>()
-    }
-    yield* adoptInherited(runtime)
-    yield* Effect.forkScoped(follow(runtime, Pool.start(settings.workers)))
-    // Runs before the owner is interrupted: every worker drains and exits first, or is killed once forced.
-    const killAll = Effect.forEach([...runtime.workers.values()], (worker) => worker.kill, { discard: true })
-    const forced = Effect.andThen(context.forced, killAll)
-    yield* Effect.addFinalizer(() =>
-      Effect.andThen(send(runtime, { _tag: "Stop" }), Effect.raceFirst(Deferred.await(runtime.stopped), forced))
-    )
-    yield* Deferred.await(runtime.ready)
+    const scope = yield* Effect.scope
+    const fibers = yield* FiberSet.make()
+    const workers = new Map<number, Child.Child>()
+    const inherited = yield* adoptInherited(given, scope)
+    const rules = rulesOf(given.settings)
+    const first = Pool.start(given.settings.workers, inherited, rules.startAtOnce)
+    const loop = yield* Loop.make<Pool.State, Pool.Event, Action>(first, (owned) => {
+      const owner: Owner = { given, scope, loop: owned, workers, fibers }
+      return {
+        name: "workers",
+        transition: transition(rules),
+        perform: perform(owner),
+        failed: (action, cause) =>
+          action._tag === "Forget" ? undefined : { _tag: "ActionFailed", action, cause: Cause.squash(cause) },
+        annotations: given.annotations
+      }
+    })
+    const stopped = loop.when((state) => (state.phase === "Stopped" ? true : undefined))
+    // Runs before the loop ends: every worker drains and exits first, or is killed once forced.
+    const forced = given.forced.pipe(Effect.andThen(loop.send({ _tag: "ForceStop" })), Effect.andThen(stopped))
+    yield* Effect.addFinalizer(() => Effect.andThen(loop.send({ _tag: "Stop" }), Effect.raceFirst(stopped, forced)))
+    yield* started(loop)
     return {
-      roll: Effect.asVoid(send(runtime, { _tag: "Roll" })),
-      pause: Effect.asVoid(send(runtime, { _tag: "PauseAll" })),
-      resume: Effect.asVoid(send(runtime, { _tag: "ResumeAll" })),
-      pids: Effect.map(Ref.get(runtime.state), (state) =>
-        state.slots.map((slot) => (slot.serving === undefined ? undefined : runtime.workers.get(slot.serving)?.pid))
-      ),
-      held: Effect.sync(() => runtime.sockets.flatMap(({ name, fds }) => fds.map((fd) => ({ fd, name }))))
+      roll: Effect.asVoid(loop.send({ _tag: "Roll" })),
+      pause: Effect.asVoid(loop.send({ _tag: "PauseAll" })),
+      resume: Effect.asVoid(loop.send({ _tag: "ResumeAll" })),
+      held: Effect.map(loop.state, (state) => state.sockets.flatMap(({ name, fds }) => fds.map((fd) => ({ fd, name }))))
     }
   })

@@ -3,7 +3,7 @@
  * cloudflare/tableflip's `env`: signals, starting a child with the listeners
  * and a channel, the channel to a parent, the PID file, the native calls'
  * availability, and the forced exit. What is said over the channels (the
- * successor protocol, successor.ts) sits above this seam. The real
+ * protocol, protocol.ts) sits above this seam. The real
  * implementation is the reference's default; tests provide a fake and drive
  * the supervisor, and both ends of the protocol, under a `TestClock`.
  */
@@ -24,7 +24,9 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Channel from "./channel.ts"
+import * as Preload from "./preload.ts"
 import * as Program from "./program.ts"
+import type { ChildExit } from "./protocol.ts"
 import * as Sys from "./sys.ts"
 
 /** The variable naming the successor's end of the channel. */
@@ -48,16 +50,6 @@ export interface Passed {
   readonly name: string
 }
 
-/** How a child ended: its exit code, or the signal that killed it. */
-export interface Exited {
-  readonly code: number | null
-  readonly signal: string | null
-}
-
-/** How a process ended, in words: `exited with code 1`, `was killed by SIGKILL`. */
-export const describeExit = (exited: Exited): string =>
-  exited.signal !== null ? `was killed by ${exited.signal}` : `exited with code ${exited.code}`
-
 /** The child could not be started at all. */
 export interface SpawnFailure {
   readonly _tag: "SpawnFailed"
@@ -68,8 +60,8 @@ export interface SpawnFailure {
 export interface Child {
   readonly pid: number
   readonly channel: Channel.Channel
-  /** Completes once the child has exited and been reaped. */
-  readonly exited: Effect.Effect<Exited>
+  /** Completes once the child has exited and been reaped, with how. */
+  readonly exited: Effect.Effect<ChildExit>
   /** Whether it runs now: not exited, nor a zombie whose exit Node has yet to report. */
   readonly alive: () => boolean
   /** Kills it (SIGKILL) if it still runs, and waits until it is reaped. */
@@ -126,8 +118,8 @@ export interface Os {
   readonly flushCompileCache: () => void
   /** This process's parent now: it changes the moment the parent exits (the orphan is adopted). */
   readonly ppid: () => number
-  /** Whether listeners can be handed on here. */
-  readonly native: () => Sys.Native
+  /** Whether the native calls are to be used here (`Sys.enabled`): listeners can be handed on, workers run. */
+  readonly native: Effect.Effect<Sys.Native>
   readonly writePidFile: (path: string) => Effect.Effect<void>
   readonly removePidFile: (path: string) => Effect.Effect<void>
   /** Ends the process at once, with the code of death by `signal`, where the program's runtime allows it. */
@@ -147,6 +139,8 @@ const signals = (names: ReadonlyArray<NodeJS.Signals>) =>
       Effect.sync(() => {
         const handler = (signal: NodeJS.Signals) => void Queue.offerUnsafe(queue, signal)
         for (const name of names) process.on(name, handler)
+        // What arrived while the child still loaded, kept by its preload, comes first.
+        for (const signal of Preload.takeEarly()) if (names.includes(signal)) handler(signal)
         return handler
       }),
       (handler) =>
@@ -168,7 +162,9 @@ const enableCompileCache = (directory: true | string): string | undefined => {
 }
 
 const foreignHandlers = (names: ReadonlyArray<NodeJS.Signals>) =>
-  Effect.sync(() => names.reduce((count, name) => count + process.listenerCount(name), 0))
+  Effect.sync(() =>
+    names.reduce((count, name) => count + process.listeners(name).filter((h) => !Preload.isEarly(h)).length, 0)
+  )
 
 // Only the program's runtime ends the process: elsewhere every drain is cut, and the program finishes by itself.
 const forceExit = (signal: string) =>
@@ -181,15 +177,15 @@ const forceExit = (signal: string) =>
 // Children
 // -----------------------------------------------------------------------------
 
-/** The command that started this process, and the directory it started in. */
+/** The command that started this process, and the directory it started in, with the preload first. */
 const selfCommand = () => ({
   execPath: process.execPath,
-  args: [...process.execArgv, ...process.argv.slice(1)],
+  args: [...Preload.execArgv, ...Preload.withoutPreload(process.execArgv), ...process.argv.slice(1)],
   cwd: process.cwd()
 })
 
-// Through `sh -c 'LISTEN_PID=$$ exec ...'`: spawn cannot know the child's pid before it runs, and sd_listen_fds(3)
-// wants `LISTEN_PID` to be the program's own pid; exec keeps the shell's.
+// Node itself, with no shell between (images without one restart too): the preload sets `LISTEN_PID` to the
+// child's own pid, which sd_listen_fds(3) wants and spawn cannot know (preload.ts).
 const startChild = (
   passed: ReadonlyArray<Passed>,
   env: Readonly<Record<string, string | undefined>>,
@@ -202,11 +198,13 @@ const startChild = (
     // None passed is no LISTEN_FDS at all (sd_listen_fds(3) wants a positive count).
     LISTEN_FDS: passed.length === 0 ? undefined : String(passed.length),
     LISTEN_FDNAMES: passed.length === 0 ? undefined : passed.map((p) => p.name).join(":"),
+    LISTEN_PID: undefined,
+    [Preload.MARKER_VARIABLE]: "1",
     [CHANNEL_FD_VARIABLE]: String(3 + passed.length),
     [FDS_FD_VARIABLE]: fds === undefined ? undefined : String(4 + passed.length)
   }
   for (const [name, value] of Object.entries(variables)) if (value === undefined) delete variables[name]
-  return spawnProcess("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', command.execPath, ...command.args], {
+  return spawnProcess(command.execPath, command.args, {
     cwd: command.cwd,
     env: variables,
     detached: fds !== undefined,
@@ -215,10 +213,10 @@ const startChild = (
 }
 
 const childOf = (child: ChildProcess, pid: number, channel: Channel.Channel, fds: number | undefined): Child => {
-  const exit = Deferred.makeUnsafe<Exited>()
+  const exit = Deferred.makeUnsafe<ChildExit>()
   const running = () => !Deferred.isDoneUnsafe(exit)
   child.on("error", () => {})
-  child.once("exit", (code, signal) => Deferred.doneUnsafe(exit, Effect.succeed({ code, signal })))
+  child.once("exit", (code, signal) => Deferred.doneUnsafe(exit, Effect.succeed({ pid, code, signal })))
   const exited = Deferred.await(exit)
   return {
     pid,
@@ -384,8 +382,8 @@ const zombieChildren = (): Array<number> =>
 // An orphan of a container becomes PID 1's child, and a zombie once it exits, until PID 1 waits for it. Node's own
 // children are reaped by libuv at once, on SIGCHLD, and it must get their status: so only a child that is still a
 // zombie a sweep later, which no one is waiting for, is reaped here, by its pid.
-const reapOrphans: Effect.Effect<void, never, Scope.Scope> = Effect.suspend(() => {
-  if (process.pid !== 1 || !Sys.native().available) return Effect.void
+const reapOrphans: Effect.Effect<void, never, Scope.Scope> = Effect.flatMap(Sys.enabled, (native) => {
+  if (process.pid !== 1 || !native.available) return Effect.void
   let seen = new Set<number>()
   const sweep = Effect.sync(() => {
     const zombies = zombieChildren()
@@ -405,7 +403,7 @@ export const live = (): Os => ({
   ppid: () => process.ppid,
   enableCompileCache,
   flushCompileCache: Module.flushCompileCache,
-  native: Sys.native,
+  native: Sys.enabled,
   writePidFile,
   removePidFile,
   forceExit,

@@ -33,10 +33,11 @@ export const oneLine = (error: unknown): string => {
     .join("; ")
 }
 
-const debug = (): boolean => {
-  const value = process.env.GRACE_DEBUG
-  return value !== undefined && value !== "" && value !== "0" && value !== "false"
-}
+// GRACE_DEBUG, read through Config: set (and not 0, false or empty), the cause is logged with the line.
+const debug: Effect.Effect<boolean> = Config.option(Config.String("GRACE_DEBUG")).pipe(
+  Effect.map((value) => Option.match(value, { onNone: () => false, onSome: (v) => !["", "0", "false"].includes(v) })),
+  Effect.orElseSucceed(() => false)
+)
 
 /** Logs a start-up failure of `effect` as one line, and marks it reported (see the module header). */
 export const startupFailure = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
@@ -46,7 +47,7 @@ export const startupFailure = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.
     const failure = error.value
     const line = `effect-grace: cannot start: ${oneLine(failure)}`
     return Effect.andThen(
-      debug() ? Effect.logError(line, cause) : Effect.logError(line),
+      Effect.flatMap(debug, (on) => (on ? Effect.logError(line, cause) : Effect.logError(line))),
       Effect.sync(() => {
         if (typeof failure === "object" && failure !== null) {
           Object.defineProperty(failure, Runtime.errorReported, { value: false, configurable: true })

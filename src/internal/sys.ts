@@ -11,13 +11,17 @@
  * Every function here is synchronous and returns a `SysError` value instead of
  * throwing, so callers wrap it in the error type of their own module. Where
  * the calls cannot be made (another platform, koffi not installed or its
- * binary not loadable, or `GRACE_NATIVE=off`), `native()` says why and every
- * function fails with `ENOTSUP`; nothing is loaded before the first call.
+ * binary not loadable), `native()` says why and every function fails with
+ * `ENOTSUP`; nothing is loaded before the first call. Whether they are used
+ * is `enabled`, which `GRACE_NATIVE=off` (read through `Config`) turns off.
  */
 import { closeSync, fstatSync } from "node:fs"
 import { createRequire } from "node:module"
-import { constants } from "node:os"
+import { arch, constants, endianness } from "node:os"
+import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
 import * as NetAddress from "effect/net/NetAddress"
+import * as Option from "effect/Option"
 import * as Result from "effect/Result"
 import type Koffi from "koffi"
 
@@ -68,6 +72,10 @@ interface Libc {
   readonly sendmsg: (fd: number, msg: MessageHeader, flags: number) => number
   readonly recvmsg: (fd: number, msg: MessageHeader, flags: number) => number
   readonly errno: () => number
+  /** Where a control message carrying one fd puts its parts, on this machine. */
+  readonly control: ControlLayout
+  /** sizeof(struct msghdr) as koffi lays it out. */
+  readonly messageHeaderSize: number
 }
 
 // struct msghdr, with one iovec, as koffi marshals it.
@@ -93,9 +101,9 @@ const unavailable = (reason: string) => ({
 
 // Loaded on first use: importing the library must not load native code, nor fail where it cannot be loaded.
 const probe = (): NonNullable<typeof loaded> => {
-  // A switch for trying, on Linux, the path every other platform takes.
-  if (process.env.GRACE_NATIVE === "off") return unavailable("they are turned off by GRACE_NATIVE=off")
   if (process.platform !== "linux") return unavailable(`they need Linux, and this is ${process.platform}`)
+  // The messages are written in little-endian order (every Linux koffi ships for but s390x and ppc64 BE).
+  if (endianness() !== "LE") return unavailable(`they need a little-endian machine, and this is ${arch()}`)
   let koffi: typeof Koffi
   try {
     koffi = createRequire(import.meta.url)("koffi") as typeof Koffi
@@ -109,8 +117,11 @@ const probe = (): NonNullable<typeof loaded> => {
   } catch (cause) {
     return unavailable(`libc.so.6 could not be loaded (${cause instanceof Error ? cause.message : String(cause)})`)
   }
+  const word = koffi.sizeof("size_t")
+  if (word !== 4 && word !== 8) return unavailable(`size_t is ${word} bytes here, where 4 or 8 are known`)
   return {
     libc: {
+      control: controlLayout(word),
       socket: lib.func("int socket(int, int, int)"),
       bind: lib.func("int bind(int, const uint8_t *addr, uint32_t len)"),
       listen: lib.func("int listen(int, int)"),
@@ -131,7 +142,8 @@ const probe = (): NonNullable<typeof loaded> => {
   }
 }
 
-// sendmsg(2) and recvmsg(2), for passing fds (SCM_RIGHTS). The layout is Linux's on 64-bit machines.
+// sendmsg(2) and recvmsg(2), for passing fds (SCM_RIGHTS): koffi lays struct msghdr out as the C compiler of this
+// machine would (pointers and size_t of its width).
 const messages = (koffi: typeof Koffi, lib: ReturnType<typeof Koffi.load>) => {
   const iovec = koffi.struct("effect_grace_iovec", { base: "uint8_t *", len: "size_t" })
   const msghdr = koffi.struct("effect_grace_msghdr", {
@@ -144,6 +156,7 @@ const messages = (koffi: typeof Koffi, lib: ReturnType<typeof Koffi.load>) => {
     flags: "int"
   })
   return {
+    messageHeaderSize: koffi.sizeof(msghdr),
     sendmsg: lib.func("sendmsg", "intptr_t", ["int", koffi.pointer(msghdr), "int"]),
     recvmsg: lib.func("recvmsg", "intptr_t", ["int", koffi.inout(koffi.pointer(msghdr)), "int"])
   }
@@ -156,6 +169,20 @@ export const native = (): Native => {
   const current = state()
   return "libc" in current ? { available: true } : current.unavailable
 }
+
+/**
+ * Whether the native calls are to be used: they can be made here, and `GRACE_NATIVE` (read through `Config`) is not
+ * `off`, a switch for trying, on Linux, the path every other platform takes. Every choice between the native path
+ * and Node's own reads this.
+ */
+export const enabled: Effect.Effect<Native> = Config.option(Config.String("GRACE_NATIVE")).pipe(
+  Effect.orElseSucceed(() => Option.none<string>()),
+  Effect.map((value) =>
+    Option.getOrUndefined(value)?.trim() === "off"
+      ? { available: false, platform: process.platform, reason: "they are turned off by GRACE_NATIVE=off" }
+      : native()
+  )
+)
 
 // Every call goes through here: the library, or the failure that says why there is none.
 const withLibc = <A>(syscall: string, f: (lib: Libc) => Result.Result<A, SysError>): Result.Result<A, SysError> => {
@@ -289,32 +316,66 @@ const familyOf = (address: NetAddress.SocketAddress): number =>
 export const bindListen = (
   address: NetAddress.SocketAddress,
   backlog: number,
-  options: { readonly reusePort?: boolean | undefined } = {}
-): Result.Result<number, SysError> => {
-  return withLibc("socket", (lib) => {
-    return Result.flatMap(encodeSockaddr(address), (sockaddr) => {
-      const fd = lib.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0)
-      if (fd < 0) return fail(lib, "socket")
-      const steps = (): Result.Result<number, SysError> => {
-        if (address._tag !== "UnixPathAddress") {
-          if (lib.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, [1], 4) < 0) return fail(lib, "setsockopt")
-          if (options.reusePort === true && lib.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, [1], 4) < 0) {
-            return fail(lib, "setsockopt")
-          }
-          if (address._tag === "InetAddressV6" && NetAddress.isUnspecified(address.address)) {
-            if (lib.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, [0], 4) < 0) return fail(lib, "setsockopt")
-          }
-        }
-        if (lib.bind(fd, sockaddr, sockaddr.length) < 0) return fail(lib, "bind")
-        if (lib.listen(fd, backlog) < 0) return fail(lib, "listen")
-        return Result.succeed(fd)
-      }
-      const result = steps()
-      if (Result.isFailure(result)) closeSync(fd)
+  options: BindOptions = {}
+): Result.Result<number, SysError> =>
+  withLibc("socket", (lib) =>
+    Result.flatMap(encodeSockaddr(address), (sockaddr) => {
+      const alone = options.alone === true && options.reusePort === true
+      const guard = alone ? boundAlone(lib, address, sockaddr) : undefined
+      if (guard !== undefined && Result.isFailure(guard)) return guard
+      const result = bound(lib, address, sockaddr, { reusePort: options.reusePort === true }, (fd) =>
+        lib.listen(fd, backlog) < 0 ? fail(lib, "listen") : Result.succeed(fd)
+      )
+      if (guard !== undefined) closeSync(guard.success)
       return result
     })
-  })
+  )
+
+/** How `bindListen` binds. */
+export interface BindOptions {
+  /** Joins the `SO_REUSEPORT` group of the address (TCP only). */
+  readonly reusePort?: boolean | undefined
+  /**
+   * With `reusePort`, the first socket of a group: fails with `EADDRINUSE` where another socket listens on the
+   * address already, as a bind without `SO_REUSEPORT` would, so that a second instance of a service cannot join the
+   * group of the first (any process of the same user could).
+   */
+  readonly alone?: boolean | undefined
 }
+
+// A socket, its options and bind(2), then `then`; closed unless `then` keeps it.
+const bound = (
+  lib: Libc,
+  address: NetAddress.SocketAddress,
+  sockaddr: Buffer,
+  options: { readonly reusePort: boolean },
+  then: (fd: number) => Result.Result<number, SysError>
+): Result.Result<number, SysError> => {
+  const fd = lib.socket(familyOf(address), SOCK_STREAM | SOCK_CLOEXEC, 0)
+  if (fd < 0) return fail(lib, "socket")
+  const steps = (): Result.Result<number, SysError> => {
+    if (address._tag !== "UnixPathAddress") {
+      if (lib.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, [1], 4) < 0) return fail(lib, "setsockopt")
+      if (options.reusePort && lib.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, [1], 4) < 0) {
+        return fail(lib, "setsockopt")
+      }
+      if (address._tag === "InetAddressV6" && NetAddress.isUnspecified(address.address)) {
+        if (lib.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, [0], 4) < 0) return fail(lib, "setsockopt")
+      }
+    }
+    if (lib.bind(fd, sockaddr, sockaddr.length) < 0) return fail(lib, "bind")
+    return then(fd)
+  }
+  const result = steps()
+  if (Result.isFailure(result)) closeSync(fd)
+  return result
+}
+
+// A socket bound to the address with SO_REUSEADDR alone, held while the group's first socket binds and listens:
+// Linux refuses it (EADDRINUSE) where any socket listens there, and it does not stand in the way of the group (two
+// SO_REUSEADDR sockets conflict only once one listens).
+const boundAlone = (lib: Libc, address: NetAddress.SocketAddress, sockaddr: Buffer) =>
+  bound(lib, address, sockaddr, { reusePort: false }, Result.succeed)
 
 /** Sets or clears FD_CLOEXEC. */
 export const setCloseOnExec = (fd: number, on: boolean): Result.Result<void, SysError> => {
@@ -424,8 +485,35 @@ export const reap = (pid: number): Result.Result<boolean, SysError> =>
 
 const SCM_RIGHTS = 1
 const MSG_CMSG_CLOEXEC = 0x40000000
-// CMSG_SPACE(sizeof(int)) on 64-bit Linux: a 16-byte cmsghdr, then the fd, padded to 8.
-const CONTROL_LENGTH = 24
+
+/**
+ * The control message that carries one fd, as the kernel reads it: `struct cmsghdr { size_t cmsg_len; int
+ * cmsg_level; int cmsg_type; }`, then the fd, each part aligned to `size_t` (CMSG_ALIGN). `word` is `sizeof(size_t)`.
+ */
+export interface ControlLayout {
+  readonly word: number
+  /** Offsets of `cmsg_level`, `cmsg_type` and the fd. */
+  readonly level: number
+  readonly type: number
+  readonly data: number
+  /** CMSG_LEN(sizeof(int)): the value of `cmsg_len`. */
+  readonly length: number
+  /** CMSG_SPACE(sizeof(int)): the buffer's size, `msg_controllen`. */
+  readonly space: number
+}
+
+/** The layout for a machine whose `size_t` is `word` bytes (4 or 8). */
+export const controlLayout = (word: number): ControlLayout => {
+  const align = (n: number) => Math.ceil(n / word) * word
+  const header = align(word + 8)
+  return { word, level: word, type: word + 4, data: header, length: header + 4, space: header + align(4) }
+}
+
+/** The layouts the native calls use on this machine, if they can be made here: to check against C's. */
+export const layouts = (): { readonly control: ControlLayout; readonly messageHeaderSize: number } | undefined => {
+  const current = state()
+  return "libc" in current ? current.libc : undefined
+}
 
 // A message of one byte, with its control data (the fd).
 const oneByte = (byte: Buffer, control: Buffer): MessageHeader => ({
@@ -434,7 +522,7 @@ const oneByte = (byte: Buffer, control: Buffer): MessageHeader => ({
   iov: [{ base: byte, len: 1 }],
   iovlen: 1,
   control,
-  controllen: CONTROL_LENGTH,
+  controllen: control.length,
   flags: 0
 })
 
@@ -451,11 +539,13 @@ export const socketPair = (): Result.Result<readonly [number, number], SysError>
 /** Sends a copy of `fd` over the unix socket `socket` (SCM_RIGHTS), with one byte; never blocks. */
 export const sendFd = (socket: number, fd: number): Result.Result<void, SysError> =>
   withLibc("sendmsg", (lib) => {
-    const control = Buffer.alloc(CONTROL_LENGTH)
-    control.writeBigUInt64LE(20n, 0) // CMSG_LEN(sizeof(int))
-    control.writeInt32LE(SOL_SOCKET, 8)
-    control.writeInt32LE(SCM_RIGHTS, 12)
-    control.writeInt32LE(fd, 16)
+    const layout = lib.control
+    const control = Buffer.alloc(layout.space)
+    if (layout.word === 8) control.writeBigUInt64LE(BigInt(layout.length), 0)
+    else control.writeUInt32LE(layout.length, 0)
+    control.writeInt32LE(SOL_SOCKET, layout.level)
+    control.writeInt32LE(SCM_RIGHTS, layout.type)
+    control.writeInt32LE(fd, layout.data)
     return Result.map(
       check(lib, "sendmsg", lib.sendmsg(socket, oneByte(Buffer.from("f"), control), MSG_NOSIGNAL | MSG_DONTWAIT)),
       () => undefined
@@ -468,14 +558,16 @@ export const sendFd = (socket: number, fd: number): Result.Result<void, SysError
  */
 export const receiveFd = (socket: number): Result.Result<number | undefined, SysError> =>
   withLibc("recvmsg", (lib) => {
-    const control = Buffer.alloc(CONTROL_LENGTH)
+    const layout = lib.control
+    const control = Buffer.alloc(layout.space)
     const n = lib.recvmsg(socket, oneByte(Buffer.alloc(1), control), MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
     if (n < 0) {
       const error = lastError(lib, "recvmsg")
       return error.errno === constants.errno.EAGAIN ? Result.succeed(undefined) : Result.fail(error)
     }
-    const carriesFd = control.readInt32LE(8) === SOL_SOCKET && control.readInt32LE(12) === SCM_RIGHTS
-    return n === 1 && carriesFd ? Result.succeed(control.readInt32LE(16)) : Result.succeed(undefined)
+    const carriesFd =
+      control.readInt32LE(layout.level) === SOL_SOCKET && control.readInt32LE(layout.type) === SCM_RIGHTS
+    return n === 1 && carriesFd ? Result.succeed(control.readInt32LE(layout.data)) : Result.succeed(undefined)
   })
 
 /** A readable description of a system call failure. */

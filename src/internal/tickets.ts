@@ -32,6 +32,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
+import * as Variables from "./config.ts"
 
 /** The size of a `ticketKeys` buffer. */
 export const TICKET_KEYS_BYTES = 48
@@ -156,11 +157,11 @@ const ROTATION_VARIABLE = "GRACE_TICKET_ROTATION"
 
 const rotationError = (raw: string, what: string) =>
   new ConfigProvider.SourceError({
-    message: `${ROTATION_VARIABLE}=${JSON.stringify(raw)} ${what}; give a positive duration in Effect's syntax, such as "24 hours", or "off" never to rotate the key`
+    message: `${ROTATION_VARIABLE}=${JSON.stringify(raw)} ${what}; give a positive duration in Go's syntax ("24h") or Effect's ("24 hours"), or "off" never to rotate the key`
   })
 
 /**
- * `GRACE_TICKET_ROTATION`: how long a ticket key lives, a positive duration in Effect's syntax, 24 hours if unset.
+ * `GRACE_TICKET_ROTATION`: how long a ticket key lives, a positive duration (`24h`, `24 hours`), 24 hours if unset.
  * `off` (or `Infinity`) keeps one key for the lineage's life; zero is refused, as it would rotate all the time.
  */
 export const ticketRotation: Config.Config<Duration.Duration> = Config.option(Config.String(ROTATION_VARIABLE)).pipe(
@@ -169,7 +170,7 @@ export const ticketRotation: Config.Config<Duration.Duration> = Config.option(Co
       onNone: () => Config.succeed(DEFAULT_ROTATION),
       onSome: (raw) => {
         if (raw.trim().toLowerCase() === "off") return Config.succeed(Duration.infinity)
-        const parsed = Duration.fromInput(raw.trim() as Duration.Input)
+        const parsed = Variables.parseDuration(raw)
         if (Option.isNone(parsed)) return Config.fail(rotationError(raw, "is not a duration"))
         if (!Duration.isPositive(parsed.value)) return Config.fail(rotationError(raw, "would rotate all the time"))
         return Config.succeed(parsed.value)

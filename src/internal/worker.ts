@@ -1,234 +1,118 @@
 /**
- * What a primary and its workers say to each other, over the channel each
- * worker is started with (channel.ts), above the OS seam (os.ts), so that
- * unit tests play either end against a fake OS.
+ * A primary's worker: the application, serving on the sockets its primary
+ * holds, in the slot its primary gave it. It never restarts itself: its
+ * primary starts, pauses, resumes and stops it (protocol.ts).
  *
- * - The primary starts a worker with every listening socket it holds as
- *   fds 3.. (`LISTEN_FDS`), its slot (`EFFECT_GRACE_WORKER`), and writes
- *   `ticket-keys <key>` first, as to a successor.
- * - A worker asks for a listener it was not given with `listen <json>`: the
- *   primary binds it (or takes it from those it holds), sends the fd over the
- *   worker's second socket (SCM_RIGHTS), then answers `listened <json>` on
- *   the channel, or `listen-failed <json>` with the reason. The primary holds
- *   every listening socket for the life of the service, so no restart closes
- *   one, and every later worker is given it at its start.
- * - The worker writes `ready` once it serves, and `roll` to ask for a rolling
- *   restart (its application's `restart`).
- * - The primary writes `serving` once the group serves (the worker's
- *   readiness), `pause` (stop accepting, drain, stay built), `resume`, and
- *   `terminate` (drain and exit). Not a signal: systemd's stop signals every
- *   process of the service, and a worker's second termination signal would
- *   cut its drain short. It kills a worker with SIGKILL.
- * - A worker whose channel closes has lost its primary: it drains and exits.
+ * - Signals: `SIGTERM` and `SIGINT` terminate it; `SIGHUP`, `SIGUSR2` and
+ *   the restart signals are ignored, with a line that says where to send
+ *   them: its primary restarts it (`systemctl kill -s HUP` signals every
+ *   process of the service, and the primary's roll is the one restart). It
+ *   is in a process group of its own, so a terminal's Ctrl-C reaches its
+ *   primary alone, which stops its workers in order.
+ * - Rules: it never hands off nor rolls; its termination keeps the shutdown
+ *   delay; it is ready only once its primary says the whole group serves.
+ * - A listener it was not given is asked of its primary, which binds it (or
+ *   has it) and sends the fd.
+ * - Ready is told to its primary; its primary's `pause`, `resume`,
+ *   `serving` and `terminate` are events of its machine, and its primary's
+ *   going is a termination.
+ * - A socket its primary lends it (another slot's, while that slot has no
+ *   worker that accepts) is accepted on for the server of its address, until
+ *   the primary takes it back, or the server stops accepting (gate.ts).
+ * - `restart` asks its primary for a rolling restart of the group (this
+ *   worker among them), answered at once with the primary's pid; the
+ *   primary logs and counts how it goes.
+ * - Every line, span and metric of its application says its slot.
  */
-import type * as Cause from "effect/Cause"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
-import type * as Scope from "effect/Scope"
-import * as Listeners from "../Listeners.ts"
-import type * as Os from "./os.ts"
-import * as Successor from "./successor.ts"
+import type * as Parent from "./parent.ts"
+import * as Program from "./program.ts"
+import type { Command } from "./protocol.ts"
+import * as Requests from "./requests.ts"
+import type { Settings } from "./settings.ts"
+import { isOn } from "./settings.ts"
+import type { Event, Role, Supervision } from "./supervision.ts"
+import { log, send } from "./supervision.ts"
 
-/** The variable that tells a process it is a worker, and its slot. */
-export const WORKER_VARIABLE = "EFFECT_GRACE_WORKER"
-
-/** What the primary tells a worker. */
-export type Command = "serving" | "pause" | "resume" | "terminate"
-
-/** A listener a worker asks its primary for: the `nth` ask of the same address and name by that worker. */
-export interface ListenRequest {
-  readonly address: string
-  readonly name: string | undefined
-  readonly backlog: number
-  readonly nth: number
+const events: Record<Command, Event> = {
+  serving: { _tag: "GroupServing" },
+  pause: { _tag: "Pause" },
+  resume: { _tag: "Resume" },
+  terminate: { _tag: "Terminate", source: "primary", signal: undefined }
 }
 
-/** What a primary answers a worker's requests with. */
-export interface Requests {
-  readonly listen: (request: ListenRequest) => Effect.Effect<number, Listeners.ListenersError>
-  readonly roll: Effect.Effect<void>
-}
-
-/** A worker, as its primary sees it. */
-export interface Worker {
-  readonly pid: number
-  /** Completes once it has said it is ready; fails if it exits first. */
-  readonly ready: Effect.Effect<void, Successor.EarlyExit>
-  readonly exited: Effect.Effect<Os.Exited>
-  readonly tell: (command: Command) => Effect.Effect<void>
-  readonly kill: Effect.Effect<void>
-  readonly terminate: Effect.Effect<void>
-}
-
-const READY = "ready"
-const LISTEN = "listen "
-const LISTENED = "listened "
-const LISTEN_FAILED = "listen-failed "
-const ROLL = "roll"
-const COMMANDS: ReadonlyArray<string> = ["serving", "pause", "resume", "terminate"]
-
-// One listen request: the fd first, then the line that says it was sent.
-const answerListen = (child: Os.Child, requests: Requests, line: string) =>
+// What its primary tells it, and the primary's going (this worker then drains and exits).
+const listenToPrimary = (supervision: Supervision, primary: Parent.Parent) =>
   Effect.gen(function* () {
-    const { key, ...request } = JSON.parse(line.slice(LISTEN.length)) as ListenRequest & { readonly key: number }
-    const answer = yield* requests.listen(request).pipe(
-      Effect.flatMap((fd) => child.sendFd(fd)),
-      Effect.mapError((error) =>
-        "reason" in error
-          ? error.reason
-          : new Listeners.BindFailed({ address: request.address, code: error.code, syscall: error.syscall })
-      ),
-      Effect.result
-    )
-    yield* answer._tag === "Success"
-      ? child.channel.send(`${LISTENED}${JSON.stringify({ key })}`)
-      : child.channel.send(
-          `${LISTEN_FAILED}${JSON.stringify({ key, reason: { ...answer.failure, _tag: answer.failure._tag } })}`
-        )
-  })
-
-/** Starts a worker for `slot` with the listeners, sends it the ticket key, and answers its requests until it exits. */
-export const start = (
-  os: Os.Os,
-  options: {
-    readonly slot: number
-    readonly passed: ReadonlyArray<Os.Passed>
-    readonly ticketKey: string
-    readonly env: Readonly<Record<string, string | undefined>>
-  },
-  requests: Requests
-): Effect.Effect<Worker, Os.SpawnFailure, Scope.Scope> =>
-  Effect.gen(function* () {
-    const env = { ...options.env, [WORKER_VARIABLE]: String(options.slot), [Successor.TICKET_KEYS_VARIABLE]: "channel" }
-    const child = yield* os.spawn(options.passed, env, { worker: true })
-    yield* child.channel.send(`ticket-keys ${options.ticketKey}`)
-    const said = yield* Deferred.make<void>()
-    const handle = (line: string): Effect.Effect<void> => {
-      if (line === READY) return Deferred.succeed(said, undefined)
-      if (line === ROLL) return requests.roll
-      if (line.startsWith(LISTEN)) return Effect.catchDefect(answerListen(child, requests, line), Effect.logWarning)
-      return Effect.void
-    }
-    // Until the channel closes: the worker has exited.
     yield* Effect.forkScoped(
-      Effect.forever(Effect.flatMap(child.channel.receive, handle)).pipe(Effect.catch(() => Effect.void))
+      Effect.forever(
+        Effect.flatMap(Queue.take(primary.commands), (command) => send(supervision, events[command]))
+      ).pipe(Effect.catch(() => Effect.void))
     )
-    return {
-      pid: child.pid,
-      ready: Effect.raceFirst(Deferred.await(said), Successor.exitedEarly(child)),
-      exited: child.exited,
-      tell: (command) => child.channel.send(command),
-      kill: child.kill,
-      terminate: child.channel.send("terminate")
-    }
-  })
-
-/** A worker's link to its primary. */
-export interface PrimaryLink {
-  readonly pid: number
-  readonly slot: number
-  readonly ticketKey: Effect.Effect<string | undefined>
-  readonly signalReady: Effect.Effect<void>
-  /** Completes once the primary has gone (the channel closed). */
-  readonly exited: Effect.Effect<void>
-  /** What the primary tells this worker, in order; ends once it has gone. */
-  readonly commands: Queue.Dequeue<Command, Cause.Done>
-  /** Asks the primary for a listener: its fd. */
-  readonly listen: (request: ListenRequest) => Effect.Effect<number, Listeners.ListenersError>
-  /** Asks the primary for a rolling restart. */
-  readonly roll: Effect.Effect<void>
-}
-
-type Pending = Deferred.Deferred<number, Listeners.ListenersError>
-
-// The reason a primary sent, as the error it was.
-const reasonOf = (json: { readonly _tag: string } & Record<string, unknown>): Listeners.ListenersErrorReason => {
-  const field = (name: string) => String(json[name] ?? "")
-  switch (json._tag) {
-    case "InvalidAddress":
-      return new Listeners.InvalidAddress({ address: field("address"), detail: field("detail") })
-    case "InvalidName":
-      return new Listeners.InvalidName({ name: field("name") })
-    case "NameNotFound":
-      return new Listeners.NameNotFound({ name: field("name"), available: [] })
-    default:
-      return new Listeners.BindFailed({ address: field("address"), code: field("code"), syscall: field("syscall") })
-  }
-}
-
-const dispatch = (
-  parent: Os.Parent,
-  line: string,
-  state: {
-    readonly pending: Map<number, Pending>
-    readonly ticketKey: Deferred.Deferred<string | undefined>
-    readonly commands: Queue.Queue<Command, Cause.Done>
-  }
-): Effect.Effect<void> => {
-  if (line.startsWith("ticket-keys ")) return Deferred.succeed(state.ticketKey, line.slice("ticket-keys ".length))
-  if (COMMANDS.includes(line)) return Queue.offer(state.commands, line as Command)
-  const answer = line.startsWith(LISTENED) || line.startsWith(LISTEN_FAILED)
-  if (!answer) return Effect.void
-  const json = JSON.parse(line.slice(line.indexOf(" ") + 1)) as { key: number; reason?: { _tag: string } }
-  const pending = state.pending.get(json.key)
-  if (pending === undefined) return Effect.void
-  state.pending.delete(json.key)
-  if (json.reason !== undefined)
-    return Deferred.fail(pending, new Listeners.ListenersError({ reason: reasonOf(json.reason) }))
-  return Effect.matchEffect(parent.receiveFd(), {
-    onSuccess: (fd) => Deferred.succeed(pending, fd),
-    onFailure: (error) =>
-      Deferred.fail(
-        pending,
-        new Listeners.ListenersError({
-          reason: new Listeners.BindFailed({ address: "", code: error.code, syscall: error.syscall })
-        })
+    yield* Effect.forkScoped(
+      Effect.forever(Effect.flatMap(Queue.take(primary.loans), (loan) => borrow(supervision, loan))).pipe(
+        Effect.catch(() => Effect.void)
       )
+    )
+    yield* Effect.forkScoped(Effect.andThen(primary.exited, Requests.terminate(supervision, "primary")))
   })
+
+// A socket lent, for the server of its address (none here: logged, its copy closed), or taken back.
+const borrow = (supervision: Supervision, loan: Parent.Loan): Effect.Effect<void> => {
+  if (loan._tag === "Reclaim") return supervision.gate.reclaim(loan.loan)
+  return Effect.flatMap(supervision.gate.lend(loan.loan, loan.fd), (taken) =>
+    taken ? Effect.void : log(supervision, "effect-grace: a socket lent by the primary has no server here")
+  )
 }
 
-/** The worker's end, once `parent` is known to be its primary (`slot` set). */
-export const connect = (parent: Os.Parent, slot: number): Effect.Effect<PrimaryLink, never, Scope.Scope> =>
-  Effect.gen(function* () {
-    const state = {
-      pending: new Map<number, Pending>(),
-      ticketKey: yield* Deferred.make<string | undefined>(),
-      commands: yield* Queue.unbounded<Command, Cause.Done>()
-    }
-    let asked = 0
-    const gone = Effect.gen(function* () {
-      yield* Deferred.succeed(state.ticketKey, undefined)
-      yield* Queue.end(state.commands)
-      for (const pending of state.pending.values()) {
-        yield* Deferred.fail(
-          pending,
-          new Listeners.ListenersError({
-            reason: new Listeners.BindFailed({ address: "", code: "ECONNRESET", syscall: "primary" })
-          })
-        )
-      }
+// Every line, span and metric of the application says which worker: its slot (and, in logs, its pid).
+const asWorker =
+  (annotations: Readonly<Record<string, unknown>>, slot: number) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+    const attribute = { "effect-grace.slot": String(slot) }
+    return Effect.gen(function* () {
+      const attributes = yield* Metric.CurrentMetricAttributes
+      return yield* effect.pipe(
+        Effect.annotateLogs(annotations),
+        Effect.annotateSpans(attribute),
+        Effect.provideService(Metric.CurrentMetricAttributes, { ...attributes, ...attribute })
+      )
     })
-    yield* Effect.forkScoped(
-      Effect.forever(Effect.flatMap(parent.channel.receive, (line) => dispatch(parent, line, state))).pipe(
-        Effect.catch(() => gone)
-      )
-    )
-    return {
-      pid: parent.pid,
-      slot,
-      ticketKey: Deferred.await(state.ticketKey),
-      signalReady: parent.channel.send(READY),
-      exited: parent.channel.closed,
-      commands: state.commands,
-      listen: (request) =>
-        Effect.gen(function* () {
-          const key = asked++
-          const answer = yield* Deferred.make<number, Listeners.ListenersError>()
-          state.pending.set(key, answer)
-          yield* parent.channel.send(`${LISTEN}${JSON.stringify({ key, ...request })}`)
-          return yield* Deferred.await(answer)
-        }),
-      roll: parent.channel.send(ROLL)
-    }
-  })
+  }
+
+export const make = (settings: Settings, slot: number, pid: number, primary: Parent.Parent): Role => {
+  const annotations = { pid, slot }
+  return {
+    kind: "worker",
+    binding: { remote: primary.listen, reusePort: false },
+    predecessor: undefined,
+    onSignal: (supervision, signal) =>
+      Program.TERMINATION_SIGNALS.includes(signal)
+        ? Requests.terminate(supervision, "signal", signal)
+        : log(supervision, `effect-grace: ${signal} ignored: a worker is restarted by its primary`, {
+            primary: primary.pid
+          }),
+    rules: {
+      canHandOff: false,
+      shutdownDelay: isOn(settings.shutdownDelay),
+      probation: false,
+      canRoll: false,
+      waitsForGroup: true
+    },
+    annotations,
+    around: asWorker(annotations, slot),
+    unavailable: {},
+    pidFile: undefined,
+    tellReady: () => primary.signalReady,
+    holdsUnclaimed: false,
+    restart: () => Effect.as(primary.roll, primary.pid),
+    serves: (_supervision, app) => app,
+    listen: (supervision) => listenToPrimary(supervision, primary),
+    passedOn: () => Effect.succeed([]),
+    roll: Effect.void,
+    worker: Option.some({ slot, primaryPid: primary.pid })
+  }
+}

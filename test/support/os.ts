@@ -12,9 +12,15 @@ import * as Queue from "effect/Queue"
 import * as Stream from "effect/Stream"
 import type * as Channel from "../../src/internal/channel.ts"
 import type * as Os from "../../src/internal/os.ts"
+import type { ChildExit } from "../../src/internal/protocol.ts"
+
+/** A channel in memory, which also says what has arrived and not been taken yet. */
+export interface TestChannel extends Channel.Channel {
+  readonly waiting: Effect.Effect<ReadonlyArray<string>>
+}
 
 /** Two channels connected to each other in memory. */
-export const channelPair: Effect.Effect<readonly [Channel.Channel, Channel.Channel]> = Effect.gen(function* () {
+export const channelPair: Effect.Effect<readonly [TestChannel, TestChannel]> = Effect.gen(function* () {
   const side = Effect.map(Queue.unbounded<string, Cause.Done>(), (lines) => ({
     lines,
     gone: Deferred.makeUnsafe<void>()
@@ -26,7 +32,7 @@ export const channelPair: Effect.Effect<readonly [Channel.Channel, Channel.Chann
     Queue.endUnsafe(s.lines)
     Deferred.doneUnsafe(s.gone, Effect.void)
   }
-  const channel = (own: Side, other: Side): Channel.Channel => ({
+  const channel = (own: Side, other: Side): TestChannel => ({
     send: (line) => Effect.sync(() => void Queue.offerUnsafe(other.lines, line)),
     receive: Queue.take(own.lines),
     closed: Deferred.await(own.gone),
@@ -34,7 +40,8 @@ export const channelPair: Effect.Effect<readonly [Channel.Channel, Channel.Chann
       end(own)
       end(other)
     }),
-    unref: Effect.void
+    unref: Effect.void,
+    waiting: Effect.orElseSucceed(Queue.clear(own.lines), () => [])
   })
   return [channel(a, b), channel(b, a)] as const
 })
@@ -49,7 +56,7 @@ export interface FakeChild {
   /** Says `ready`, as a successor does once it serves. */
   readonly sayReady: Effect.Effect<void>
   /** Exits (or dies of a signal): its end of the channel closes. */
-  readonly exit: (exited: Os.Exited) => Effect.Effect<void>
+  readonly exit: (exited: Omit<ChildExit, "pid">) => Effect.Effect<void>
   state: "running" | "killed" | "released" | "exited"
   /** Asked to terminate (SIGTERM). */
   terminated: boolean
@@ -61,7 +68,7 @@ export interface FakeChild {
 
 /** The parent of the supervised process, when it has one; the test plays its part. */
 export interface FakeParent {
-  readonly channel: Channel.Channel
+  readonly channel: TestChannel
   /** The parent exits: its end of the channel closes. */
   readonly exits: Effect.Effect<void>
 }
@@ -77,7 +84,7 @@ const makeChild = (
       Object.entries(given).filter((entry): entry is [string, string] => entry[1] !== undefined)
     )
     const [own, theirs] = yield* channelPair
-    const exited = yield* Deferred.make<Os.Exited>()
+    const exited = yield* Deferred.make<ChildExit>()
     const child: FakeChild = {
       pid,
       env,
@@ -87,7 +94,7 @@ const makeChild = (
       exit: (how) =>
         Effect.andThen(
           Effect.sync(() => void (child.state = child.state === "running" ? "exited" : child.state)),
-          Effect.andThen(theirs.close, Deferred.succeed(exited, how))
+          Effect.andThen(theirs.close, Deferred.succeed(exited, { pid, ...how }))
         ),
       state: "running",
       terminated: false,
@@ -101,7 +108,7 @@ const makeChild = (
       alive: () => child.state === "running" || child.state === "released",
       kill: Effect.suspend(() => {
         if (child.state === "running" || child.state === "released") child.state = "killed"
-        return Effect.andThen(own.close, Deferred.succeed(exited, { code: null, signal: "SIGKILL" }))
+        return Effect.andThen(own.close, Deferred.succeed(exited, { pid, code: null, signal: "SIGKILL" }))
       }),
       terminate: Effect.sync(() => void (child.terminated = true)),
       release: Effect.sync(() => void (child.state = "released")),
@@ -123,6 +130,8 @@ export const make = (
 ) =>
   Effect.gen(function* () {
     const signals = yield* Queue.unbounded<NodeJS.Signals>()
+    /** The signals the supervisor took, as it installed them. */
+    const installed: Array<NodeJS.Signals> = []
     const spawns = yield* Queue.unbounded<FakeChild>()
     const children: Array<FakeChild> = []
     const pidFile: Array<string> = []
@@ -144,7 +153,11 @@ export const make = (
           }
     const os: Os.Os = {
       pid: options.pid ?? 100,
-      signals: () => Effect.succeed(Stream.fromQueue(signals)),
+      signals: (names) =>
+        Effect.sync(() => {
+          installed.push(...names)
+          return Stream.fromQueue(signals)
+        }),
       foreignHandlers: () => Effect.succeed(options.foreign ?? 0),
       spawn: (passed, env, spawnOptions) =>
         Effect.gen(function* () {
@@ -172,7 +185,7 @@ export const make = (
       ppid: () => ppid,
       enableCompileCache: (directory) => (directory === true ? "/tmp/compile-cache" : directory),
       flushCompileCache: () => void flushed.push("flush"),
-      native: () => ({ available: true }),
+      native: Effect.succeed({ available: true }),
       writePidFile: (path) => Effect.sync(() => void pidFile.push(`write ${path}`)),
       removePidFile: (path) => Effect.sync(() => void pidFile.push(`remove ${path}`)),
       forceExit: (signal) => Effect.sync(() => void forced.push(signal)),
@@ -182,6 +195,7 @@ export const make = (
       os,
       /** Sends a signal to the supervised process. */
       signal: (signal: NodeJS.Signals) => Queue.offer(signals, signal),
+      installed,
       /** The next child started. */
       spawned: Queue.take(spawns),
       children,

@@ -14,10 +14,6 @@ const describe = (reason: Supervisor.RestartErrorReason): string => {
       return `pid ${reason.pid} died within its probation, with ${reason.code ?? reason.signal}`
     case "NotReadyInTime":
       return `not ready within ${Duration.format(reason.timeout)}`
-    case "AlreadyInProgress":
-      return "a restart is under way"
-    case "ParentStillRunning":
-      return `parent ${reason.parentPid} still drains`
     case "NotServing":
       return `not serving: ${reason.state}`
     case "RestartUnsupported":
