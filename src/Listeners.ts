@@ -37,7 +37,7 @@ import * as NetAddress from "effect/net/NetAddress"
 import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
 import type * as Config from "effect/Config"
-import { closeSync, lstatSync, rmSync } from "node:fs"
+import { chmodSync, closeSync, lstatSync, rmSync } from "node:fs"
 import * as Dns from "node:dns"
 import * as Net from "node:net"
 import { resolve } from "node:path"
@@ -72,6 +72,9 @@ import * as ListenFds from "./ListenFds.ts"
  *   socket that also serves IPv6).
  * - Port 0 matches an inherited fd of the same host on any port, in order, so
  *   a successor keeps the ports its predecessor was given.
+ * - `mode` is the permission bits of a unix socket path bound here (`0o600`:
+ *   its user alone may connect), set as it is created whatever the umask; an
+ *   inherited socket keeps its own.
  *
  * @since 0.1.0
  * @category models
@@ -82,6 +85,7 @@ export type ListenSpec =
       readonly address?: string | undefined
       readonly name?: string | undefined
       readonly backlog?: number | undefined
+      readonly mode?: number | undefined
     }
 
 /**
@@ -376,6 +380,29 @@ const bind = (
   return Result.mapError(bound, (e) => new BindFailed({ address: spec, code: e.code, syscall: e.syscall }))
 }
 
+// A unix path created with `mode` whatever the umask: the umask narrowed while the socket file is made (bind(2) is
+// synchronous here, so nothing else runs meanwhile), then the mode set exactly. A worker thread cannot change the
+// umask; the chmod alone then sets it.
+const withMode = <A>(wanted: Resolved, mode: number | undefined, f: () => A): A => {
+  if (mode === undefined || wanted._tag !== "Unix" || wanted.path.startsWith("@")) return f()
+  let previous: number | undefined
+  try {
+    previous = process.umask(0o777 & ~mode)
+  } catch {
+    previous = undefined
+  }
+  try {
+    return f()
+  } finally {
+    if (previous !== undefined) process.umask(previous)
+    try {
+      chmodSync(wanted.path, mode)
+    } catch {
+      // Not created: the bind failed, and says why.
+    }
+  }
+}
+
 const isStaleUnixSocket = (wanted: Resolved): boolean => {
   if (wanted._tag !== "Unix" || wanted.path.startsWith("@")) return false
   try {
@@ -471,6 +498,7 @@ interface Request {
   readonly address: string | undefined
   readonly wanted: ParsedAddress | undefined
   readonly backlog: number
+  readonly mode: number | undefined
 }
 
 const failWith = (reason: ListenersErrorReason) => Effect.fail(new ListenersError({ reason }))
@@ -497,7 +525,13 @@ const isValidName = (name: string): boolean => /^[\x21-\x39\x3b-\x7e]{1,255}$/.t
 const prepare = (state: State, input: ListenSpec): Effect.Effect<Request, ListenersError> => {
   const spec = typeof input === "string" ? { address: input } : input
   if (spec.name !== undefined && !isValidName(spec.name)) return failWith(new InvalidName({ name: spec.name }))
-  const request = { name: spec.name, address: spec.address, wanted: undefined, backlog: spec.backlog ?? 511 }
+  const request = {
+    name: spec.name,
+    address: spec.address,
+    wanted: undefined,
+    backlog: spec.backlog ?? 511,
+    mode: spec.mode
+  }
   if (spec.address === undefined) return Effect.succeed(request)
   const parsed = parseAddress(spec.address)
   if (Result.isFailure(parsed)) return failWith(parsed.failure)
@@ -529,7 +563,9 @@ const bindNative = (state: State, request: Bindable) => {
   const reusePort = state.reusePort
   const joins = state.active.some((entry) => matches(wanted, entry.socket.address))
   const alone = reusePort && !joins && !(wanted._tag === "Tcp" && wanted.port === 0)
-  const bound = bind(request.address, wanted, request.backlog, { reusePort, alone })
+  const bound = withMode(wanted, request.mode, () =>
+    bind(request.address, wanted, request.backlog, { reusePort, alone })
+  )
   if (Result.isFailure(bound)) return failWith(bound.failure)
   const fd = bound.success
   const address = Sys.localAddress(fd)
@@ -551,7 +587,11 @@ const bindPortable = (request: Bindable): Effect.Effect<ListenerSocket, Listener
           host: wanted.host === undefined ? undefined : NetAddress.formatIp(wanted.host),
           port: wanted.port
         }
-  return Portable.listen(target, request.backlog).pipe(
+  // Node binds inside its own listen: the mode is set once it listens.
+  const listening = Effect.tap(Portable.listen(target, request.backlog), () =>
+    Effect.sync(() => withMode(wanted, request.mode, () => undefined))
+  )
+  return listening.pipe(
     Effect.mapError(
       (e) =>
         new ListenersError({ reason: new BindFailed({ address: request.address, code: e.code, syscall: e.syscall }) })

@@ -293,8 +293,14 @@ const provide = <A, E, R>(
  */
 const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
   Effect.gen(function* () {
-    const { supervision, listeners } = yield* Supervise.make(options, {
+    const { supervision, listeners, over } = yield* Supervise.make(options, {
       listeners: (binding) => Effect.flatMap(ListenFds.make(), (fds) => Listeners.make(fds, binding)),
+      serving: {
+        serve: Listeners.serve,
+        pause: Listeners.pauseAccepting,
+        resume: Listeners.resumeAccepting,
+        stop: Listeners.stopAccepting
+      },
       // A Notify given by the caller (a test's) wins over the one NOTIFY_SOCKET names.
       notify: Effect.flatMap(
         Effect.serviceOption(Notify.Notify),
@@ -304,7 +310,7 @@ const supervise = <A, E, R>(app: Layer.Layer<A, E, R>, options: Options) =>
     // What the application requires beyond what is provided here comes from the context the supervisor runs in.
     yield* Supervise.start(supervision, provide(app, supervision, listeners) as unknown as Layer.Layer<never, unknown>)
     const started = Interpreter.started(supervision) as Effect.Effect<void, E | Config.ConfigError>
-    return { started, stopped: Interpreter.stopped(supervision) }
+    return { started, stopped: over }
   })
 
 /**

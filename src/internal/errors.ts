@@ -117,7 +117,8 @@ export class RestartError extends Data.TaggedError("RestartError")<{
   }
 }
 
-export type LaunchProblem = "NoRunMain" | "ForeignSignalHandlers" | "TwoSupervisors" | "WorkersUnsupported"
+export type LaunchProblem =
+  "NoRunMain" | "ForeignSignalHandlers" | "TwoSupervisors" | "WorkersUnsupported" | "ControlUnavailable"
 
 const launchMessages: Record<LaunchProblem, (detail: string | undefined) => string> = {
   NoRunMain: () =>
@@ -129,12 +130,13 @@ const launchMessages: Record<LaunchProblem, (detail: string | undefined) => stri
   TwoSupervisors: () => "this program already has a supervisor; run one Supervisor.layer (or run) per program",
   WorkersUnsupported: (detail) =>
     `workers cannot run here: ${detail ?? "the native calls are not available"}; the primary passes ` +
-    "listening sockets to its workers with them. Unset GRACE_WORKERS (and the workers option) to run one process"
+    "listening sockets to its workers with them. Unset GRACE_WORKERS (and the workers option) to run one process",
+  ControlUnavailable: (detail) => `the control socket (GRACE_CONTROL) cannot be opened: ${detail ?? "unknown"}`
 }
 
 export class LaunchError extends Data.TaggedError("LaunchError")<{
   readonly problem: LaunchProblem
-  /** What the platform lacks, for `WorkersUnsupported`. */
+  /** What the platform lacks, for `WorkersUnsupported`; why, for `ControlUnavailable`. */
   readonly detail?: string | undefined
 }> {
   override get message(): string {

@@ -15,6 +15,8 @@ import * as FiberHandle from "effect/FiberHandle"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
+import * as PubSub from "effect/PubSub"
+import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { formatAddress } from "./address.ts"
@@ -24,7 +26,7 @@ import * as Gate from "./gate.ts"
 import * as Loop from "./loop.ts"
 import * as Machine from "./machine.ts"
 import { metrics } from "./metrics.ts"
-import type { Action, Event, Fibers, State, Supervision, Taken } from "./supervision.ts"
+import type { Action, Event, Fibers, LastRestart, Line, State, Supervision, Taken } from "./supervision.ts"
 import { log, refuse, send } from "./supervision.ts"
 import * as Upgrade from "./upgrade.ts"
 
@@ -239,6 +241,17 @@ export const started = (supervision: Supervision): Effect.Effect<void, unknown> 
     (exit) => exit
   )
 
+/**
+ * Once the supervision is over: the restarts passed on are answered, bounded by as long as a restart may take. A
+ * successor answers its predecessor only once the restart it carried out is done, and the predecessor its callers
+ * (a control client) only once that answer has come.
+ */
+export const answered = (supervision: Supervision): Effect.Effect<void> => {
+  const { readyTimeout, probation } = supervision.settings
+  const longest = Duration.sum(Duration.sum(readyTimeout, probation), Duration.seconds(10))
+  return Effect.ignore(Effect.timeoutOption(FiberSet.awaitEmpty(supervision.fibers.passedOn), longest))
+}
+
 /** How the supervision ended: after a termination or a hand-off, or a start-up that failed; forced or not. */
 export interface Outcome {
   readonly reason: Machine.Reason | "failed"
@@ -304,12 +317,26 @@ export const make = (
     const scope = yield* Effect.scope
     const appScope = yield* Scope.fork(scope, "sequential")
     const fibers = yield* makeFibers
+    // Sliding: a control client that reads slowly misses old lines, never holds up the supervisor.
+    const lines = yield* Effect.acquireRelease(PubSub.sliding<Line>(256), PubSub.shutdown)
+    const startedAt = yield* Clock.currentTimeMillis
+    const lastRestart = yield* Ref.make<LastRestart | undefined>(undefined)
     const { signals, ...resources } = taken
     const rules = taken.role.rules
     let supervision: Supervision | undefined
     const initial: Loop.Step<State, Action> = [Machine.initial(taken.role.predecessor?.pid), []]
     const loop = yield* Loop.make<State, Event, Action>(initial, (owned) => {
-      supervision = { ...resources, loop: owned, scope, appScope, fibers, gate: Gate.make() }
+      supervision = {
+        ...resources,
+        loop: owned,
+        scope,
+        appScope,
+        fibers,
+        gate: Gate.make(),
+        lines,
+        startedAt,
+        lastRestart
+      }
       return {
         name: "supervisor",
         transition: (state, event, now) => Machine.transition(state, event, rules, now),

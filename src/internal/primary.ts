@@ -55,6 +55,7 @@ const workerEnv = (supervision: Supervision): Record<string, string | undefined>
   NOTIFY_SOCKET: undefined,
   GRACE_PID_FILE: undefined,
   GRACE_WORKERS: undefined,
+  GRACE_CONTROL: undefined,
   ...cacheEnv(supervision)
 })
 
@@ -96,6 +97,16 @@ const makeGroup = (supervision: Supervision, workers: number, held: (group: Grou
 const built = (group: Group.Group | undefined): Effect.Effect<Group.Group> =>
   group === undefined ? Effect.die(new Error("effect-grace: the workers are not started yet")) : Effect.succeed(group)
 
+// Every socket its workers accept on, and its own beside them (the control socket).
+const passedOn = (supervision: Supervision, group: Group.Group) =>
+  Effect.gen(function* () {
+    const held = yield* group.held
+    const own = (yield* supervision.listeners.active).flatMap((l) =>
+      l.fd === undefined || held.some((h) => h.fd === l.fd) ? [] : [{ fd: l.fd, name: l.name }]
+    )
+    return [...held, ...own]
+  })
+
 export const make = (
   settings: Settings,
   workers: number,
@@ -133,8 +144,10 @@ export const make = (
     restart: (supervision) => Requests.requestRestart(supervision, undefined, "upgrade"),
     serves: (supervision) => Layer.effectDiscard(makeGroup(supervision, workers, (made) => void (group = made))),
     listen: Upgrade.listenToPredecessor,
-    passedOn: () => Effect.flatMap(built(group), (made) => made.held),
+    passedOn: (supervision) => Effect.flatMap(built(group), (made) => passedOn(supervision, made)),
     roll: Effect.suspend(() => Effect.flatMap(built(group), (made) => made.roll)),
+    reload: (upgrade) => (upgrade ? "upgrade" : "roll"),
+    workers: () => Effect.succeed([]), // WIRE: group.workers after the memory branch lands
     worker: Option.none()
   }
 }

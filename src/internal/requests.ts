@@ -4,12 +4,14 @@
  * restart with its span and its count whatever its outcome.
  */
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as FiberSet from "effect/FiberSet"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
 import { NotServing, RestartError } from "./errors.ts"
 import type * as Machine from "./machine.ts"
 import { metrics } from "./metrics.ts"
@@ -26,6 +28,30 @@ const noticeParentExit = (supervision: Supervision) => {
     : Effect.void
 }
 
+const outcomeOf = (exit: Exit.Exit<number, RestartError>): string =>
+  Exit.isSuccess(exit)
+    ? "ready"
+    : Option.match(Cause.findErrorOption(exit.cause), { onNone: () => "interrupted", onSome: (e) => e.reason._tag })
+
+// The last restart, as `status` reports it: each one that was taken, once it has ended.
+const record = (
+  supervision: Supervision,
+  exit: Exit.Exit<number, RestartError>,
+  asked: number,
+  by: string,
+  kind: Machine.Kind
+) =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    Ref.set(supervision.lastRestart, {
+      at: asked,
+      kind,
+      by,
+      outcome: outcomeOf(exit),
+      millis: now - asked,
+      pid: Exit.isSuccess(exit) ? exit.value : undefined
+    })
+  )
+
 /** A restart asked for by `signal` or a call: one span and one count per attempt, whatever its outcome. */
 export const requestRestart = (
   supervision: Supervision,
@@ -34,18 +60,18 @@ export const requestRestart = (
   passedOn = false
 ): Effect.Effect<number, RestartError> =>
   Effect.gen(function* () {
+    const by = signal ?? "call"
+    const asked = yield* Clock.currentTimeMillis
     const reply = yield* Deferred.make<number, RestartError>()
     yield* noticeParentExit(supervision)
-    const requested: Event = { _tag: "RestartRequested", reply, by: signal ?? "call", kind, passedOn }
+    const requested: Event = { _tag: "RestartRequested", reply, by, kind, passedOn }
     if (!(yield* supervision.loop.send(requested))) {
       return yield* new RestartError({ reason: new NotServing({ state: "draining" }) })
     }
-    return yield* Deferred.await(reply)
+    return yield* Deferred.await(reply).pipe(Effect.onExit((exit) => record(supervision, exit, asked, by, kind)))
   }).pipe(
     Effect.onExit((exit) => {
-      const outcome = Exit.isSuccess(exit)
-        ? "ready"
-        : Option.match(Cause.findErrorOption(exit.cause), { onNone: () => "interrupted", onSome: (e) => e.reason._tag })
+      const outcome = outcomeOf(exit)
       return Effect.all([
         Effect.annotateCurrentSpan("effect-grace.outcome", outcome),
         Exit.isSuccess(exit) ? Effect.annotateCurrentSpan("effect-grace.successor.pid", exit.value) : Effect.void,

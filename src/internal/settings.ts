@@ -52,6 +52,13 @@ export interface Options {
   readonly workers?: number | "auto" | undefined
   /** During a rolling restart, how many slots start a new worker at a time. Default 1. */
   readonly surge?: number | undefined
+  /**
+   * A control socket: the serving process (the single process, or the primary) listens on this unix socket path
+   * (made mode 0600) for `reload`, `status` and `stop`, each answered once done (the `effect-grace` command speaks
+   * it). It is handed to each successor with the other listeners. `@name` is an abstract name, which has no
+   * permissions: only the peer check guards it. Unset: none.
+   */
+  readonly control?: string | undefined
 }
 
 /** The options' defaults from the environment. */
@@ -63,6 +70,7 @@ export const config: Config.Config<{
   readonly probation: Option.Option<Duration.Duration>
   readonly workers: Option.Option<number | "auto">
   readonly surge: Option.Option<number>
+  readonly control: Option.Option<string>
 }> = Config.all({
   readyTimeout: Variables.duration("GRACE_READY_TIMEOUT"),
   shutdownDelay: Variables.duration("GRACE_SHUTDOWN_DELAY"),
@@ -70,7 +78,8 @@ export const config: Config.Config<{
   compileCache: Config.option(Config.String("GRACE_COMPILE_CACHE")),
   probation: Variables.duration("GRACE_PROBATION"),
   workers: Variables.workers("GRACE_WORKERS"),
-  surge: Variables.count("GRACE_SURGE")
+  surge: Variables.count("GRACE_SURGE"),
+  control: Config.option(Config.String("GRACE_CONTROL"))
 })
 
 /** Whether a window or a delay is on: more than no time at all. */
@@ -88,6 +97,8 @@ export interface Settings {
   /** How many workers a primary starts; none without workers. */
   readonly workers: number | undefined
   readonly surge: number
+  /** The control socket's address: a path, resolved, or `@name`; none if unset. */
+  readonly control: string | undefined
 }
 
 // A count given in the options is checked as the environment's is.
@@ -121,6 +132,7 @@ export const make = (options: Options): Effect.Effect<Settings, Config.ConfigErr
     if (workers !== undefined && workers !== "auto") yield* wholeNumber("workers", workers)
     if (options.surge !== undefined) yield* wholeNumber("surge", options.surge)
     const pidFile = options.pidFile ?? Option.getOrUndefined(configured.pidFile)
+    const control = (options.control ?? Option.getOrUndefined(configured.control))?.trim() || undefined
     const duration = (name: keyof Options, found: Option.Option<Duration.Duration>, or: Duration.Duration) => {
       const given = options[name] as Duration.Input | undefined
       return given === undefined ? Effect.succeed(Option.getOrElse(found, () => or)) : durationOf(name, given)
@@ -131,6 +143,7 @@ export const make = (options: Options): Effect.Effect<Settings, Config.ConfigErr
       readyTimeout: yield* duration("readyTimeout", configured.readyTimeout, Duration.seconds(60)),
       shutdownDelay: yield* duration("shutdownDelay", configured.shutdownDelay, Duration.zero),
       pidFile: pidFile === undefined ? undefined : resolve(pidFile),
+      control: control === undefined || control.startsWith("@") ? control : resolve(control),
       restartSignals: options.restartSignals ?? ["SIGUSR2"],
       probation: yield* duration("probation", configured.probation, Duration.seconds(5)),
       compileCache: compileCacheOf(options, configured.compileCache)

@@ -58,5 +58,7 @@ export const make = (
   listen: Upgrade.listenToPredecessor,
   passedOn: listening,
   roll: Effect.void,
+  reload: () => "upgrade",
+  workers: () => Effect.succeed([]),
   worker: Option.none()
 })

@@ -12,6 +12,7 @@ import type * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Control from "./control.ts"
 import { LaunchError, RestartUnsupported } from "./errors.ts"
 import * as Interpreter from "./interpreter.ts"
 import * as Os from "./os.ts"
@@ -22,7 +23,7 @@ import * as Requests from "./requests.ts"
 import { TICKET_KEYS_VARIABLE, WORKER_VARIABLE } from "./protocol.ts"
 import * as Settings from "./settings.ts"
 import * as Single from "./single.ts"
-import type { Binding, Notifier, Role, Sockets, Supervision } from "./supervision.ts"
+import type { Binding, Notifier, Role, Serving, Sockets, Supervision } from "./supervision.ts"
 import type * as Sys from "./sys.ts"
 import * as Tickets from "./tickets.ts"
 import * as Worker from "./worker.ts"
@@ -33,6 +34,8 @@ export interface Services<L extends Sockets, E1, E2> {
   readonly listeners: (binding: Binding) => Effect.Effect<L, E1>
   /** The `Notify` service. */
   readonly notify: Effect.Effect<Notifier, E2>
+  /** Serving a listener: `Listeners`' own functions. */
+  readonly serving: Serving
 }
 
 const PID_1 =
@@ -99,7 +102,7 @@ export const make = <L extends Sockets, E1, E2>(
   options: Settings.Options,
   services: Services<L, E1, E2>
 ): Effect.Effect<
-  { readonly supervision: Supervision; readonly listeners: L },
+  { readonly supervision: Supervision; readonly listeners: L; readonly over: Effect.Effect<Interpreter.Outcome> },
   E1 | E2 | Config.ConfigError | LaunchError,
   Scope.Scope
 > =>
@@ -127,16 +130,25 @@ export const make = <L extends Sockets, E1, E2>(
       os,
       signals,
       listeners,
+      serving: services.serving,
       notify,
       keyring,
       compileCache,
       handOffBlocked: blocked
     }).pipe(role.around)
-    // Runs before the loop ends (finalizers run last-added first): the scope closing is a termination.
-    yield* Effect.addFinalizer(() =>
-      Effect.andThen(Requests.terminate(supervision, "scope"), Interpreter.stopped(supervision))
+    const control =
+      settings.control !== undefined && role.reload !== undefined
+        ? yield* Control.make(supervision, settings.control)
+        : undefined
+    // Over once stopped, and then the restarts passed on and the control socket's answers under way answered: the
+    // program ends then, while all they need (the channels to the successor and the predecessor) is still open.
+    // The scope closing first is a termination (this finalizer runs before the loop ends: last-added first).
+    const over = Interpreter.stopped(supervision).pipe(
+      Effect.tap(Interpreter.answered(supervision)),
+      Effect.tap(control?.settle ?? Effect.void)
     )
-    return { supervision, listeners }
+    yield* Effect.addFinalizer(() => Effect.andThen(Requests.terminate(supervision, "scope"), over))
+    return { supervision, listeners, over }
   })
 
 /** Builds what this process serves (`app`, or a primary's workers) in its application scope. */

@@ -7,13 +7,17 @@
  * role (single.ts, primary.ts, worker.ts) says what differs between a
  * single process, a primary and a worker.
  */
+import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import type * as FiberHandle from "effect/FiberHandle"
 import type * as FiberSet from "effect/FiberSet"
 import type * as Layer from "effect/Layer"
 import type * as Option from "effect/Option"
+import * as PubSub from "effect/PubSub"
+import type * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
+import type * as Net from "node:net"
 import type { Held, Listener } from "./address.ts"
 import type * as Child from "./child.ts"
 import { RestartError } from "./errors.ts"
@@ -54,7 +58,18 @@ export interface Sockets {
     readonly address: string
     readonly name: string | undefined
     readonly backlog: number
+    readonly mode?: number | undefined
   }) => Effect.Effect<Listener, { readonly reason: ListenFailure }, Scope.Scope>
+}
+
+/** Serving a listener the supervisor itself accepts on (the control socket): `Listeners`' own functions. */
+export interface Serving {
+  readonly serve: (listener: Listener, server: Net.Server) => Effect.Effect<void, unknown>
+  /** Stops accepting, the socket kept open to accept again (a successor's probation). */
+  readonly pause: (listener: Listener) => Effect.Effect<void>
+  readonly resume: (listener: Listener) => Effect.Effect<void, unknown>
+  /** Stops accepting for good; a successor that holds the socket goes on accepting on it. */
+  readonly stop: (listener: Listener) => Effect.Effect<void>
 }
 
 /** How `Listeners` binds for this process: its primary's binds, for a worker; `SO_REUSEPORT`, for a primary. */
@@ -71,6 +86,39 @@ export interface Notifier {
   readonly stopping: Effect.Effect<void, unknown>
   readonly status: (text: string) => Effect.Effect<void, unknown>
   readonly mainPid: (pid: number, options?: { readonly ready?: boolean | undefined }) => Effect.Effect<void, unknown>
+}
+
+/** A worker, as `status` reports it. */
+export interface WorkerReport {
+  readonly slot: number
+  readonly pid: number
+  /** What it does now: starting, serving, probation, paused, retiring (drains, replaced). */
+  readonly phase: string
+  readonly rssBytes: number | undefined
+  /** When it was started, in epoch milliseconds. */
+  readonly startedAt: number
+  /** How many workers of its slot died since the group started. */
+  readonly deaths: number
+  /** How many workers of its slot were replaced for their memory. */
+  readonly memoryReplacements: number
+}
+
+/** A line this process logged, as the control socket's progress lines repeat it. */
+export interface Line {
+  readonly message: string
+  readonly annotations: Readonly<Record<string, unknown>>
+  readonly at: number
+}
+
+/** The last restart asked of this process, and how it went. */
+export interface LastRestart {
+  readonly at: number
+  readonly kind: Machine.Kind
+  readonly by: string
+  /** `ready`, or the tag of the reason it failed. */
+  readonly outcome: string
+  readonly millis: number
+  readonly pid: number | undefined
 }
 
 /** A primary's worker: its slot, and its primary's pid. */
@@ -114,6 +162,13 @@ export interface Role {
   readonly passedOn: (supervision: Supervision) => Effect.Effect<ReadonlyArray<Os.Passed>>
   /** Starts a rolling restart of a primary's workers. */
   readonly roll: Effect.Effect<void>
+  /**
+   * What a reload asked on the control socket restarts: a primary's workers (a roll), or with `upgrade` the process
+   * itself; `undefined` where this process takes no control socket (a worker: its primary's is the service's).
+   */
+  readonly reload: ((upgrade: boolean) => Machine.Kind) | undefined
+  /** A primary's workers, as `status` reports them; none elsewhere. */
+  readonly workers: (supervision: Supervision) => Effect.Effect<ReadonlyArray<WorkerReport>>
   readonly worker: Option.Option<WorkerInfo>
 }
 
@@ -140,6 +195,7 @@ export interface Taken {
   readonly role: Role
   readonly os: Os.Os
   readonly listeners: Sockets
+  readonly serving: Serving
   readonly notify: Notifier
   /** The TLS session ticket key of this lineage, handed down and rotated. */
   readonly keyring: Tickets.Keyring
@@ -159,6 +215,12 @@ export interface Supervision extends Taken {
   /** The application's scope: closing it is the drain. */
   readonly appScope: Scope.Closeable
   readonly fibers: Fibers
+  /** Every line `log` writes, for whoever listens (a control client that asked for progress). */
+  readonly lines: PubSub.PubSub<Line>
+  /** When the supervision started, in epoch milliseconds. */
+  readonly startedAt: number
+  /** The last restart asked for, once one has ended (written by `Requests.requestRestart` alone). */
+  readonly lastRestart: Ref.Ref<LastRestart | undefined>
 }
 
 /** Tells the machine of an event. */
@@ -171,7 +233,22 @@ export const log = (
   message: string,
   annotations: Readonly<Record<string, unknown>> = {}
 ): Effect.Effect<void> =>
-  Effect.logInfo(message).pipe(Effect.annotateLogs({ ...supervision.role.annotations, ...annotations }))
+  Effect.andThen(
+    Effect.logInfo(message).pipe(Effect.annotateLogs({ ...supervision.role.annotations, ...annotations })),
+    publish(supervision, message, annotations)
+  )
+
+// A line, for the control clients that follow them; none listening, it is dropped.
+const publish = (supervision: Supervision, message: string, annotations: Readonly<Record<string, unknown>>) =>
+  Effect.flatMap(Clock.currentTimeMillis, (at) =>
+    Effect.asVoid(
+      PubSub.publish(supervision.lines, {
+        message,
+        annotations: { ...supervision.role.annotations, ...annotations },
+        at
+      })
+    )
+  )
 
 /** What a successor or a worker is given of the compile cache: the directory this lineage compiles into. */
 export const cacheEnv = (supervision: Supervision): Record<string, string> =>
@@ -182,7 +259,8 @@ export const refuse = (supervision: Supervision, replies: ReadonlyArray<Reply>, 
   const error = new RestartError({ reason })
   return Effect.andThen(
     Effect.logWarning(`effect-grace: ${error.message}`).pipe(
-      Effect.annotateLogs({ ...supervision.role.annotations, reason: reason._tag })
+      Effect.annotateLogs({ ...supervision.role.annotations, reason: reason._tag }),
+      Effect.andThen(publish(supervision, `effect-grace: ${error.message}`, { reason: reason._tag }))
     ),
     Effect.forEach(replies, (reply) => Deferred.fail(reply, error), { discard: true })
   )

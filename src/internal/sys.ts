@@ -37,6 +37,7 @@ const SO_REUSEPORT = 15
 const SO_TYPE = 3
 const SO_ACCEPTCONN = 30
 const SO_DOMAIN = 39
+const SO_PEERCRED = 17
 const IPPROTO_IPV6 = 41
 const IPV6_V6ONLY = 26
 const F_GETFD = 1
@@ -63,6 +64,7 @@ interface Libc {
   readonly setsockopt: (fd: number, level: number, name: number, value: Array<number>, len: number) => number
   readonly getsockopt: (fd: number, level: number, name: number, value: Array<number>, len: Array<number>) => number
   readonly getsockname: (fd: number, addr: Buffer, len: Array<number>) => number
+  readonly getsockoptBytes: (fd: number, level: number, name: number, value: Buffer, len: Array<number>) => number
   readonly sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrLen: number) => number
   readonly recv: (fd: number, buf: Buffer, len: number, flags: number) => number
   readonly connect: (fd: number, addr: Buffer, len: number) => number
@@ -128,6 +130,7 @@ const probe = (): NonNullable<typeof loaded> => {
       setsockopt: lib.func("int setsockopt(int, int, int, const int *value, uint32_t len)"),
       getsockopt: lib.func("int getsockopt(int, int, int, _Out_ int *value, _Inout_ uint32_t *len)"),
       getsockname: lib.func("int getsockname(int, _Out_ uint8_t *addr, _Inout_ uint32_t *len)"),
+      getsockoptBytes: lib.func("int getsockopt(int, int, int, _Out_ uint8_t *value, _Inout_ uint32_t *len)"),
       sendto: lib.func(
         "intptr_t sendto(int, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t)"
       ),
@@ -247,6 +250,25 @@ export const inspect = (fd: number): Result.Result<FdKind, SysError> => {
     })
   })
 }
+
+/** Who is at the other end of a connected unix socket, as the kernel saw it connect. */
+export interface PeerCredentials {
+  readonly pid: number
+  readonly uid: number
+  readonly gid: number
+}
+
+/** getsockopt(SO_PEERCRED) of a connected unix socket: struct ucred, three 32-bit fields. */
+export const peerCredentials = (fd: number): Result.Result<PeerCredentials, SysError> =>
+  withLibc("getsockopt", (lib) => {
+    const buf = Buffer.alloc(12)
+    const len = [buf.length]
+    return Result.map(check(lib, "getsockopt", lib.getsockoptBytes(fd, SOL_SOCKET, SO_PEERCRED, buf, len)), () => ({
+      pid: buf.readInt32LE(0),
+      uid: buf.readUInt32LE(4),
+      gid: buf.readUInt32LE(8)
+    }))
+  })
 
 /** Whether a socket is in a `SO_REUSEPORT` group (bound with the option). */
 export const reusesPort = (fd: number): Result.Result<boolean, SysError> =>

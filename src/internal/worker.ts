@@ -113,6 +113,8 @@ export const make = (settings: Settings, slot: number, pid: number, primary: Par
     listen: (supervision) => listenToPrimary(supervision, primary),
     passedOn: () => Effect.succeed([]),
     roll: Effect.void,
+    reload: undefined,
+    workers: () => Effect.succeed([]),
     worker: Option.some({ slot, primaryPid: primary.pid })
   }
 }
