@@ -371,7 +371,7 @@ const answer = (supervision: Supervision, socket: Net.Socket, request: Request):
     case "reload":
       return reload(supervision, socket, request)
     case "status":
-      return Effect.map(status(supervision), (status) => ({ ok: true, command: "status", status }))
+      return Effect.map(status(supervision), (found) => ({ ok: true, command: "status", status: found }))
     case "stop":
       return stop(supervision, socket, request.progress)
   }
