@@ -52,6 +52,14 @@ export interface Options {
   readonly workers?: number | "auto" | undefined
   /** During a rolling restart, how many slots start a new worker at a time. Default 1. */
   readonly surge?: number | undefined
+  /**
+   * A memory limit: a worker whose resident set size stays above it for `maxMemoryGrace` is replaced as a roll
+   * replaces its slot (the new worker first); a single process restarts itself. Bytes, or a string with a unit
+   * (`"512MiB"`, `"1.5GiB"`, `"800MB"`, `"1G"`). Unset: no limit.
+   */
+  readonly maxMemory?: number | string | undefined
+  /** How long the resident set size must stay above `maxMemory` before the process is replaced. Default 10 seconds. */
+  readonly maxMemoryGrace?: Duration.Input | undefined
 }
 
 /** The options' defaults from the environment. */
@@ -63,6 +71,8 @@ export const config: Config.Config<{
   readonly probation: Option.Option<Duration.Duration>
   readonly workers: Option.Option<number | "auto">
   readonly surge: Option.Option<number>
+  readonly maxMemory: Option.Option<number>
+  readonly maxMemoryGrace: Option.Option<Duration.Duration>
 }> = Config.all({
   readyTimeout: Variables.duration("GRACE_READY_TIMEOUT"),
   shutdownDelay: Variables.duration("GRACE_SHUTDOWN_DELAY"),
@@ -70,7 +80,9 @@ export const config: Config.Config<{
   compileCache: Config.option(Config.String("GRACE_COMPILE_CACHE")),
   probation: Variables.duration("GRACE_PROBATION"),
   workers: Variables.workers("GRACE_WORKERS"),
-  surge: Variables.count("GRACE_SURGE")
+  surge: Variables.count("GRACE_SURGE"),
+  maxMemory: Variables.size("GRACE_MAX_MEMORY"),
+  maxMemoryGrace: Variables.duration("GRACE_MAX_MEMORY_GRACE")
 })
 
 /** Whether a window or a delay is on: more than no time at all. */
@@ -88,6 +100,9 @@ export interface Settings {
   /** How many workers a primary starts; none without workers. */
   readonly workers: number | undefined
   readonly surge: number
+  /** The memory limit in bytes; none without one. */
+  readonly maxMemory: number | undefined
+  readonly maxMemoryGrace: Duration.Duration
 }
 
 // A count given in the options is checked as the environment's is.
@@ -104,6 +119,19 @@ const durationOf = (name: string, given: Duration.Input) => {
   return Option.isSome(parsed)
     ? Effect.succeed(parsed.value)
     : refuse(`${name}: ${JSON.stringify(given)} is not a duration; use ${Variables.DURATION_SYNTAX}`)
+}
+
+// A size given in the options: a number of bytes, or a string as the environment's.
+const sizeOf = (name: string, given: number | string) => {
+  const parsed =
+    typeof given === "string"
+      ? Variables.parseSize(given)
+      : Number.isSafeInteger(given) && given > 0
+        ? Option.some(given)
+        : Option.none()
+  return Option.isSome(parsed)
+    ? Effect.succeed(parsed.value)
+    : refuse(`${name}: ${JSON.stringify(given)} is not a size; use ${Variables.SIZE_SYNTAX}`)
 }
 
 const compileCacheOf = (options: Options, configured: Option.Option<string>): boolean | string =>
@@ -133,6 +161,11 @@ export const make = (options: Options): Effect.Effect<Settings, Config.ConfigErr
       pidFile: pidFile === undefined ? undefined : resolve(pidFile),
       restartSignals: options.restartSignals ?? ["SIGUSR2"],
       probation: yield* duration("probation", configured.probation, Duration.seconds(5)),
-      compileCache: compileCacheOf(options, configured.compileCache)
+      compileCache: compileCacheOf(options, configured.compileCache),
+      maxMemory:
+        options.maxMemory === undefined
+          ? Option.getOrUndefined(configured.maxMemory)
+          : yield* sizeOf("maxMemory", options.maxMemory),
+      maxMemoryGrace: yield* duration("maxMemoryGrace", configured.maxMemoryGrace, Duration.seconds(10))
     }
   })
