@@ -654,6 +654,43 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* terminate(s, [a, c])
     })
   )
+
+  it.effect(
+    "a worker above the memory limit for the grace period is replaced through its slot, counted and logged",
+    () =>
+      Effect.gen(function* () {
+        const replaced = Effect.map(Metric.value(Supervisor.metrics.memoryReplacements), (state) => state.count)
+        const before = yield* replaced
+        const { s, workers } = yield* serving({ maxMemory: 1000, maxMemoryGrace: "2 seconds" })
+        const [a, b] = workers
+        s.fake.rss.set(a.child.pid, 400)
+        s.fake.rss.set(b.child.pid, 400)
+        yield* TestClock.adjust("5 seconds")
+        assert.strictEqual(s.fake.children.length, 2, "below the limit: nothing")
+        s.fake.rss.set(a.child.pid, 5000)
+        // Sampled every 500 ms: above the limit since the next sample, for less than the grace period.
+        yield* TestClock.adjust("2 seconds")
+        assert.strictEqual(s.fake.children.length, 2, "not for the whole grace period yet")
+        yield* TestClock.adjust("500 millis")
+        const c = yield* spawned(s)
+        assert.strictEqual(slotOf(c), "0")
+        const line = s.lines.find((l) => l.message === "effect-grace: worker over memory limit")
+        assert.deepInclude(line?.annotations, { slot: 0, worker: a.child.pid, rss: 5000, limit: 1000 })
+        assert.strictEqual((yield* replaced) - before, 1)
+        // The new worker first: the old one serves until it is ready, then is paused and drains.
+        assert.notInclude(a.lines, "pause")
+        yield* sayReady(c)
+        yield* hears(a, "pause")
+        yield* hears(a, "terminate")
+        assert.notInclude(b.lines, "pause")
+        yield* a.child.exit({ code: 0, signal: null })
+        // Said again while the slot's new worker is below the limit: nothing more.
+        s.fake.rss.set(c.child.pid, 400)
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual(s.fake.children.length, 3)
+        yield* terminate(s, [b, c])
+      })
+  )
 })
 
 describe("a worker, on a fake OS", () => {
