@@ -164,6 +164,18 @@ export const TooFewWorkers: typeof Errors.TooFewWorkers = Errors.TooFewWorkers
 /** @since 0.1.0 */
 export type TooFewWorkers = Errors.TooFewWorkers
 
+/**
+ * The memory limit (`maxMemory`, `GRACE_MAX_MEMORY`) is below what a worker (or the single process) uses once it is
+ * ready, when the service first starts: every replacement would start above it too, so the program ends rather than
+ * replace workers in a loop. Raise the limit, or unset it.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const MemoryLimitTooLow: typeof Errors.MemoryLimitTooLow = Errors.MemoryLimitTooLow
+/** @since 0.1.0 */
+export type MemoryLimitTooLow = Errors.MemoryLimitTooLow
+
 // -----------------------------------------------------------------------------
 // Options
 // -----------------------------------------------------------------------------
@@ -182,7 +194,8 @@ export type Options = Settings.Options
  * The defaults of `Options`, read through `Config`: `GRACE_READY_TIMEOUT`,
  * `GRACE_SHUTDOWN_DELAY` and `GRACE_PROBATION` (durations such as
  * `30 seconds`), `GRACE_PID_FILE`, `GRACE_COMPILE_CACHE` (`off`, or a
- * directory), `GRACE_WORKERS` (a count, or `auto`) and `GRACE_SURGE`.
+ * directory), `GRACE_WORKERS` (a count, or `auto`), `GRACE_SURGE`,
+ * `GRACE_MAX_MEMORY` (a size such as `512MiB`) and `GRACE_MAX_MEMORY_GRACE`.
  * Values given in `Options` win.
  *
  * @since 0.1.0
@@ -237,7 +250,8 @@ export class Supervisor extends Context.Service<
  * `HandedBack`, ...); `effect-grace.restart.handoff`, the time from
  * spawning a successor to its being ready; and, in a primary,
  * `effect-grace.workers`, its workers' events by `event` (`started`, `ready`,
- * `exited`). Each attempt is also a span, `effect-grace.restart`, with
+ * `exited`); `effect-grace.memory.replacements`, the workers replaced (or
+ * single processes restarted) for staying above the memory limit. Each attempt is also a span, `effect-grace.restart`, with
  * `effect-grace.outcome` and, once spawned, `effect-grace.successor.pid`; the
  * work of a restart that goes ahead (spawn, wait for ready) is the span
  * `effect-grace.restart.successor`, and each worker's start the span
@@ -256,7 +270,14 @@ export const metrics: typeof Metrics.metrics = Metrics.metrics
 type Provided = Listeners.Listeners | Supervisor | Health.Health
 
 type Failures<E> =
-  E | ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError | WorkerFailed | TooFewWorkers
+  | E
+  | ListenFds.ListenFdsError
+  | Notify.NotifyError
+  | Config.ConfigError
+  | LaunchError
+  | WorkerFailed
+  | TooFewWorkers
+  | MemoryLimitTooLow
 
 const serviceOf = (supervision: Supervision.Supervision): Supervisor["Service"] =>
   Supervisor.of({

@@ -19,7 +19,10 @@ import * as Listeners from "../src/Listeners.ts"
 import * as Supervisor from "../src/Supervisor.ts"
 import type * as Os from "../src/internal/os.ts"
 import * as Parent from "../src/internal/parent.ts"
-import type * as Tickets from "../src/internal/tickets.ts"
+import * as Duration from "effect/Duration"
+import * as Scope from "effect/Scope"
+import * as Group from "../src/internal/group.ts"
+import * as Tickets from "../src/internal/tickets.ts"
 import * as Sys from "../src/internal/sys.ts"
 import * as FakeOs from "./support/os.ts"
 import { primary, supervised, until, untilEffect } from "./support/supervised.ts"
@@ -652,6 +655,128 @@ describe("a primary and its workers, on a fake OS", () => {
       yield* hears(c, "resume")
       yield* hears(a, "resume")
       yield* terminate(s, [a, c])
+    })
+  )
+
+  it.effect(
+    "a worker above the memory limit for the grace period is replaced through its slot, counted and logged",
+    () =>
+      Effect.gen(function* () {
+        const replaced = Effect.map(Metric.value(Supervisor.metrics.memoryReplacements), (state) => state.count)
+        const before = yield* replaced
+        const { s, workers } = yield* serving({ maxMemory: 1000, maxMemoryGrace: "2 seconds" })
+        const [a, b] = workers
+        s.fake.rss.set(a.child.pid, 400)
+        s.fake.rss.set(b.child.pid, 400)
+        yield* TestClock.adjust("5 seconds")
+        assert.strictEqual(s.fake.children.length, 2, "below the limit: nothing")
+        s.fake.rss.set(a.child.pid, 5000)
+        // Sampled every 500 ms: above the limit since the next sample, for less than the grace period.
+        yield* TestClock.adjust("2 seconds")
+        assert.strictEqual(s.fake.children.length, 2, "not for the whole grace period yet")
+        yield* TestClock.adjust("500 millis")
+        const c = yield* spawned(s)
+        assert.strictEqual(slotOf(c), "0")
+        const line = s.lines.find((l) => l.message === "effect-grace: worker over memory limit")
+        assert.deepInclude(line?.annotations, { slot: 0, worker: a.child.pid, rss: 5000, limit: 1000 })
+        assert.strictEqual((yield* replaced) - before, 1)
+        // The new worker first: the old one serves until it is ready, then is paused and drains.
+        assert.notInclude(a.lines, "pause")
+        yield* sayReady(c)
+        yield* hears(a, "pause")
+        yield* hears(a, "terminate")
+        assert.notInclude(b.lines, "pause")
+        yield* a.child.exit({ code: 0, signal: null })
+        // Said again while the slot's new worker is below the limit: nothing more.
+        s.fake.rss.set(c.child.pid, 400)
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual(s.fake.children.length, 3)
+        yield* terminate(s, [b, c])
+      })
+  )
+})
+
+describe("a group's workers, as the status reads them", () => {
+  it.effect("each worker alive: slot, pid, phase, size, start, and its slot's deaths and replacements", () =>
+    Effect.gen(function* () {
+      const fake = yield* FakeOs.make({})
+      const keyring = yield* Tickets.makeKeyring({ rotateEvery: Duration.hours(24) })
+      const scope = yield* Scope.make()
+      const given: Group.Given = {
+        os: fake.os,
+        keyring,
+        env: {},
+        settings: {
+          workers: 2,
+          surge: 1,
+          probation: Duration.zero,
+          readyTimeout: Duration.minutes(1),
+          maxMemory: 1000,
+          maxMemoryGrace: Duration.seconds(2)
+        },
+        inherited: [],
+        listen: () => Effect.die(new Error("no address is asked for")),
+        rolled: () => Effect.void,
+        requestRoll: Effect.void,
+        forced: Effect.never,
+        log: () => Effect.void,
+        annotations: {}
+      }
+      const making = yield* Effect.forkChild(Scope.provide(Group.make(given), scope))
+      const a = yield* Effect.flatMap(fake.spawned, heard)
+      const b = yield* Effect.flatMap(fake.spawned, heard)
+      fake.rss.set(a.child.pid, 500)
+      yield* a.child.sayReady
+      yield* b.child.sayReady
+      const group = yield* Fiber.join(making)
+      const first = yield* group.workers
+      assert.deepStrictEqual(first, [
+        { slot: 0, pid: a.child.pid, phase: "serving", rssBytes: 500, startedAt: 0, deaths: 0, memoryReplacements: 0 },
+        {
+          slot: 1,
+          pid: b.child.pid,
+          phase: "serving",
+          rssBytes: undefined,
+          startedAt: 0,
+          deaths: 0,
+          memoryReplacements: 0
+        }
+      ])
+      // Slot 0 above the limit: its new worker starts, the old one serves meanwhile. Slot 1's worker dies.
+      yield* TestClock.adjust("1 second")
+      fake.rss.set(a.child.pid, 5000)
+      yield* TestClock.adjust("3 seconds")
+      const c = yield* Effect.flatMap(fake.spawned, heard)
+      yield* b.child.exit({ code: 1, signal: null })
+      const d = yield* Effect.flatMap(fake.spawned, heard)
+      const phases = (workers: ReadonlyArray<Group.WorkerStatus>) =>
+        workers.map((w) => `${w.slot}:${w.pid}:${w.phase}:${w.deaths}:${w.memoryReplacements}`)
+      yield* untilEffect(
+        Effect.map(group.workers, (workers) => workers.length === 3),
+        "the replacements in the status"
+      )
+      assert.deepStrictEqual(phases(yield* group.workers), [
+        `0:${a.child.pid}:serving:0:1`,
+        `0:${c.child.pid}:starting:0:1`,
+        `1:${d.child.pid}:starting:1:0`
+      ])
+      const started = (yield* group.workers).find((w) => w.pid === c.child.pid)!
+      // Sampled every 500 ms: above the limit from the sample at 1.5 s, for the grace period at 3.5 s.
+      assert.strictEqual(started.startedAt, 3500, "the clock's time when it was started")
+      // Ready: the old worker of slot 0 drains, of no slot.
+      yield* c.child.sayReady
+      yield* d.child.sayReady
+      yield* hears(a, "terminate")
+      assert.deepStrictEqual(phases(yield* group.workers), [
+        `0:${c.child.pid}:serving:0:1`,
+        `1:${d.child.pid}:serving:1:0`,
+        `undefined:${a.child.pid}:draining:0:0`
+      ])
+      // Closing the scope stops the group: each worker drains and exits.
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      for (const w of [c, d]) yield* hears(w, "terminate")
+      for (const w of [a, c, d]) yield* w.child.exit({ code: 0, signal: null })
+      yield* Fiber.join(closing)
     })
   )
 })

@@ -110,3 +110,63 @@ describe("workers", () => {
     })
   )
 })
+
+describe("memory limit", () => {
+  const MiB = 1024 * 1024
+  const cases: ReadonlyArray<readonly [string, number]> = [
+    ["536870912", 536_870_912],
+    ["512MiB", 512 * MiB],
+    ["1.5GiB", 1.5 * 1024 * MiB],
+    ["800MB", 800_000_000],
+    ["800 MB", 800_000_000],
+    ["1G", 1024 * MiB],
+    ["512M", 512 * MiB],
+    ["1.5G", 1.5 * 1024 * MiB],
+    ["64K", 64 * 1024],
+    ["2 gibibytes", 2 * 1024 * MiB]
+  ]
+  for (const [input, bytes] of cases) {
+    it(`${JSON.stringify(input)} is ${bytes} bytes`, () => {
+      assert.deepStrictEqual(Variables.parseSize(input), Option.some(bytes))
+    })
+  }
+  for (const input of ["0", "0MiB", "lots", "512 MiBs", "-1G", "1.5", "1.1B", "512mb", "1e9", "1P", ""]) {
+    it(`${JSON.stringify(input)} is refused`, () => assert.isTrue(Option.isNone(Variables.parseSize(input))))
+  }
+
+  it.effect("GRACE_MAX_MEMORY and GRACE_MAX_MEMORY_GRACE, or the options; none and 10 seconds by default", () =>
+    Effect.gen(function* () {
+      const none = (yield* settle({})).settings!
+      assert.isUndefined(none.maxMemory)
+      assert.strictEqual(Duration.toMillis(none.maxMemoryGrace), 10_000)
+      const set = (yield* settle({ GRACE_MAX_MEMORY: "512MiB", GRACE_MAX_MEMORY_GRACE: "30s" })).settings!
+      assert.strictEqual(set.maxMemory, 512 * MiB)
+      assert.strictEqual(Duration.toMillis(set.maxMemoryGrace), 30_000)
+      assert.isUndefined((yield* settle({ GRACE_MAX_MEMORY: "" })).settings!.maxMemory)
+      const options = (yield* settle({ GRACE_MAX_MEMORY: "1G" }, { maxMemory: "800MB", maxMemoryGrace: 500 })).settings!
+      assert.strictEqual(options.maxMemory, 800_000_000)
+      assert.strictEqual(Duration.toMillis(options.maxMemoryGrace), 500)
+      assert.strictEqual((yield* settle({}, { maxMemory: 1_000_000 })).settings!.maxMemory, 1_000_000)
+    })
+  )
+
+  it.effect("a bad size is refused in one line naming the forms accepted", () =>
+    Effect.gen(function* () {
+      const forms = `use bytes ("536870912"), or a number and a unit ("512MiB", "1.5GiB", "800MB", "1G")`
+      assert.include(
+        (yield* settle({ GRACE_MAX_MEMORY: "lots" })).refused,
+        `GRACE_MAX_MEMORY="lots" is not a size; ${forms}`
+      )
+      assert.include(
+        (yield* settle({}, { maxMemory: "512 mb" })).refused,
+        `maxMemory: "512 mb" is not a size; ${forms}`
+      )
+      assert.include((yield* settle({}, { maxMemory: -1 })).refused, "maxMemory: -1 is not a size")
+      assert.include((yield* settle({}, { maxMemory: 1.5 })).refused, "maxMemory: 1.5 is not a size")
+      assert.include(
+        (yield* settle({ GRACE_MAX_MEMORY_GRACE: "soon" })).refused,
+        `GRACE_MAX_MEMORY_GRACE="soon" is not a duration`
+      )
+    })
+  )
+})

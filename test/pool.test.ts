@@ -28,6 +28,8 @@ const show = (action: Pool.Action): string => {
       return `Spawn ${action.slot}:${action.id}`
     case "ScheduleRespawn":
       return `ScheduleRespawn ${action.slot} ${action.millis}`
+    case "ReplaceForMemory":
+      return `ReplaceForMemory ${action.slot}:${action.id} ${action.rss}${action.millis > 0 ? ` after ${action.millis}` : ""}`
     case "RollStopped":
       return `RollStopped ${action.failure._tag} ${failedAs(action.failure)}`
     case "RollDone":
@@ -330,6 +332,109 @@ describe("the pool of a primary's workers", () => {
         ["Serving 4", "Pause 2", "Terminate 2", "RollDone 0:3 1:4"]
       ])
       assert.deepStrictEqual(servers(state), [3, 4])
+    })
+  })
+
+  describe("memory", () => {
+    const over = (id: number, sinceStart = false): Pool.Event => ({ _tag: "OverMemory", id, rss: 900, sinceStart })
+
+    it("a worker above the limit is replaced as a roll replaces its slot: the new one first, then the old drains", () => {
+      const { state, said } = apply(serving(2), [over(1), ready(2), exited(1, 0)])
+      assert.deepStrictEqual(said, [
+        ["ReplaceForMemory 1:1 900", "Spawn 1:2"],
+        ["Log worker serving", "Serving 2", "Pause 1", "Terminate 1"],
+        []
+      ])
+      assert.deepStrictEqual(servers(state), [0, 2])
+      assert.deepStrictEqual(state.retiring, [])
+      assert.strictEqual(state.slots[1]!.memoryReplacements, 1)
+      assert.isFalse(state.slots[1]!.overMemory)
+    })
+
+    it("one slot at a time: another slot above the limit meanwhile waits for the watch to say so again", () => {
+      const { state, said } = apply(serving(3), [over(0), over(1), over(0), ready(3), over(1)])
+      assert.deepStrictEqual(said.slice(1, 3), [[], []])
+      assert.deepStrictEqual(said[4], ["ReplaceForMemory 1:1 900", "Spawn 1:4"])
+      assert.deepStrictEqual(servers(state), [3, 1, 2])
+    })
+
+    it("never while a roll runs, while the group is paused, while a slot is dead or starting, nor once stopping", () => {
+      const refused: ReadonlyArray<ReadonlyArray<Pool.Event>> = [
+        [roll],
+        [{ _tag: "PauseAll" }],
+        [exited(0, null, "SIGKILL")],
+        [exited(0), exited(2)],
+        [stop]
+      ]
+      for (const before of refused) {
+        const { last } = apply(serving(2), [...before, over(1)])
+        assert.deepStrictEqual(last, [], JSON.stringify(before))
+      }
+      // Nor for a worker that does not serve: one starting, or on probation.
+      const rolling = apply(serving(2), [roll]).state
+      assert.deepStrictEqual(apply(rolling, [over(2), ready(2), over(2)]).said, [
+        [],
+        ["Serving 2", "Pause 0", "StartProbation 2"],
+        []
+      ])
+    })
+
+    it("a roll begun while a replacement starts waits for it, then rolls that slot too", () => {
+      const { state, said } = apply(serving(2), [over(0), roll, ready(2)], { probation: false })
+      assert.deepStrictEqual(said[1], [])
+      assert.deepStrictEqual(said[2]!.slice(0, 4), ["Log worker serving", "Serving 2", "Pause 0", "Terminate 0"])
+      assert.include(said[2]!, "Spawn 0:3")
+      assert.deepStrictEqual(state.roll?.active, [0])
+    })
+
+    it("the old worker dying meanwhile leaves the slot to its replacement", () => {
+      const { state, said } = apply(serving(2), [over(1), exited(1, null, "SIGKILL"), ready(2)])
+      assert.deepStrictEqual(said[1], ["Log worker died"])
+      assert.deepStrictEqual(said[2], ["Log worker serving", "Serving 2"])
+      assert.deepStrictEqual(servers(state), [0, 2])
+      assert.deepStrictEqual(state.retiring, [])
+    })
+
+    it("a replacement that dies before ready starts again after the crash backoff; the old one serves meanwhile", () => {
+      const { state, said } = apply(serving(2), [over(1), exited(2), { _tag: "RespawnDue", slot: 1 }, ready(3)])
+      assert.deepStrictEqual(said[1], ["Log worker exited before it was ready", "ScheduleRespawn 1 1000"])
+      assert.deepStrictEqual(said[2], ["Spawn 1:3"])
+      assert.deepStrictEqual(said[3], ["Log worker serving", "Serving 3", "Pause 1", "Terminate 1"])
+      assert.deepStrictEqual(servers(state), [0, 3])
+      assert.strictEqual(state.slots[1]!.died, 1)
+    })
+
+    it("replacements of workers above the limit from their start back off as crash replacements do", () => {
+      // A leak (below the limit once): replaced at once. Its replacement, above the limit from its start: after 1 s,
+      // then 1.5 s, ...; one that was below the limit once starts the count again.
+      let { state, last } = apply(serving(1), [over(0)])
+      assert.deepStrictEqual(last, ["ReplaceForMemory 0:0 900", "Spawn 0:1"])
+      const delays: Array<string> = []
+      for (let id = 1; id < 5; id++) {
+        ;({ state } = apply(state, [ready(id)]))
+        ;({ state, last } = apply(state, [over(id, true)]))
+        delays.push(last[0]!)
+        assert.deepStrictEqual(last[1], `ScheduleRespawn 0 ${Pool.backoff(rules, id)}`)
+        ;({ state, last } = apply(state, [over(id, true), { _tag: "RespawnDue", slot: 0 }]))
+        assert.deepStrictEqual(last, [`Spawn 0:${id + 1}`], "said again while it waits: nothing more")
+      }
+      assert.deepStrictEqual(delays, [
+        "ReplaceForMemory 0:1 900 after 1000",
+        "ReplaceForMemory 0:2 900 after 1500",
+        "ReplaceForMemory 0:3 900 after 2250",
+        "ReplaceForMemory 0:4 900 after 3375"
+      ])
+      ;({ state, last } = apply(state, [ready(5), over(5)]))
+      assert.deepStrictEqual(last, ["ReplaceForMemory 0:5 900", "Spawn 0:6"])
+      assert.strictEqual(state.slots[0]!.memoryReplacements, 6)
+    })
+
+    it("a replacement that waits is given up when a roll begins meanwhile: the roll replaces the worker", () => {
+      const { state, said } = apply(serving(1), [over(0), ready(1), over(1, true), roll], { probation: false })
+      assert.deepStrictEqual(said[3], ["Log rolling worker", "Spawn 0:2"])
+      assert.isFalse(state.slots[0]!.overMemory)
+      const { last } = apply(state, [{ _tag: "RespawnDue", slot: 0 }], { probation: false })
+      assert.deepStrictEqual(last, [])
     })
   })
 
@@ -714,7 +819,16 @@ const world = (
   const ending = new Set<number>()
   // The last steps, written out only when a check fails.
   const trace: Array<readonly [Pool.Event, ReadonlyArray<Pool.Action>]> = []
-  const counts = { groupReady: 0, stopped: 0, rollsEnded: 0, rollsBegun: 0, handedBack: 0, respawns: 0, loans: 0 }
+  const counts = {
+    groupReady: 0,
+    stopped: 0,
+    rollsEnded: 0,
+    rollsBegun: 0,
+    handedBack: 0,
+    respawns: 0,
+    loans: 0,
+    memory: 0
+  }
   /** The sockets lent, each to the worker that accepts on it now. */
   const borrowed = new Map<number, number>()
   let [state, first] = Pool.start(workers, sockets)
@@ -797,6 +911,15 @@ const world = (
           if (borrowed.get(fd) !== action.id) fail(`fd ${fd} taken back from ${action.id}, which did not have it`)
           borrowed.delete(fd)
         }
+        return
+      case "ReplaceForMemory":
+        // One slot at a time, never while a roll runs, and only a worker that serves its slot.
+        known(action.id)
+        counts.memory++
+        if (state.roll !== undefined) fail("a replacement for memory during a roll")
+        if (state.slots[action.slot]?.serving !== action.id) fail(`worker ${action.id} replaced, not serving`)
+        if (state.slots.filter((slot) => slot.overMemory).length !== 1) fail("two slots replaced for memory")
+        if (underWay(state) > 1) fail("a replacement for memory beside another slot under way")
         return
       case "Log":
       case "Bind":
@@ -901,6 +1024,12 @@ const world = (
       events.push(roll)
       if (state.roll === undefined) events.push({ _tag: "PauseAll" })
       if (state.paused) events.push({ _tag: "ResumeAll" })
+      // A worker that serves may stay above the memory limit, since its start or not.
+      for (const slot of state.slots) {
+        if (slot.serving !== undefined) {
+          events.push({ _tag: "OverMemory", id: slot.serving, rss: 1, sinceStart: random(slot.serving)() < 0.5 })
+        }
+      }
     }
     return events
   }
@@ -923,7 +1052,7 @@ const world = (
 
 describe("the pool, over random sequences of events", () => {
   it("keeps its invariants, finishes every roll, and stops once every worker has exited", () => {
-    const seen = { started: 0, failed: 0, rolls: 0, handedBack: 0, respawns: 0, loans: 0 }
+    const seen = { started: 0, failed: 0, rolls: 0, handedBack: 0, respawns: 0, loans: 0, memory: 0 }
     for (let seed = 1; seed <= 400; seed++) {
       const next = random(seed)
       const workers = 1 + Math.floor(next() * 4)
@@ -982,8 +1111,10 @@ describe("the pool, over random sequences of events", () => {
       seen.handedBack += w.counts.handedBack
       seen.respawns += w.counts.respawns
       seen.loans += w.counts.loans
+      seen.memory += w.counts.memory
     }
-    // The sequences reach every case: start-ups that fail, rolls, hand-backs, respawns after a backoff, and loans.
+    // The sequences reach every case: start-ups that fail, rolls, hand-backs, respawns after a backoff, loans, and
+    // replacements for memory.
     for (const [what, n] of Object.entries(seen)) assert.isAbove(n, 10, what)
   })
 })

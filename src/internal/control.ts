@@ -221,7 +221,9 @@ const settingsOf = (supervision: Supervision): Answer => {
     workers: settings.workers ?? null,
     surge: settings.surge,
     pidFile: settings.pidFile ?? null,
-    control: settings.control ?? null
+    control: settings.control ?? null,
+    maxMemory: settings.maxMemory ?? null,
+    maxMemoryGrace: Duration.format(settings.maxMemoryGrace)
   }
 }
 
@@ -261,7 +263,12 @@ export const status = (supervision: Supervision): Effect.Effect<Answer> =>
       listeners: yield* listenersOf(supervision),
       workers:
         role.kind === "primary"
-          ? workers.map((w) => ({ ...w, startedAt: iso(w.startedAt), rssBytes: w.rssBytes ?? null }))
+          ? workers.map((w) => ({
+              ...w,
+              slot: w.slot ?? null,
+              startedAt: iso(w.startedAt),
+              rssBytes: w.rssBytes ?? null
+            }))
           : null,
       restarts: {
         available: role.rules.canRoll || role.rules.canHandOff,

@@ -5,6 +5,7 @@
  */
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
+import { formatSize } from "./config.ts"
 import { describeExit } from "./protocol.ts"
 import type { ChildExit, RestartFailure } from "./protocol.ts"
 
@@ -168,6 +169,23 @@ export class TooFewWorkers extends Data.TaggedError("TooFewWorkers")<{
     return (
       `${this.workers} workers are fewer than the ${this.sockets} sockets of ${this.address} that the previous ` +
       "primary handed on, one per worker; stop and start the service to run fewer workers"
+    )
+  }
+}
+
+export class MemoryLimitTooLow extends Data.TaggedError("MemoryLimitTooLow")<{
+  /** The worker's slot; none for a single process. */
+  readonly slot: number | undefined
+  readonly pid: number
+  readonly rss: number
+  readonly limit: number
+}> {
+  override get message(): string {
+    const who = this.slot === undefined ? `this process (pid ${this.pid})` : `worker ${this.slot} (pid ${this.pid})`
+    return (
+      `the memory limit (GRACE_MAX_MEMORY, maxMemory) of ${formatSize(this.limit)} is below what ${who} uses once ` +
+      `started, ${formatSize(this.rss)}: every replacement would start above it; raise the limit above what a ` +
+      "process uses under load, or unset it"
     )
   }
 }

@@ -10,8 +10,15 @@
  * The group lives in the supervisor's application scope, as an application
  * would: built once every worker is ready, and closing that scope is its
  * drain (every worker drains and exits; a forced stop kills them).
+ *
+ * With a memory limit, it samples the size of each worker that serves
+ * (memory.ts) and tells the machine of one above the limit for the grace
+ * period, which replaces it through its slot. A worker already above the
+ * limit when the group is first ready fails the start-up: every
+ * replacement would start above it too.
  */
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
@@ -23,8 +30,9 @@ import { availableParallelism } from "node:os"
 import type { Held } from "./address.ts"
 import { formatAddress } from "./address.ts"
 import * as Child from "./child.ts"
-import { TooFewWorkers } from "./errors.ts"
+import { MemoryLimitTooLow, TooFewWorkers } from "./errors.ts"
 import * as Loop from "./loop.ts"
+import * as Memory from "./memory.ts"
 import { countWorkers } from "./metrics.ts"
 import type * as Os from "./os.ts"
 import * as Pool from "./pool.ts"
@@ -37,6 +45,9 @@ export interface Settings {
   readonly surge: number
   readonly probation: Duration.Duration
   readonly readyTimeout: Duration.Duration
+  /** The memory limit of each worker, in bytes; none without one. */
+  readonly maxMemory: number | undefined
+  readonly maxMemoryGrace: Duration.Duration
 }
 
 /** How a rolling restart ended: every slot rolled (its new workers, by slot), or it stopped at one that failed. */
@@ -70,6 +81,28 @@ export interface Given {
   readonly annotations: Readonly<Record<string, unknown>>
 }
 
+/**
+ * What a worker is doing: starting (not ready yet), serving, on probation (a roll's canary), paused (its slot's new
+ * worker is on probation, or the group is paused), draining (let go by a roll or a replacement, or stopping).
+ */
+export type WorkerPhase = "starting" | "serving" | "probation" | "paused" | "draining"
+
+/** A worker alive, as the status shows it. */
+export interface WorkerStatus {
+  /** Its slot; none for an old worker a roll or a replacement let go, which drains. */
+  readonly slot: number | undefined
+  readonly pid: number
+  readonly phase: WorkerPhase
+  /** Its resident set size now, in bytes; none if unknown. */
+  readonly rssBytes: number | undefined
+  /** When it was started, in milliseconds since the epoch. */
+  readonly startedAt: number
+  /** Deaths of its slot's workers, since the group started. */
+  readonly deaths: number
+  /** Replacements of its slot's workers for memory, since the group started. */
+  readonly memoryReplacements: number
+}
+
 /** The group, as the primary's supervisor drives it. */
 export interface Group {
   readonly roll: Effect.Effect<void>
@@ -77,6 +110,8 @@ export interface Group {
   readonly resume: Effect.Effect<void>
   /** Every listening socket the group holds, for a successor primary. */
   readonly held: Effect.Effect<ReadonlyArray<Os.Passed>>
+  /** Every worker alive, by slot, then the old ones draining. */
+  readonly workers: Effect.Effect<ReadonlyArray<WorkerStatus>>
 }
 
 const count = countWorkers
@@ -90,6 +125,8 @@ interface Owner {
   readonly loop: Loop.Loop<Pool.State, Pool.Event>
   /** The workers running, by id: read and written by the loop's owner alone. */
   readonly workers: Map<number, Child.Child>
+  /** When each worker running was started (epoch milliseconds), by id: written by the loop's owner alone. */
+  readonly startedAt: Map<number, number>
   readonly fibers: FiberSet.FiberSet
 }
 
@@ -185,6 +222,7 @@ const spawn = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "Spaw
     }
     const worker = started.success
     owner.workers.set(id, worker)
+    owner.startedAt.set(id, yield* Clock.currentTimeMillis)
     yield* count("started")
     yield* owner.given.log("effect-grace: worker started", { slot, worker: worker.pid })
     const ready = worker.ready.pipe(
@@ -282,6 +320,20 @@ const reclaim = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "Re
 const tell = (owner: Owner, id: number, command: Command) =>
   withWorker(owner, id, (worker) => worker.tell({ _tag: "Command", command }))
 
+// The line and the count of a worker replaced for its memory; the machine's next actions start its replacement.
+const replaceForMemory = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "ReplaceForMemory" }>) =>
+  Effect.gen(function* () {
+    const limit = Memory.limitOf(owner.given.settings)
+    const worker = owner.workers.get(action.id)
+    yield* owner.given.log("effect-grace: worker over memory limit", {
+      slot: action.slot,
+      worker: worker?.pid,
+      ...(limit === undefined ? {} : Memory.annotations(action.rss, limit)),
+      ...(action.millis > 0 ? { delayMillis: action.millis } : {})
+    })
+    yield* Memory.countReplacement
+  })
+
 const perform =
   (owner: Owner) =>
   (action: Action): Effect.Effect<void> => {
@@ -327,8 +379,13 @@ const perform =
         return given.rolled({ _tag: "RollDone", workers: pidsOf(owner, action.workers) })
       case "RollStopped":
         return given.rolled({ _tag: "RollStopped", failure: action.failure })
+      case "ReplaceForMemory":
+        return replaceForMemory(owner, action)
       case "Forget":
-        return Effect.sync(() => void owner.workers.delete(action.id))
+        return Effect.sync(() => {
+          owner.workers.delete(action.id)
+          owner.startedAt.delete(action.id)
+        })
     }
   }
 
@@ -350,6 +407,76 @@ const transition =
     return event._tag === "Exited" ? [next, [...actions, { _tag: "Forget", id: event.id }]] : [next, actions]
   }
 
+// The workers that serve, by id, slot and pid.
+const servingWorkers = (owner: Owner, state: Pool.State) =>
+  state.slots.flatMap((slot, index) => {
+    const worker = slot.serving === undefined ? undefined : owner.workers.get(slot.serving)
+    return worker === undefined ? [] : [{ id: slot.serving!, slot: index, pid: worker.pid }]
+  })
+
+// Once first ready, a worker above the limit already fails the start-up: every replacement would start above it.
+const checkFirstSizes = (owner: Owner, limit: Memory.Limit) =>
+  Effect.gen(function* () {
+    for (const { slot, pid } of servingWorkers(owner, yield* owner.loop.state)) {
+      const rss = yield* owner.given.os.rss(pid)
+      if (rss !== undefined && rss > limit.bytes) {
+        return yield* new MemoryLimitTooLow({ slot, pid, rss, limit: limit.bytes })
+      }
+    }
+  })
+
+// Samples the workers that serve, in the group's scope, and tells the machine of those above the limit.
+const watchMemory = (owner: Owner, limit: Memory.Limit) =>
+  Memory.watch<number>({
+    limit,
+    grace: owner.given.settings.maxMemoryGrace,
+    sample: Effect.flatMap(owner.loop.state, (state) =>
+      Effect.forEach(servingWorkers(owner, state), ({ id, pid }) =>
+        Effect.map(owner.given.os.rss(pid), (rss) => ({ key: id, rss }))
+      )
+    ),
+    over: ({ key, rss, sinceStart }) => send(owner, { _tag: "OverMemory", id: key, rss, sinceStart })
+  }).pipe(Scope.provide(owner.scope))
+
+const phaseOf = (state: Pool.State, slot: Pool.Slot, id: number): WorkerPhase =>
+  state.phase === "Stopping" || state.phase === "Stopped"
+    ? "draining"
+    : id === slot.starting
+      ? "starting"
+      : id === slot.probation
+        ? "probation"
+        : state.paused || slot.probation !== undefined
+          ? "paused"
+          : "serving"
+
+// Every worker alive: the state says where each is, the owner's maps its pid and start, the OS its size.
+const statusOf = (owner: Owner) =>
+  Effect.gen(function* () {
+    const state = yield* owner.loop.state
+    const found: Array<{ readonly id: number; readonly slot: Pool.Slot | undefined; readonly index?: number }> = [
+      ...state.slots.flatMap((slot, index) =>
+        [slot.serving, slot.probation, slot.starting].flatMap((id) => (id === undefined ? [] : [{ id, slot, index }]))
+      ),
+      ...state.retiring.map((id) => ({ id, slot: undefined }))
+    ]
+    return yield* Effect.forEach(
+      found.flatMap(({ id, slot, index }) => {
+        const worker = owner.workers.get(id)
+        return worker === undefined ? [] : [{ id, slot, index, pid: worker.pid }]
+      }),
+      ({ id, slot, index, pid }) =>
+        Effect.map(owner.given.os.rss(pid), (rssBytes): WorkerStatus => ({
+          slot: index,
+          pid,
+          phase: slot === undefined ? "draining" : phaseOf(state, slot, id),
+          rssBytes,
+          startedAt: owner.startedAt.get(id) ?? 0,
+          deaths: slot?.died ?? 0,
+          memoryReplacements: slot?.memoryReplacements ?? 0
+        }))
+    )
+  })
+
 // Ready once every slot serves; a worker that failed first fails the start-up.
 const started = (loop: Loop.Loop<Pool.State, Pool.Event>) =>
   Effect.flatMap(
@@ -364,16 +491,20 @@ const started = (loop: Loop.Loop<Pool.State, Pool.Event>) =>
  * one fails first. Closing the scope stops the group: every worker drains and exits (or is killed, if not ready, or
  * once forced), and the scope's closing waits for them.
  */
-export const make = (given: Given): Effect.Effect<Group, Pool.Failure | TooFewWorkers, Scope.Scope> =>
+export const make = (
+  given: Given
+): Effect.Effect<Group, Pool.Failure | TooFewWorkers | MemoryLimitTooLow, Scope.Scope> =>
   Effect.gen(function* () {
     const scope = yield* Effect.scope
     const fibers = yield* FiberSet.make()
     const workers = new Map<number, Child.Child>()
+    const startedAt = new Map<number, number>()
+    let owner: Owner | undefined
     const inherited = yield* adoptInherited(given, scope)
     const rules = rulesOf(given.settings)
     const first = Pool.start(given.settings.workers, inherited, rules.startAtOnce)
     const loop = yield* Loop.make<Pool.State, Pool.Event, Action>(first, (owned) => {
-      const owner: Owner = { given, scope, loop: owned, workers, fibers }
+      owner = { given, scope, loop: owned, workers, startedAt, fibers }
       return {
         name: "workers",
         transition: transition(rules),
@@ -388,10 +519,18 @@ export const make = (given: Given): Effect.Effect<Group, Pool.Failure | TooFewWo
     const forced = given.forced.pipe(Effect.andThen(loop.send({ _tag: "ForceStop" })), Effect.andThen(stopped))
     yield* Effect.addFinalizer(() => Effect.andThen(loop.send({ _tag: "Stop" }), Effect.raceFirst(stopped, forced)))
     yield* started(loop)
+    const limit = Memory.limitOf(given.settings)
+    if (limit !== undefined) {
+      yield* checkFirstSizes(owner!, limit)
+      yield* watchMemory(owner!, limit)
+    }
     return {
       roll: Effect.asVoid(loop.send({ _tag: "Roll" })),
       pause: Effect.asVoid(loop.send({ _tag: "PauseAll" })),
       resume: Effect.asVoid(loop.send({ _tag: "ResumeAll" })),
-      held: Effect.map(loop.state, (state) => state.sockets.flatMap(({ name, fds }) => fds.map((fd) => ({ fd, name }))))
+      held: Effect.map(loop.state, (state) =>
+        state.sockets.flatMap(({ name, fds }) => fds.map((fd) => ({ fd, name })))
+      ),
+      workers: statusOf(owner!)
     }
   })

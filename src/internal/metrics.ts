@@ -16,6 +16,10 @@ export const metrics = {
   workers: Metric.counter("effect-grace.workers", {
     description: "Workers started, ready and exited, by event",
     incremental: true
+  }),
+  memoryReplacements: Metric.counter("effect-grace.memory.replacements", {
+    description: "Workers replaced, or single processes restarted, for staying above the memory limit",
+    incremental: true
   })
 }
 

@@ -126,6 +126,8 @@ export interface Os {
   readonly forceExit: (signal: string) => Effect.Effect<void>
   /** As PID 1 (a container's init), reaps the orphans the kernel hands it, for as long as the scope lives. */
   readonly reapOrphans: Effect.Effect<void, never, Scope.Scope>
+  /** A process's resident set size in bytes (this process's with its own pid); none once it is gone. */
+  readonly rss: (pid: number) => Effect.Effect<number | undefined>
 }
 
 // -----------------------------------------------------------------------------
@@ -368,6 +370,20 @@ export const procStat = (pid: number | string): { readonly state: string; readon
   }
 }
 
+/**
+ * A process's resident set size in bytes, from `VmRSS` in /proc/<pid>/status (kB there, the kernel's own count, as
+ * `ps` and `top` show it, with no page size to find); none once it is gone, or where /proc has no such line (a
+ * zombie, a kernel thread). Elsewhere than Linux, this process's own from Node; another's is unknown.
+ */
+export const residentBytes = (pid: number): number | undefined => {
+  try {
+    const found = /^VmRSS:\s*(\d+)\s*kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+    return found === null ? undefined : Number(found[1]) * 1024
+  } catch {
+    return pid === process.pid && process.platform !== "linux" ? process.memoryUsage.rss() : undefined
+  }
+}
+
 // Exited, not yet reaped: its exit is on its way to this process (SIGCHLD), and Node has not reported it yet.
 const isZombie = (pid: number): boolean => (procStat(pid)?.state ?? "Z") === "Z"
 
@@ -407,7 +423,8 @@ export const live = (): Os => ({
   writePidFile,
   removePidFile,
   forceExit,
-  reapOrphans
+  reapOrphans,
+  rss: (pid) => Effect.sync(() => residentBytes(pid))
 })
 
 /** The operating system the supervisor uses: the real one unless a test provides another. */

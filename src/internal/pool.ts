@@ -31,6 +31,16 @@
  * - A worker that serves and dies is replaced at once; a replacement that dies
  *   before it is ready is started again after a delay that grows 1.5x per
  *   death (as einhorn does), capped.
+ * - Memory: a worker that serves and stays above the memory limit (its owner
+ *   watches, memory.ts, and says so: `OverMemory`) is replaced as a roll
+ *   replaces its slot: a new worker first, and once it is ready the old one
+ *   is paused and drains. One slot at a time, never while a roll runs, nor
+ *   while any slot starts a worker or waits to (a death's replacement, the
+ *   group's probation); what is refused is said again by the watch after
+ *   another grace period. A replacement for a worker that was above the
+ *   limit from its start (its predecessor's replacement, a second time in a
+ *   row) waits as a replacement after a death does: the limit is too low for
+ *   the program, and the slot does not restart in a loop.
  * - The whole group pauses and resumes together, during the primary's own
  *   probation after a full upgrade.
  * - Stop: workers still starting are killed; every other one drains and
@@ -106,6 +116,14 @@ export interface Slot {
   readonly probation: number | undefined
   /** Deaths before ready, in a row: the backoff's count. */
   readonly deaths: number
+  /** Every death of this slot's workers, for the status. */
+  readonly died: number
+  /** The worker of `serving` is being replaced for its memory (its replacement starting, or waiting to). */
+  readonly overMemory: boolean
+  /** Replacements for memory of this slot, for the status. */
+  readonly memoryReplacements: number
+  /** Replacements for memory in a row of workers above the limit from their start: the backoff's count. */
+  readonly memoryStreak: number
 }
 
 /** A slot's sockets lent to a worker of another slot, which accepts on them while the slot has no worker that does. */
@@ -176,6 +194,11 @@ export type Event =
   | { readonly _tag: "BindFailed"; readonly key: string; readonly failure: ListenFailure }
   /** An action failed with `cause` (logged too). */
   | { readonly _tag: "ActionFailed"; readonly action: Action; readonly cause: unknown }
+  /**
+   * The worker `id` has stayed above the memory limit for the grace period, with `rss` bytes now; `sinceStart`: it
+   * has been above the limit since its first sample.
+   */
+  | { readonly _tag: "OverMemory"; readonly id: number; readonly rss: number; readonly sinceStart: boolean }
 
 export type Action =
   | { readonly _tag: "Log"; readonly message: string; readonly annotations: Readonly<Record<string, unknown>> }
@@ -214,6 +237,14 @@ export type Action =
   /** Every slot has rolled: the new workers, by slot. */
   | { readonly _tag: "RollDone"; readonly workers: ReadonlyArray<{ readonly slot: number; readonly id: number }> }
   | { readonly _tag: "RollStopped"; readonly failure: RollFailure }
+  /** The worker `id` of `slot` is replaced for its memory (logged and counted), after `millis` if not 0. */
+  | {
+      readonly _tag: "ReplaceForMemory"
+      readonly slot: number
+      readonly id: number
+      readonly rss: number
+      readonly millis: number
+    }
 
 export type Step = LoopStep<State, Action>
 
@@ -221,7 +252,11 @@ const emptySlot: Slot = {
   serving: undefined,
   starting: undefined,
   probation: undefined,
-  deaths: 0
+  deaths: 0,
+  died: 0,
+  overMemory: false,
+  memoryReplacements: 0,
+  memoryStreak: 0
 }
 
 const log = (message: string, annotations: Record<string, unknown> = {}): Action => ({
@@ -349,7 +384,14 @@ const rolling = (state: State, slot: number): boolean => state.roll?.active.incl
 const replace = (state: State, slot: number, id: number, told: ReadonlyArray<Action>): Step => {
   const s = state.slots[slot]!
   const old = s.serving
-  const next = withSlot(state, slot, { ...s, serving: id, starting: undefined, probation: undefined, deaths: 0 })
+  const next = withSlot(state, slot, {
+    ...s,
+    serving: id,
+    starting: undefined,
+    probation: undefined,
+    deaths: 0,
+    overMemory: false
+  })
   const retiring: State = old === undefined ? next : { ...next, retiring: [...next.retiring, old] }
   // The canary's old worker was paused when its probation began.
   const letGo: ReadonlyArray<Action> =
@@ -377,6 +419,10 @@ const ready = (state: State, id: number, rules: Rules): Step => {
     if (!next.slots.every((x) => x.serving !== undefined)) return startMore(next, rules.startAtOnce)
     const everyone = next.slots.map((x): Action => ({ _tag: "Serving", id: x.serving! }))
     return [{ ...next, phase: "Serving" }, everyone]
+  }
+  // A replacement for memory: the old worker, paused, drains in the background.
+  if (!rolling(state, slot) && s.serving !== undefined) {
+    return replace(state, slot, id, [log("effect-grace: worker serving", { slot }), ...told])
   }
   if (!rolling(state, slot)) {
     // A replacement after a death takes the slot.
@@ -447,11 +493,12 @@ const diedStarting = (state: State, slot: number, gone: Gone, rules: Rules): Ste
   const exited = log("effect-grace: worker exited before it was ready", { slot, ...howGone(gone) })
   const failure = failureOf("ExitedBeforeReady", slot, gone)
   if (rolling(state, slot) && s.serving !== undefined) {
-    return [slotDone(withSlot(state, slot, { ...s, starting: undefined }), slot, failure), [exited]]
+    return [slotDone(withSlot(state, slot, { ...s, starting: undefined, died: s.died + 1 }), slot, failure), [exited]]
   }
   const deaths = s.deaths + 1
   const millis = backoff(rules, deaths)
-  const emptied = withSlot(state, slot, { ...s, starting: undefined, deaths })
+  // A replacement for memory that died is started again after the delay too, the old worker serving meanwhile.
+  const emptied = withSlot(state, slot, { ...s, starting: undefined, deaths, died: s.died + 1 })
   // In a roll (its old worker died meanwhile), the roll stops here too.
   const next = rolling(state, slot) ? slotDone(emptied, slot, failure) : emptied
   return [next, [exited, { _tag: "ScheduleRespawn", slot, millis }]]
@@ -467,10 +514,11 @@ const diedOnProbation = (state: State, slot: number, gone: Gone): Step => {
   })
   if (s.serving === undefined) {
     // The old one has died too: the slot starts afresh.
-    const [next, actions] = spawn(slotDone(withSlot(state, slot, { ...s, probation: undefined }), slot, failure), slot)
+    const emptied = withSlot(state, slot, { ...s, probation: undefined, died: s.died + 1 })
+    const [next, actions] = spawn(slotDone(emptied, slot, failure), slot)
     return [next, [handedBack, ...actions]]
   }
-  const next = slotDone(withSlot(state, slot, { ...s, probation: undefined }), slot, failure)
+  const next = slotDone(withSlot(state, slot, { ...s, probation: undefined, died: s.died + 1 }), slot, failure)
   return [next, [handedBack, { _tag: "Resume", id: s.serving }]]
 }
 
@@ -478,7 +526,8 @@ const diedOnProbation = (state: State, slot: number, gone: Gone): Step => {
 const diedServing = (state: State, slot: number, gone: Gone): Step => {
   const s = state.slots[slot]!
   const died = log("effect-grace: worker died", { slot, ...howGone(gone) })
-  const next = withSlot(state, slot, { ...s, serving: undefined })
+  // One being replaced for its memory is gone already: its replacement takes the slot, or starts at once.
+  const next = withSlot(state, slot, { ...s, serving: undefined, died: s.died + 1, overMemory: false })
   if (s.starting !== undefined || s.probation !== undefined) return [next, [died]]
   const [after, actions] = spawn(next, slot)
   return [after, [died, ...actions]]
@@ -503,17 +552,53 @@ const exited = (state: State, gone: Gone, rules: Rules): Step => {
 
 const respawnDue = (state: State, slot: number): Step => {
   const s = state.slots[slot]
-  if (state.phase !== "Serving" || s === undefined || s.starting !== undefined || s.serving !== undefined) {
+  if (state.phase !== "Serving" || s === undefined || s.starting !== undefined || s.probation !== undefined) {
     return [state, []]
   }
+  if (s.serving !== undefined && !s.overMemory) return [state, []]
+  // A replacement for memory that waited: a roll begun meanwhile replaces the worker itself, and the group's pause
+  // is no time to start one; the watch says so again if the worker is still above the limit.
+  if (s.serving !== undefined && (state.roll !== undefined || state.paused)) {
+    return [withSlot(state, slot, { ...s, overMemory: false }), []]
+  }
   return spawn(state, slot)
+}
+
+// A worker above the memory limit for the grace period is replaced through its slot, as a roll would: one slot at a
+// time, none while a roll runs, while the group is paused, or while any slot starts a worker or waits to.
+const overMemory = (state: State, event: Extract<Event, { readonly _tag: "OverMemory" }>, rules: Rules): Step => {
+  const where = find(state, event.id)
+  const busy =
+    state.phase !== "Serving" ||
+    state.roll !== undefined ||
+    state.paused ||
+    underWay(state) > 0 ||
+    state.slots.some((s) => s.overMemory || (s.serving === undefined && s.starting === undefined))
+  if (busy || where === undefined || where.role !== "serving") return [state, []]
+  const { slot } = where
+  const s = state.slots[slot]!
+  // In a row: this worker was above the limit from its start, as the one it replaced may have been.
+  const memoryStreak = event.sinceStart ? s.memoryStreak + 1 : 1
+  const millis = memoryStreak > 1 ? backoff(rules, memoryStreak - 1) : 0
+  const marked = withSlot(state, slot, {
+    ...s,
+    overMemory: true,
+    memoryReplacements: s.memoryReplacements + 1,
+    memoryStreak
+  })
+  const replacing: Action = { _tag: "ReplaceForMemory", slot, id: event.id, rss: event.rss, millis }
+  if (millis > 0) return [marked, [replacing, { _tag: "ScheduleRespawn", slot, millis }]]
+  const [next, actions] = spawn(marked, slot)
+  return [next, [replacing, ...actions]]
 }
 
 // Begun by `advance`, after this step, as every roll goes on.
 const roll = (state: State): Step => {
   if (state.phase !== "Serving" || state.roll !== undefined || state.paused) return [state, []]
   const pending = state.slots.map((_, slot) => slot)
-  return [{ ...state, roll: { pending, active: [], failure: undefined, tried: false, rolled: [] } }, []]
+  // The roll replaces every worker: a replacement for memory waiting to start is given up.
+  const slots = state.slots.map((s) => (s.overMemory && s.starting === undefined ? { ...s, overMemory: false } : s))
+  return [{ ...state, slots, roll: { pending, active: [], failure: undefined, tried: false, rolled: [] } }, []]
 }
 
 const each = (state: State, tag: "Pause" | "Resume"): ReadonlyArray<Action> =>
@@ -704,5 +789,7 @@ const step = (state: State, event: Event, rules: Rules): Step => {
       return bindFailed(state, event)
     case "ActionFailed":
       return actionFailed(state, event.action, event.cause, rules)
+    case "OverMemory":
+      return overMemory(state, event, rules)
   }
 }

@@ -68,7 +68,14 @@ const makeGroup = (supervision: Supervision, workers: number, held: (group: Grou
       os,
       keyring,
       env: workerEnv(supervision),
-      settings: { workers, surge: settings.surge, probation: settings.probation, readyTimeout: settings.readyTimeout },
+      settings: {
+        workers,
+        surge: settings.surge,
+        probation: settings.probation,
+        readyTimeout: settings.readyTimeout,
+        maxMemory: settings.maxMemory,
+        maxMemoryGrace: settings.maxMemoryGrace
+      },
       inherited: yield* listeners.unclaimed,
       // A primary binds with the native calls (its workers need them): its listeners always have their fd.
       listen: (spec) =>
@@ -87,7 +94,11 @@ const makeGroup = (supervision: Supervision, workers: number, held: (group: Grou
       forced: Interpreter.forced(supervision),
       log: (message, annotations) => log(supervision, message, annotations),
       annotations: supervision.role.annotations
-    }).pipe(Effect.mapError((error) => (error._tag === "TooFewWorkers" ? error : startupFailure(error))))
+    }).pipe(
+      Effect.mapError((error) =>
+        error._tag === "TooFewWorkers" || error._tag === "MemoryLimitTooLow" ? error : startupFailure(error)
+      )
+    )
     yield* supervision.gate.gate.register({ pause: group.pause, resume: group.resume })
     held(group)
   })
@@ -147,7 +158,7 @@ export const make = (
     passedOn: (supervision) => Effect.flatMap(built(group), (made) => passedOn(supervision, made)),
     roll: Effect.suspend(() => Effect.flatMap(built(group), (made) => made.roll)),
     reload: (upgrade) => (upgrade ? "upgrade" : "roll"),
-    workers: () => Effect.succeed([]), // WIRE: group.workers after the memory branch lands
+    workers: () => Effect.suspend(() => (group === undefined ? Effect.succeed([]) : group.workers)),
     worker: Option.none()
   }
 }

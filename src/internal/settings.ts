@@ -59,6 +59,14 @@ export interface Options {
    * permissions: only the peer check guards it. Unset: none.
    */
   readonly control?: string | undefined
+  /**
+   * A memory limit: a worker whose resident set size stays above it for `maxMemoryGrace` is replaced as a roll
+   * replaces its slot (the new worker first); a single process restarts itself. Bytes, or a string with a unit
+   * (`"512MiB"`, `"1.5GiB"`, `"800MB"`, `"1G"`). Unset: no limit.
+   */
+  readonly maxMemory?: number | string | undefined
+  /** How long the resident set size must stay above `maxMemory` before the process is replaced. Default 10 seconds. */
+  readonly maxMemoryGrace?: Duration.Input | undefined
 }
 
 /** The options' defaults from the environment. */
@@ -71,6 +79,8 @@ export const config: Config.Config<{
   readonly workers: Option.Option<number | "auto">
   readonly surge: Option.Option<number>
   readonly control: Option.Option<string>
+  readonly maxMemory: Option.Option<number>
+  readonly maxMemoryGrace: Option.Option<Duration.Duration>
 }> = Config.all({
   readyTimeout: Variables.duration("GRACE_READY_TIMEOUT"),
   shutdownDelay: Variables.duration("GRACE_SHUTDOWN_DELAY"),
@@ -79,7 +89,9 @@ export const config: Config.Config<{
   probation: Variables.duration("GRACE_PROBATION"),
   workers: Variables.workers("GRACE_WORKERS"),
   surge: Variables.count("GRACE_SURGE"),
-  control: Config.option(Config.String("GRACE_CONTROL"))
+  control: Config.option(Config.String("GRACE_CONTROL")),
+  maxMemory: Variables.size("GRACE_MAX_MEMORY"),
+  maxMemoryGrace: Variables.duration("GRACE_MAX_MEMORY_GRACE")
 })
 
 /** Whether a window or a delay is on: more than no time at all. */
@@ -99,6 +111,9 @@ export interface Settings {
   readonly surge: number
   /** The control socket's address: a path, resolved, or `@name`; none if unset. */
   readonly control: string | undefined
+  /** The memory limit in bytes; none without one. */
+  readonly maxMemory: number | undefined
+  readonly maxMemoryGrace: Duration.Duration
 }
 
 // A count given in the options is checked as the environment's is.
@@ -115,6 +130,19 @@ const durationOf = (name: string, given: Duration.Input) => {
   return Option.isSome(parsed)
     ? Effect.succeed(parsed.value)
     : refuse(`${name}: ${JSON.stringify(given)} is not a duration; use ${Variables.DURATION_SYNTAX}`)
+}
+
+// A size given in the options: a number of bytes, or a string as the environment's.
+const sizeOf = (name: string, given: number | string) => {
+  const parsed =
+    typeof given === "string"
+      ? Variables.parseSize(given)
+      : Number.isSafeInteger(given) && given > 0
+        ? Option.some(given)
+        : Option.none()
+  return Option.isSome(parsed)
+    ? Effect.succeed(parsed.value)
+    : refuse(`${name}: ${JSON.stringify(given)} is not a size; use ${Variables.SIZE_SYNTAX}`)
 }
 
 const compileCacheOf = (options: Options, configured: Option.Option<string>): boolean | string =>
@@ -146,6 +174,11 @@ export const make = (options: Options): Effect.Effect<Settings, Config.ConfigErr
       control: control === undefined || control.startsWith("@") ? control : resolve(control),
       restartSignals: options.restartSignals ?? ["SIGUSR2"],
       probation: yield* duration("probation", configured.probation, Duration.seconds(5)),
-      compileCache: compileCacheOf(options, configured.compileCache)
+      compileCache: compileCacheOf(options, configured.compileCache),
+      maxMemory:
+        options.maxMemory === undefined
+          ? Option.getOrUndefined(configured.maxMemory)
+          : yield* sizeOf("maxMemory", options.maxMemory),
+      maxMemoryGrace: yield* duration("maxMemoryGrace", configured.maxMemoryGrace, Duration.seconds(10))
     }
   })

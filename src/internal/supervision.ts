@@ -30,6 +30,7 @@ import type {
   SpawnFailed
 } from "./errors.ts"
 import type * as Gate from "./gate.ts"
+import type * as Group from "./group.ts"
 import type * as Loop from "./loop.ts"
 import type * as Machine from "./machine.ts"
 import type * as Os from "./os.ts"
@@ -86,21 +87,6 @@ export interface Notifier {
   readonly stopping: Effect.Effect<void, unknown>
   readonly status: (text: string) => Effect.Effect<void, unknown>
   readonly mainPid: (pid: number, options?: { readonly ready?: boolean | undefined }) => Effect.Effect<void, unknown>
-}
-
-/** A worker, as `status` reports it. */
-export interface WorkerReport {
-  readonly slot: number
-  readonly pid: number
-  /** What it does now: starting, serving, probation, paused, retiring (drains, replaced). */
-  readonly phase: string
-  readonly rssBytes: number | undefined
-  /** When it was started, in epoch milliseconds. */
-  readonly startedAt: number
-  /** How many workers of its slot died since the group started. */
-  readonly deaths: number
-  /** How many workers of its slot were replaced for their memory. */
-  readonly memoryReplacements: number
 }
 
 /** A line this process logged, as the control socket's progress lines repeat it. */
@@ -168,7 +154,7 @@ export interface Role {
    */
   readonly reload: ((upgrade: boolean) => Machine.Kind) | undefined
   /** A primary's workers, as `status` reports them; none elsewhere. */
-  readonly workers: (supervision: Supervision) => Effect.Effect<ReadonlyArray<WorkerReport>>
+  readonly workers: (supervision: Supervision) => Effect.Effect<ReadonlyArray<Group.WorkerStatus>>
   readonly worker: Option.Option<WorkerInfo>
 }
 

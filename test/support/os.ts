@@ -137,6 +137,8 @@ export const make = (
     const pidFile: Array<string> = []
     const forced: Array<string> = []
     const flushed: Array<string> = []
+    /** The resident set size of each process, by pid, as a test sets it: none is unknown (gone). */
+    const rss = new Map<number, number>()
     /** Fds the parent (a primary) has sent this process, a worker, in order. */
     const parentFds: Array<number> = []
     const [parentEnd, ownEnd] = yield* channelPair
@@ -189,7 +191,8 @@ export const make = (
       writePidFile: (path) => Effect.sync(() => void pidFile.push(`write ${path}`)),
       removePidFile: (path) => Effect.sync(() => void pidFile.push(`remove ${path}`)),
       forceExit: (signal) => Effect.sync(() => void forced.push(signal)),
-      reapOrphans: Effect.void
+      reapOrphans: Effect.void,
+      rss: (pid) => Effect.sync(() => rss.get(pid))
     }
     return {
       os,
@@ -203,6 +206,7 @@ export const make = (
       pidFile,
       forced,
       flushed,
-      parentFds
+      parentFds,
+      rss
     }
   })
