@@ -310,9 +310,11 @@ describe("control socket: one process", () => {
         env: { GRACE_NATIVE: "off", GRACE_CONTROL: "@effect-grace-test" }
       })
       assert.deepStrictEqual(yield* program.exited(), { code: 1, signal: null })
+      const lines = program.lines.filter((line) => line.includes("cannot start"))
+      assert.lengthOf(lines, 1, program.lines.join("\n"))
       assert.match(
-        program.errors.join("\n"),
-        /the control socket \(GRACE_CONTROL\) cannot be opened: @effect-grace-test is an abstract name/
+        (JSON.parse(lines[0]!) as { readonly message: string }).message,
+        /^effect-grace: cannot start: the control socket \(GRACE_CONTROL\) cannot be opened: @effect-grace-test is an abstract name, which has no permissions/
       )
     })
   )
