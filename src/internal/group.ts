@@ -225,13 +225,17 @@ const spawn = (owner: Owner, action: Extract<Pool.Action, { readonly _tag: "Spaw
     owner.startedAt.set(id, yield* Clock.currentTimeMillis)
     yield* count("started")
     yield* owner.given.log("effect-grace: worker started", { slot, worker: worker.pid })
+    const spawned = owner.startedAt.get(id)!
+    const isReady = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      owner.given.log("effect-grace: worker ready", { slot, worker: worker.pid, millis: now - spawned })
+    )
     const ready = worker.ready.pipe(
       Effect.timeout(settings.readyTimeout),
       Effect.withSpan("effect-grace.worker.start", {
         attributes: { "effect-grace.slot": slot, "effect-grace.worker.pid": worker.pid }
       }),
       Effect.matchEffect({
-        onSuccess: () => Effect.andThen(count("ready"), send(owner, { _tag: "Ready", id })),
+        onSuccess: () => Effect.all([count("ready"), isReady, send(owner, { _tag: "Ready", id })]),
         // Exited first: its exit is the event. Not ready in time: killed, and its exit follows.
         onFailure: (error) => ("pid" in error ? Effect.void : worker.kill)
       })
@@ -354,7 +358,15 @@ const perform =
       case "Serving":
         return tell(owner, action.id, "serving")
       case "StartProbation":
-        return later(owner, Duration.toMillis(given.settings.probation), { _tag: "ProbationOver", id: action.id })
+        return Effect.andThen(
+          withWorker(owner, action.id, (w) =>
+            given.log("effect-grace: canary on probation", {
+              worker: w.pid,
+              probationMillis: Duration.toMillis(given.settings.probation)
+            })
+          ),
+          later(owner, Duration.toMillis(given.settings.probation), { _tag: "ProbationOver", id: action.id })
+        )
       case "ScheduleRespawn":
         return Effect.andThen(
           given.log("effect-grace: starting the worker again after a delay", {
