@@ -253,7 +253,7 @@ type Json = Record<string, unknown>
 
 const isObject = (value: unknown): value is Json => typeof value === "object" && value !== null && !Array.isArray(value)
 
-/** `812 ms`, `6.1 s`, `2m 5s`, `3h 12m`, `4d 2h`. */
+/** `812 ms`, `6.1 s`, `2m`, `2m 5s`, `3h 12m`, `4d 2h`. */
 export const formatMillis = (millis: number): string => {
   if (!Number.isFinite(millis)) return "?"
   if (millis < 1000) return `${Math.round(millis)} ms`
@@ -263,7 +263,8 @@ export const formatMillis = (millis: number): string => {
   const days = Math.floor(hours / 24)
   if (days > 0) return `${days}d ${hours % 24}h`
   if (hours > 0) return `${hours}h ${minutes % 60}m`
-  return `${minutes}m ${Math.floor(millis / 1000) % 60}s`
+  const seconds = Math.floor(millis / 1000) % 60
+  return seconds === 0 ? `${minutes}m` : `${minutes}m ${seconds}s`
 }
 
 const formatValue = (value: unknown): string =>
