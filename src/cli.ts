@@ -512,11 +512,11 @@ export const request = (run: Extract<Invocation, { _tag: "Run" }>, output: Outpu
     })
     socket.on("data", (chunk: string) => {
       buffered += chunk
-      let newline = buffered.indexOf("\n")
-      while (newline >= 0 && !settled) {
-        take(buffered.slice(0, newline))
+      for (let newline = buffered.indexOf("\n"); newline >= 0; newline = buffered.indexOf("\n")) {
+        const line = buffered.slice(0, newline)
         buffered = buffered.slice(newline + 1)
-        newline = buffered.indexOf("\n")
+        take(line)
+        if (settled) return
       }
       if (buffered.length > MAX_LINE_BYTES) settle(notProtocol(run.verb, buffered))
     })

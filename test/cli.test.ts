@@ -249,6 +249,35 @@ describe("effect-grace reload", () => {
     })
   )
 
+  it.live("a refusal written and closed at once, before the request is read, still reaches the command", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const path = Path.join(dir, "control.sock")
+      const refusal = { ok: false, error: { _tag: "PeerRefused", message: "uid 1001 may not control this service" } }
+      const sockets = new Set<Net.Socket>()
+      const server = Net.createServer((socket) => {
+        sockets.add(socket)
+        socket.on("error", () => {})
+        socket.end(JSON.stringify(refusal) + "\n")
+      })
+      yield* Effect.acquireRelease(
+        Effect.callback<void>((resume) => {
+          server.listen(path, () => resume(Effect.void))
+        }),
+        () =>
+          Effect.callback<void>((resume) => {
+            for (const socket of sockets) socket.destroy()
+            server.close(() => resume(Effect.void))
+          })
+      )
+      const result = yield* run(["reload", "--control", path])
+      assert.strictEqual(result.code, 2, JSON.stringify(result))
+      assert.deepStrictEqual(result.err, [
+        "effect-grace reload: refused: PeerRefused: uid 1001 may not control this service"
+      ])
+    })
+  )
+
   it.live("a service that cannot be reached exits 2 with one line that says what to check", () =>
     Effect.gen(function* () {
       const dir = yield* tempDir
