@@ -5,29 +5,12 @@
 import * as ByteSize from "effect/ByteSize"
 import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
-import * as Duration from "effect/Duration"
+import type * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
+import { DURATION_SYNTAX, parseDuration } from "./duration.ts"
 
-const goUnits: Readonly<Record<string, number>> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 }
-const goTerm = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/g
-
-/**
- * A duration in Go's syntax (`30s`, `1m30s`, `250ms`: what systemd, Kubernetes and Go tools write), in Effect's
- * (`30 seconds`, `500 millis`), or a bare `0`: no time at all, whatever its unit, the way to turn a window off.
- */
-export const parseDuration = (input: string): Option.Option<Duration.Duration> => {
-  const raw = input.trim()
-  if (raw === "0") return Option.some(Duration.zero)
-  if (/^(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$/.test(raw)) {
-    let nanos = 0
-    for (const [, value, unit] of raw.matchAll(goTerm)) nanos += Number(value) * goUnits[unit!]!
-    return Option.some(Duration.nanos(BigInt(Math.round(nanos))))
-  }
-  return Duration.fromInput(raw as Duration.Input)
-}
-
-/** What a duration is written as, for the line that refuses one. */
-export const DURATION_SYNTAX = `Go's syntax ("30s", "1m30s", "500ms") or Effect's ("30 seconds")`
+// Parsed in their own module, which the `effect-grace` command loads without `Config`.
+export { DURATION_SYNTAX, parseDuration } from "./duration.ts"
 
 /** An optional duration (`parseDuration`). */
 export const duration = (name: string): Config.Config<Option.Option<Duration.Duration>> =>

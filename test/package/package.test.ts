@@ -9,7 +9,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawnSync } from "node:child_process"
 import type { ExecFileSyncOptions } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -174,8 +174,9 @@ describe.each(versions)("the packed package on Node %s", (major) => {
   it("every module of the package is exported, with its types, and nothing internal", () => {
     const installed = Path.join(p.dir, "node_modules", "effect-grace")
     const manifest = JSON.parse(Fs.readFileSync(Path.join(installed, "package.json"), "utf8"))
+    // cli.js is the `effect-grace` command (the package's bin), not a module.
     const modules = Fs.readdirSync(Path.join(installed, "dist"))
-      .filter((file) => file.endsWith(".js") && file !== "index.js")
+      .filter((file) => file.endsWith(".js") && file !== "index.js" && file !== "cli.js")
       .map((file) => `./${file.slice(0, -3)}`)
     assert.isAbove(modules.length, 0)
     for (const name of modules) {
@@ -189,6 +190,19 @@ describe.each(versions)("the packed package on Node %s", (major) => {
       [".", "./package.json", "./internal/*", ...modules].toSorted()
     )
     assert.isNull(manifest.exports["./internal/*"])
+  })
+
+  it("the effect-grace command runs from the package's bin: help, and one line and exit code 2 without a service", () => {
+    const help = run("npx", ["--no-install", "effect-grace", "--help"], { cwd: p.dir })
+    assert.match(help, /^Usage: effect-grace <command>/)
+    assert.match(help, /Examples:/)
+    const missing = spawnSync("npx", ["--no-install", "effect-grace", "status", "--control", "/nonexistent"], {
+      cwd: p.dir,
+      encoding: "utf8"
+    })
+    assert.strictEqual(missing.status, 2, missing.stderr)
+    assert.strictEqual(missing.stdout, "")
+    assert.match(missing.stderr, /^effect-grace status: cannot reach the service \(ENOENT\): [^\n]*\n$/)
   })
 
   it("publint and arethetypeswrong pass", () => {
