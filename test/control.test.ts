@@ -16,11 +16,11 @@ import * as Net from "node:net"
 import { dirname, join } from "node:path"
 import * as Control from "../src/internal/control.ts"
 import * as Sys from "../src/internal/sys.ts"
-import { bothLoads, groupReady, startSingle, startWorkers, waitForLog } from "./support/fixture.ts"
+import { bothLoads, groupReady, killTaggedOnClose, startSingle, startWorkers, waitForLog } from "./support/fixture.ts"
 import { tempDir } from "./support/fs.ts"
 import { answeredBy } from "./support/http.ts"
 import { exchange, freePort } from "./support/net.ts"
-import { eventually, isAlive, nodePath, spawnFixture } from "./support/process.ts"
+import { eventually, isAlive, nodePath, spawnFixture, spawnProcess } from "./support/process.ts"
 
 type Line = Record<string, unknown> & { readonly ok?: boolean; readonly progress?: string; readonly error?: Failure }
 
@@ -358,6 +358,120 @@ describe("control socket: workers", () => {
         const after = yield* statusOf(path)
         assert.strictEqual(after.pid, upgraded.pid)
         assert.lengthOf(after.workers, 2)
+        yield* load.more(20)
+        assert.deepStrictEqual(load.failures(), [])
+      }),
+    60_000
+  )
+})
+
+// -----------------------------------------------------------------------------
+// The effect-grace command, against the real service
+// -----------------------------------------------------------------------------
+
+const cli = new URL("../src/cli.ts", import.meta.url).pathname
+const demo = new URL("../examples/demo.ts", import.meta.url).pathname
+
+/** Runs `effect-grace` to its end: its exit code and output lines. */
+const command = (args: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const program = yield* spawnProcess(nodePath, [cli, ...args], { env: { GRACE_CONTROL: undefined } })
+    const { code } = yield* program.closed("60 seconds")
+    return { code, out: program.lines, err: program.errors }
+  }).pipe(Effect.scoped)
+
+interface StatusJson {
+  readonly pid: number
+  readonly workers: ReadonlyArray<{ readonly slot: number; readonly pid: number; readonly phase: string }>
+}
+
+const statusJson = (path: string) =>
+  Effect.map(command(["status", "--json", "--control", path]), ({ code, out }) => {
+    assert.strictEqual(code, 0)
+    assert.lengthOf(out, 1)
+    return JSON.parse(out[0]!) as StatusJson
+  })
+
+/** Waits, bounded, until `status --json` answers with `workers` workers that serve. */
+const servingWith = (path: string, workers: number) =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + 20_000
+    while (true) {
+      const { code, out } = yield* command(["status", "--json", "--control", path])
+      const status = code === 0 ? (JSON.parse(out[0]!) as StatusJson) : undefined
+      if (status?.workers.filter((w) => w.phase === "serving").length === workers) return status
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`no status with ${workers} workers within 20 s`))
+      yield* Effect.sleep("100 millis")
+    }
+  })
+
+describe("the effect-grace command, against the real service", () => {
+  it.live(
+    "the demo with 2 workers: status --json names every worker; reload and reload --upgrade exit 0 with the pids that serve; 0 failed",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const path = join(dir, "control.sock")
+        const ports = [yield* freePort(), yield* freePort(), yield* freePort()]
+        const marker = `--a2=127.0.0.1:${ports[2]}`
+        yield* killTaggedOnClose(marker)
+        yield* spawnProcess(nodePath, [demo, `--a0=127.0.0.1:${ports[0]}`, `--a1=127.0.0.1:${ports[1]}`, marker], {
+          env: { GRACE_WORKERS: "2", GRACE_CONTROL: path, GRACE_PROBATION: "500ms" }
+        })
+        const first = yield* servingWith(path, 2)
+        assert.deepStrictEqual(
+          first.workers.map((w) => [w.slot, w.phase]),
+          [
+            [0, "serving"],
+            [1, "serving"]
+          ]
+        )
+        const load = yield* bothLoads(`http://127.0.0.1:${ports[0]}/sleep/?duration=0s`)
+        yield* load.more(20)
+
+        const rolled = yield* command(["reload", "--control", path])
+        assert.strictEqual(rolled.code, 0, rolled.err.join("\n"))
+        const after = yield* statusJson(path)
+        assert.strictEqual(
+          rolled.out.at(-1),
+          `reloaded: roll, pid ${first.pid} serves with workers ${after.workers.map((w) => `${w.slot}:${w.pid}`).join(" ")} (${rolled.out.at(-1)!.match(/\(([^)]+)\)$/)![1]})`
+        )
+        for (const worker of after.workers)
+          assert.notInclude(
+            first.workers.map((w) => w.pid),
+            worker.pid
+          )
+
+        const upgraded = yield* command(["reload", "--upgrade", "--control", path])
+        assert.strictEqual(upgraded.code, 0, upgraded.err.join("\n"))
+        const serving = Number(upgraded.out.at(-1)!.match(/^reloaded: upgrade, pid (\d+) serves/)![1])
+        assert.notStrictEqual(serving, first.pid)
+        assert.strictEqual((yield* statusJson(path)).pid, serving)
+        yield* load.more(20)
+        assert.deepStrictEqual(load.failures(), [])
+      }),
+    90_000
+  )
+
+  it.live(
+    "reload exits 1 naming the reason when the new code throws at start-up; the old process serves on",
+    () =>
+      Effect.gen(function* () {
+        const { path, first, load, mode } = yield* single()
+        mode("crash")
+        const failed = yield* command(["reload", "--control", path])
+        assert.strictEqual(failed.code, 1)
+        assert.match(
+          failed.err.at(-1)!,
+          /^reload failed: ExitedBeforeReady: the successor \(pid \d+\) exited with code 1/
+        )
+        assert.strictEqual((yield* statusJson(path)).pid, first.pid)
+        mode("ok")
+        const [one, two] = yield* Effect.all(
+          [command(["reload", "--control", path]), command(["reload", "--control", path])],
+          { concurrency: 2 }
+        )
+        assert.deepStrictEqual([one.code, two.code], [0, 0], [...one.err, ...two.err].join("\n"))
         yield* load.more(20)
         assert.deepStrictEqual(load.failures(), [])
       }),
