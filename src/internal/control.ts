@@ -444,7 +444,7 @@ export const make = (supervision: Supervision, address: string): Effect.Effect<C
       return yield* new LaunchError({ problem: "ControlUnavailable", detail })
     }
     const listener = yield* supervision.listeners
-      .listen({ address, name: CONTROL_NAME, backlog: 128, mode: 0o600 })
+      .listen({ address, name: CONTROL_NAME, backlog: 511, mode: 0o600 })
       .pipe(Effect.mapError((e) => new LaunchError({ problem: "ControlUnavailable", detail: describe(e.reason) })))
     const fibers = yield* FiberSet.make<void, never>()
     const run = yield* FiberSet.runtime(fibers)<never>()
