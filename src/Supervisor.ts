@@ -195,7 +195,8 @@ export type Options = Settings.Options
  * `GRACE_SHUTDOWN_DELAY` and `GRACE_PROBATION` (durations such as
  * `30 seconds`), `GRACE_PID_FILE`, `GRACE_COMPILE_CACHE` (`off`, or a
  * directory), `GRACE_WORKERS` (a count, or `auto`), `GRACE_SURGE`,
- * `GRACE_MAX_MEMORY` (a size such as `512MiB`) and `GRACE_MAX_MEMORY_GRACE`.
+ * `GRACE_MAX_MEMORY` (a size such as `512MiB`), `GRACE_MAX_MEMORY_GRACE`
+ * and `GRACE_CONTROL` (the control socket's path).
  * Values given in `Options` win.
  *
  * @since 0.1.0
@@ -251,7 +252,8 @@ export class Supervisor extends Context.Service<
  * spawning a successor to its being ready; and, in a primary,
  * `effect-grace.workers`, its workers' events by `event` (`started`, `ready`,
  * `exited`); `effect-grace.memory.replacements`, the workers replaced (or
- * single processes restarted) for staying above the memory limit. Each attempt is also a span, `effect-grace.restart`, with
+ * single processes restarted) for staying above the memory limit. Each
+ * attempt is also a span, `effect-grace.restart`, with
  * `effect-grace.outcome` and, once spawned, `effect-grace.successor.pid`; the
  * work of a restart that goes ahead (spawn, wait for ready) is the span
  * `effect-grace.restart.successor`, and each worker's start the span
@@ -269,15 +271,8 @@ export const metrics: typeof Metrics.metrics = Metrics.metrics
 
 type Provided = Listeners.Listeners | Supervisor | Health.Health
 
-type Failures<E> =
-  | E
-  | ListenFds.ListenFdsError
-  | Notify.NotifyError
-  | Config.ConfigError
-  | LaunchError
-  | WorkerFailed
-  | TooFewWorkers
-  | MemoryLimitTooLow
+type Launch = ListenFds.ListenFdsError | Notify.NotifyError | Config.ConfigError | LaunchError
+type Failures<E> = E | Launch | WorkerFailed | TooFewWorkers | MemoryLimitTooLow
 
 const serviceOf = (supervision: Supervision.Supervision): Supervisor["Service"] =>
   Supervisor.of({

@@ -17,6 +17,19 @@ const node = new URL("../node_modules/node/bin/node", import.meta.url).pathname
 /** What the fake service does with a connection, given the request line. */
 type Answer = (request: string, socket: Net.Socket) => void
 
+/** `server` listening on `path` until the scope closes, which closes it and its connections (`sockets`). */
+const listening = (server: Net.Server, path: string, sockets: Set<Net.Socket>) =>
+  Effect.acquireRelease(
+    Effect.callback<void>((resume) => {
+      server.listen(path, () => resume(Effect.void))
+    }),
+    () =>
+      Effect.callback<void>((resume) => {
+        for (const socket of sockets) socket.destroy()
+        server.close(() => resume(Effect.void))
+      })
+  )
+
 /** A fake service on a unix socket in a temporary folder; closed, its connections too, with the scope. */
 const fakeService = (answer: Answer): Effect.Effect<{ path: string; requests: Array<string> }, never, Scope.Scope> =>
   Effect.gen(function* () {
@@ -39,16 +52,7 @@ const fakeService = (answer: Answer): Effect.Effect<{ path: string; requests: Ar
         answer(request, socket)
       })
     })
-    yield* Effect.acquireRelease(
-      Effect.callback<void>((resume) => {
-        server.listen(path, () => resume(Effect.void))
-      }),
-      () =>
-        Effect.callback<void>((resume) => {
-          for (const socket of sockets) socket.destroy()
-          server.close(() => resume(Effect.void))
-        })
-    )
+    yield* listening(server, path, sockets)
     return { path, requests }
   })
 
@@ -260,16 +264,7 @@ describe("effect-grace reload", () => {
         socket.on("error", () => {})
         socket.end(JSON.stringify(refusal) + "\n")
       })
-      yield* Effect.acquireRelease(
-        Effect.callback<void>((resume) => {
-          server.listen(path, () => resume(Effect.void))
-        }),
-        () =>
-          Effect.callback<void>((resume) => {
-            for (const socket of sockets) socket.destroy()
-            server.close(() => resume(Effect.void))
-          })
-      )
+      yield* listening(server, path, sockets)
       const result = yield* run(["reload", "--control", path])
       assert.strictEqual(result.code, 2, JSON.stringify(result))
       assert.deepStrictEqual(result.err, [

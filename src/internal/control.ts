@@ -23,6 +23,7 @@
  *   when the one that covers it ends), a `stop` the termination `SIGTERM`
  *   asks for.
  */
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -122,23 +123,25 @@ const end = (socket: Net.Socket, answer: Answer): Effect.Effect<void> =>
 
 type Read = { readonly _tag: "Line"; readonly line: string } | { readonly _tag: "Bad"; readonly message: string }
 
-// The request line: up to the first newline (or the end, from a client that half-closes without one).
+// The request line: up to the first newline (or the end, from a client that half-closes without one), in bytes.
 const readLine = (socket: Net.Socket): Effect.Effect<Read | undefined> =>
   Effect.callback<Read | undefined>((resume) => {
-    let buffered = ""
+    let buffered = Buffer.alloc(0)
     const finish = (read: Read | undefined) => {
       cleanup()
       socket.pause()
       resume(Effect.succeed(read))
     }
+    const line = (end: number): Read => ({ _tag: "Line", line: buffered.subarray(0, end).toString("utf8") })
     const onData = (chunk: Buffer) => {
-      buffered += chunk.toString("utf8")
-      const newline = buffered.indexOf("\n")
-      if (newline >= 0 && newline <= MAX_REQUEST) return finish({ _tag: "Line", line: buffered.slice(0, newline) })
-      if (buffered.length > MAX_REQUEST)
+      buffered = Buffer.concat([buffered, chunk])
+      const newline = buffered.indexOf(0x0a)
+      if (newline >= 0 && newline <= MAX_REQUEST) return finish(line(newline))
+      if (buffered.length > MAX_REQUEST) {
         finish({ _tag: "Bad", message: `a request is one line of at most ${MAX_REQUEST} bytes` })
+      }
     }
-    const onEnd = () => finish(buffered.trim().length > 0 ? { _tag: "Line", line: buffered } : undefined)
+    const onEnd = () => finish(buffered.toString("utf8").trim().length > 0 ? line(buffered.length) : undefined)
     const onClose = () => finish(undefined)
     const onTimeout = () => finish({ _tag: "Bad", message: `no request within ${REQUEST_TIMEOUT / 1000} seconds` })
     const cleanup = () => {
@@ -406,7 +409,19 @@ const serveConnection = (
     if (Result.isFailure(request)) return yield* end(socket, error("BadRequest", request.failure))
     asked(socket)
     yield* end(socket, yield* answer(supervision, socket, request.success))
-  })
+  }).pipe(
+    // A defect here is the library's: said once, and the client told; the service serves on.
+    Effect.catchCause((cause) =>
+      Cause.hasInterruptsOnly(cause)
+        ? Effect.sync(() => void socket.destroy())
+        : Effect.andThen(
+            Effect.logWarning("effect-grace: a control request failed", cause).pipe(
+              Effect.annotateLogs(supervision.role.annotations)
+            ),
+            end(socket, error("Internal", "the request failed inside the service (its log says why)"))
+          )
+    )
+  )
 
 // -----------------------------------------------------------------------------
 // The socket
