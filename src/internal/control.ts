@@ -132,7 +132,7 @@ const readLine = (socket: Net.Socket): Effect.Effect<Read | undefined> =>
       socket.pause()
       resume(Effect.succeed(read))
     }
-    const line = (end: number): Read => ({ _tag: "Line", line: buffered.subarray(0, end).toString("utf8") })
+    const line = (length: number): Read => ({ _tag: "Line", line: buffered.subarray(0, length).toString("utf8") })
     const onData = (chunk: Buffer) => {
       buffered = Buffer.concat([buffered, chunk])
       const newline = buffered.indexOf(0x0a)
