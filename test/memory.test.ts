@@ -160,7 +160,7 @@ describe("a memory limit, with real processes", () => {
         yield* load.more(20)
         const from = fixture.lines.length
         assert.strictEqual(pidOf(yield* get(`${url}grow?mb=${GROWTH_MB}`)), first.pid)
-        const over = yield* waitForLog(fixture, from, "effect-grace: worker over memory limit", { pid: first.pid })
+        const over = yield* waitForLog(fixture, from, "effect-grace: over memory limit; restarting", { pid: first.pid })
         assert.isAbove(Number(over.annotations.rss), LIMIT_BYTES)
         const successor = yield* waitForLogWhere(
           fixture,
@@ -174,7 +174,9 @@ describe("a memory limit, with real processes", () => {
         assert.deepStrictEqual([...new Set(load.pids(mark))], [successor.annotations.pid])
         yield* load.stop
         assert.deepStrictEqual(load.failures(), [])
-        const restarts = logsOf(fixture, from).filter((log) => log.message === "effect-grace: worker over memory limit")
+        const restarts = logsOf(fixture, from).filter(
+          (log) => log.message === "effect-grace: over memory limit; restarting"
+        )
         assert.strictEqual(restarts.length, 1)
       }),
     { timeout: 60_000 }

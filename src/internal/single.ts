@@ -48,7 +48,7 @@ const mayRestart = (supervision: Supervision) =>
 const overLimit = (supervision: Supervision, limit: Memory.Limit, failures: { count: number }, rss: number) =>
   Effect.gen(function* () {
     if (!(yield* mayRestart(supervision))) return
-    yield* log(supervision, "effect-grace: worker over memory limit", Memory.annotations(rss, limit))
+    yield* log(supervision, "effect-grace: over memory limit; restarting", Memory.annotations(rss, limit))
     yield* Memory.countReplacement
     const restarted = yield* Effect.result(Requests.requestRestart(supervision, "memory", "upgrade"))
     if (restarted._tag === "Success") return
