@@ -274,7 +274,11 @@ describe("control socket: one process", () => {
                 answer(lines).ok === true && lines.length === 1 ? "answered" : JSON.stringify(lines)
               ),
               Effect.catch((error) =>
-                Effect.succeed((error as NodeJS.ErrnoException).code === "EAGAIN" ? "refused" : String(error))
+                Effect.succeed(
+                  ["EAGAIN", "ECONNRESET", "EPIPE"].includes((error as NodeJS.ErrnoException).code ?? "")
+                    ? "refused"
+                    : String(error)
+                )
               )
             ),
           { concurrency: "unbounded" }
