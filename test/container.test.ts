@@ -66,6 +66,11 @@ const runtime = dockerfile.at(-1)!
 const build = dockerfile[0]!
 const cmd = JSON.parse(runtime.find((i) => i.keyword === "CMD")!.args) as Array<string>
 const bundleCommand = build.find((i) => i.keyword === "RUN" && i.args.startsWith("npx rolldown "))!.args.split(/\s+/)
+/** What the runtime stage copies of the build's node_modules (`node_modules/koffi`, ...), as paths in the repository. */
+const copiedModules = runtime.flatMap((i) => {
+  const [, from] = i.args.match(/^--from=build \/src\/(node_modules\/\S+) \.\/\1$/) ?? []
+  return i.keyword === "COPY" && from !== undefined ? [from] : []
+})
 
 interface Container {
   readonly env: ReadonlyArray<{ readonly name: string; readonly value: string }>
@@ -103,6 +108,8 @@ describe("examples/container", () => {
     assert.strictEqual(cmd[0], "demo.mjs")
     assert.include(bundleCommand, "examples/demo.ts")
     assert.strictEqual(bundleCommand[bundleCommand.indexOf("--file") + 1], "dist/demo.mjs")
+    // koffi and its binary, which koffi 3 loads from its platform package beside it.
+    assert.includeMembers(copiedModules, ["node_modules/koffi", "node_modules/@koromix"])
   })
 
   it("the Deployment says what the image says, probes a port the program serves, and gives the drain its time", () => {
@@ -183,8 +190,10 @@ const bundled = (dir: string) =>
     const [, tool, ...rest] = bundleCommand
     const args = rest.map((arg, i) => (rest[i - 1] === "--file" ? file : arg))
     execFileSync(Path.join(root, "node_modules/.bin", tool!), args, { cwd: root, stdio: "ignore", timeout: 120_000 })
-    Fs.mkdirSync(Path.join(dir, "node_modules"))
-    Fs.symlinkSync(Path.join(root, "node_modules/koffi"), Path.join(dir, "node_modules/koffi"))
+    // What the image copies of node_modules, copied (not linked: the image has no path back to the build).
+    for (const from of copiedModules) {
+      Fs.cpSync(Path.join(root, from), Path.join(dir, from), { recursive: true, dereference: true })
+    }
     return file
   })
 
